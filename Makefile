@@ -1,0 +1,47 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# The venv is created once; the project is (re)installed only when pyproject.toml changes,
+# so re-running never reinstalls torch.
+PYTHON   ?= python3
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+STAMP    := $(VENV)/.installed
+DEMO_DIR ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: help venv test test-all demo lab browser-test bench clean
+
+help:
+	@echo "make demo          set up .venv, run the GPD notebook on digits, write notebook + HTML report"
+	@echo "make test          set up .venv, run the fast test suite"
+	@echo "make test-all      also run slow tests"
+	@echo "make lab           start JupyterLab on notebooks/"
+	@echo "make browser-test  real-browser check of explore.ipynb (needs Debian chromium)"
+	@echo "make bench         run the CPU benchmarks in bench/"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -m "not browser" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) -m workbench demo out_dir=$(DEMO_DIR)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --allow-root --notebook-dir=notebooks
+
+bench: $(STAMP)
+	$(PY) bench/bench_methods.py
+
+clean:
+	rm -rf runs/demo .pytest_cache
