@@ -1,0 +1,52 @@
+"""Dataset registry: ``build(name, split, **options)`` -> a map-style Dataset of
+``(image_tensor, int_label)``; ``info(name, **options)`` -> :class:`DatasetInfo`.
+
+Datasets: ``digits`` (scikit-learn's bundled handwritten digits: real, offline, the embedded
+default), ``cifar10``, ``cifar100`` (torchvision), ``imagefolder`` (ImageNet-style folders) and
+``synthetic`` (tiny random tensors for tests). ``split`` is ``"train"`` or ``"test"``;
+``augment=None`` means "the standard training augmentation on the train split only".
+Missing data raises :class:`DatasetNotFoundError` saying where to put the files and naming
+``digits`` as the offline option.
+"""
+from __future__ import annotations
+
+from ..registry import Registry, unknown_choice
+from .base import DatasetInfo, DatasetNotFoundError, SPLITS
+
+DATASETS = Registry("dataset")
+
+from . import cifar, digits, imagefolder, synthetic  # noqa: E402,F401  (register themselves)
+
+
+def available() -> list[str]:
+    return DATASETS.names()
+
+
+def _entry(name: str):
+    return DATASETS.get(name)
+
+
+def build(name: str, split: str, **options):
+    """Build dataset ``name`` for ``split`` ("train" | "test")."""
+    if split not in SPLITS:
+        raise ValueError(unknown_choice("split", split, list(SPLITS)))
+    return _entry(name).build(split, **options)
+
+
+def info(name: str, **options) -> DatasetInfo:
+    """Classes, channels and image size of ``name`` with ``options`` (no data loaded)."""
+    return _entry(name).info(**options)
+
+
+def check_available(name: str, **options) -> None:
+    """Raise DatasetNotFoundError early (before any training) if the files are missing and
+    cannot be downloaded. Cheap: does not load the data."""
+    _entry(name).check_available(**options)
+
+
+def option_names(name: str) -> list[str]:
+    return list(_entry(name).OPTIONS)
+
+
+__all__ = ["DATASETS", "DatasetInfo", "DatasetNotFoundError", "available", "build", "info",
+           "check_available", "option_names"]

@@ -1,0 +1,59 @@
+"""Shared pieces of the dataset registry: the info record, the not-found error, option checks."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..registry import unknown_choice
+
+SPLITS = ("train", "test")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset's files are absent (and could not be downloaded)."""
+
+
+def not_found(name: str, where: str, how: str) -> DatasetNotFoundError:
+    return DatasetNotFoundError(
+        f"dataset {name!r} not found at {where}. {how} "
+        f"Offline, use the embedded dataset instead: dataset=digits "
+        f"(papermill: -p dataset digits)."
+    )
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+
+
+def check_options(dataset: str, options: dict, allowed) -> None:
+    bad = sorted(set(options) - set(allowed))
+    if bad:
+        raise ValueError(
+            f"dataset {dataset!r} got unknown option {bad[0]!r}; "
+            + unknown_choice(f"{dataset} option", bad[0], sorted(allowed)).split("; ", 1)[1]
+        )
+
+
+class DatasetEntry:
+    """What the registry stores per dataset: option names plus build/info/availability functions.
+    Unknown options are rejected here, once, for every dataset."""
+
+    def __init__(self, name: str, options, build, info, check_available=None):
+        self.name, self.OPTIONS = name, tuple(options)
+        self._build, self._info, self._check = build, info, check_available
+
+    def build(self, split: str, **options):
+        check_options(self.name, options, self.OPTIONS)
+        return self._build(split, **options)
+
+    def info(self, **options) -> DatasetInfo:
+        check_options(self.name, options, self.OPTIONS)
+        return self._info(**options)
+
+    def check_available(self, **options) -> None:
+        self.info(**options)
+        if self._check is not None:
+            self._check(**options)
