@@ -1,0 +1,67 @@
+"""The model zoo: RepDistiller's CIFAR nets, torchvision ImageNet nets, a small ViT.
+
+>>> from workbench import models
+>>> net = models.build("resnet8x4", num_classes=100)            # logits = net(x)
+>>> teacher = models.load("resnet32x4", "ckpt_epoch_240.pth", num_classes=100)
+>>> models.available(), models.family("vit_tiny")
+
+Names follow the literature (RepDistiller's ``model_dict``): ``resnet8 resnet14 resnet20 resnet32
+resnet44 resnet56 resnet110 resnet8x4 resnet32x4 wrn_16_1 wrn_16_2 wrn_40_1 wrn_40_2 vgg8 vgg11
+vgg13 vgg16 vgg19 MobileNetV2 ShuffleV1 ShuffleV2 ResNet50`` (family ``"cifar"``; ``vgg*`` are the
+BN variants; ``ResNet50`` is the CIFAR ResNet50 of RepDistiller's resnetv2.py), torchvision's
+``resnet18 resnet34 resnet50 mobilenet_v2`` (``"imagenet"``) and ``vit_tiny vit_small``
+(``"vit"``). Alias: ``mobile_half`` = ``MobileNetV2`` (the key used by later RepDistiller forks).
+
+Every model's ``forward(x)`` returns logits only; features come from ``models.hooks``.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from . import cifar_resnet, mobilenetv2, shufflenet, tv, vgg, vit, wrn  # noqa: F401  (registration)
+from ._registry import MODELS
+from .checkpoint import load_into, read_state_dict
+from .hooks import FeatureTap, classifier_path, penultimate, stage_paths
+
+__all__ = [
+    "MODELS", "build", "available", "family", "load", "read_state_dict",
+    "FeatureTap", "classifier_path", "stage_paths", "penultimate",
+]
+
+
+def _positive_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def build(name: str, num_classes: int, in_channels: int = 3, image_size: int | None = None, **kwargs) -> nn.Module:
+    """A freshly initialised model. ``image_size`` matters only for ViTs (patch size and position
+    embedding; default 32); CNNs accept any input size. ``kwargs`` go to the factory (e.g.
+    ``widths=`` for CIFAR ResNets, ``depth=``/``dim=``/``patch_size=`` for ViTs)."""
+    factory = MODELS.get(name)
+    _positive_int(num_classes, "num_classes")
+    _positive_int(in_channels, "in_channels")
+    if image_size is not None:
+        _positive_int(image_size, "image_size")
+    return factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+
+
+def available(include_aliases: bool = False) -> list[str]:
+    """Registered model names (canonical names only unless ``include_aliases``)."""
+    return [n for n in MODELS.names() if include_aliases or "alias_of" not in MODELS.meta(n)]
+
+
+def family(name: str) -> str:
+    """``"cifar"`` | ``"imagenet"`` | ``"vit"``."""
+    return MODELS.meta(name)["family"]
+
+
+def load(name: str, path, num_classes: int, in_channels: int = 3, map_location="cpu",
+         image_size: int | None = None, weights_only: bool = True, **kwargs) -> nn.Module:
+    """``build(name, ...)`` then load the weights file at ``path`` strictly (layouts and errors:
+    see ``workbench.models.checkpoint``). Returns the model in eval mode."""
+    model = build(name, num_classes, in_channels, image_size, **kwargs)
+    what = f"{name}(num_classes={num_classes}, in_channels={in_channels})"
+    load_into(model, path, map_location, what, weights_only)
+    return model.eval()
