@@ -7,7 +7,8 @@ Accepted layouts (detected automatically):
 - a dict with ``"state_dict"`` holding it;
 and in each case keys prefixed ``module.`` (DataParallel / DDP) are stripped. RepDistiller keys
 need no conversion: the zoo reproduces its names. Files are read with ``weights_only=True``
-(no arbitrary code runs) unless the caller opts out for a trusted file.
+(no arbitrary code runs; ``argparse.Namespace`` entries are allowed) unless the caller opts out
+for a trusted file.
 
 Errors are ``ValueError``s naming the file: unreadable or corrupt files, files holding no state
 dict, and state dicts that do not fit the model (the first offending keys with expected and
@@ -15,6 +16,7 @@ found shapes, plus missing / unexpected keys).
 """
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Mapping
 
@@ -28,6 +30,9 @@ DDP_PREFIX = "module."
 MAX_LISTED_KEYS = 5
 #: BatchNorm fills a missing counter itself (files saved before torch 0.4.1 lack it)
 OPTIONAL_SUFFIXES = ("num_batches_tracked",)
+#: harmless classes found in common KD checkpoints, allowed under ``weights_only=True``
+#: (RepDistiller's ``*_last.pth`` stores its argparse options as ``"opt"``)
+SAFE_GLOBALS = (argparse.Namespace,)
 
 
 def read_state_dict(path, map_location="cpu", weights_only: bool = True) -> dict[str, torch.Tensor]:
@@ -36,7 +41,8 @@ def read_state_dict(path, map_location="cpu", weights_only: bool = True) -> dict
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint file not found: {path}")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=weights_only)
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            obj = torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as err:  # torch raises many types for corrupt/unsafe files
         hint = ""
         if weights_only and "weights_only" in str(err):
