@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 
-from .embed import aligned_embeddings, embed, embedding_quality, feature_maps
+from .embed import aligned_embeddings, embedding_quality, feature_maps  # (embed.embed: see the module)
 from .features import FeatureSet, collect_outputs, extract_features, extract_many
 from .gap import DEFAULT_GAP_METRICS, GAP_METRICS, GapProbe, gap_records, logit_diff_matrix
 from .transfer import (DiscriminabilityProbe, TransferabilityProbe, checkpoint_curve, discriminability_records,
@@ -30,6 +30,6 @@ def __getattr__(name):  # lazy: plotly is only imported when figures are wanted
 
 __all__ = ["GapProbe", "gap_records", "logit_diff_matrix", "GAP_METRICS", "DEFAULT_GAP_METRICS",
            "FeatureSet", "extract_features", "extract_many", "collect_outputs",
-           "embed", "embedding_quality", "feature_maps", "aligned_embeddings",
+           "embedding_quality", "feature_maps", "aligned_embeddings",
            "DiscriminabilityProbe", "TransferabilityProbe", "discriminability_records", "linear_probe",
            "checkpoint_curve", "target_datasets", "target_label", "figures"]

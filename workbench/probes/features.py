@@ -12,8 +12,8 @@ Guarantees
   model fingerprint (checkpoint path + size + mtime, or a hash of an in-memory model's state
   dict), a hash of the exact input tensors, the layer and the batch-independent options.
 
-Taps use ``workbench.models.hooks.FeatureTap`` when that module exists; otherwise a local
-fallback (forward pre-hook on the last ``nn.Linear`` = classifier, forward hooks elsewhere).
+Layers are tapped with :class:`workbench.models.hooks.FeatureTap` (unknown layer names raise a
+ValueError listing the valid module paths).
 """
 from __future__ import annotations
 
@@ -29,10 +29,10 @@ import torch
 from torch import nn
 
 from ..engine.callbacks import RoleOutputs
+from ..models.hooks import PENULTIMATE, FeatureTap
 from ..registry import unknown_choice
 from . import cache as C
 
-PENULTIMATE = "penultimate"
 SAMPLING = ("first", "random")
 DEFAULT_BATCH_SIZE = 256
 ModelLike = Union[nn.Module, str, os.PathLike]
@@ -64,54 +64,12 @@ def _pool(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1)
 
 
-def find_classifier(model: nn.Module) -> nn.Module:
-    """The module whose input is the penultimate feature: ``model.classifier_name`` when the
-    model declares it, else the last ``nn.Linear`` in registration order."""
-    name = getattr(model, "classifier_name", None)
-    if name:
-        return model.get_submodule(name)
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier; pass layer=<module path>")
-    return linears[-1]
-
-
-@contextmanager
-def _local_tap(model: nn.Module, layer: str):
-    store: dict[str, torch.Tensor] = {}
-    if layer == PENULTIMATE:
-        handle = find_classifier(model).register_forward_pre_hook(
-            lambda m, inp: store.__setitem__(layer, inp[0]))
-    else:
-        try:
-            module = model.get_submodule(layer)
-        except AttributeError:
-            names = [PENULTIMATE] + [n for n, _ in model.named_modules() if n]
-            raise ValueError(unknown_choice("layer", layer, names)) from None
-        handle = module.register_forward_hook(lambda m, inp, out: store.__setitem__(layer, out))
-    try:
-        yield store
-    finally:
-        handle.remove()
-
-
-def _tap(model: nn.Module, layer: str):
-    try:
-        from ..models.hooks import FeatureTap  # the shared tap, once it exists
-    except ImportError:
-        return _local_tap(model, layer)
-    return FeatureTap(model, [layer])
-
-
 @torch.no_grad()
 def forward_features(model: nn.Module, x: torch.Tensor, layer: str = PENULTIMATE):
     """``(logits, pooled features)`` of one batch; the caller sets eval mode and device."""
-    with _tap(model, layer) as tap:
+    with FeatureTap(model, [layer]) as tap:
         logits = model(x)
-        feats = tap[layer]
-    if isinstance(feats, (tuple, list)):
-        feats = feats[0]
-    return logits, _pool(feats)
+    return logits, _pool(tap[layer])
 
 
 @contextmanager
@@ -185,15 +143,25 @@ def load_model(path: Union[str, os.PathLike], arch: Optional[str] = None, num_cl
     return load(arch, path, num_classes, in_channels=in_channels)
 
 
-def _resolve(model_or_ckpt: ModelLike, **load_kw) -> tuple[nn.Module, str]:
+def fingerprint(model_or_ckpt: ModelLike) -> str:
+    """Cache identity of a model: file path + size + mtime for checkpoints (no loading), a hash
+    of the state dict for in-memory modules."""
     if isinstance(model_or_ckpt, nn.Module):
-        return model_or_ckpt, "module:" + C.module_fingerprint(model_or_ckpt)
+        return "module:" + C.module_fingerprint(model_or_ckpt)
     if isinstance(model_or_ckpt, (str, os.PathLike)):
         path = Path(model_or_ckpt)
         if not path.exists():
             raise FileNotFoundError(f"no checkpoint at {path}")
-        return load_model(path, **load_kw), "file:" + C.file_fingerprint(path)
+        return "file:" + C.file_fingerprint(path)
     raise ValueError(f"expected an nn.Module or a checkpoint path, got {type(model_or_ckpt).__name__}")
+
+
+def as_module(model_or_ckpt: ModelLike, **load_kw) -> nn.Module:
+    """The module itself, or the model loaded from a checkpoint path (see :func:`load_model`)."""
+    if isinstance(model_or_ckpt, nn.Module):
+        return model_or_ckpt
+    fingerprint(model_or_ckpt)  # validates the type and that the file exists
+    return load_model(model_or_ckpt, **load_kw)
 
 
 def _run(model: nn.Module, inputs: _Inputs, layer: str, device) -> tuple[np.ndarray, np.ndarray]:
@@ -207,12 +175,11 @@ def _run(model: nn.Module, inputs: _Inputs, layer: str, device) -> tuple[np.ndar
 
 
 def _extract_one(model_or_ckpt, inputs: _Inputs, layer, device, cache_dir, load_kw) -> FeatureSet:
-    model, fp = _resolve(model_or_ckpt, **load_kw)
-    key = C.make_key(model=fp, data=inputs.digest, layer=layer)
+    key = C.make_key(model=fingerprint(model_or_ckpt), data=inputs.digest, layer=layer)
     hit = C.load(cache_dir, "features", key)
-    if hit is not None:
+    if hit is not None:  # a checkpoint is not even loaded on a hit
         return FeatureSet(hit["features"], hit["labels"], hit["logits"], hit["index"])
-    feats, logits = _run(model, inputs, layer, device)
+    feats, logits = _run(as_module(model_or_ckpt, **load_kw), inputs, layer, device)
     out = FeatureSet(feats, inputs.labels, logits, inputs.index)
     C.save(cache_dir, "features", key, features=out.features, labels=out.labels, logits=out.logits,
            index=out.index)

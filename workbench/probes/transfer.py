@@ -43,7 +43,7 @@ from ..engine.callbacks import ROLES, Callback, RoleOutputs
 from ..registry import unknown_choice
 from . import cache as C
 from . import metrics as M
-from .features import (DEFAULT_BATCH_SIZE, PENULTIMATE, ModelLike, _Inputs, _resolve, _run, frozen, load_inputs,
+from .features import (DEFAULT_BATCH_SIZE, PENULTIMATE, ModelLike, _Inputs, _run, as_module, frozen, load_inputs,
                        select_indices)
 
 PERCENT = 100.0
@@ -258,7 +258,7 @@ class TransferabilityProbe(Callback):
                 **load_kw) -> list[dict]:
         """Records for one model (``nn.Module`` or checkpoint path + ``arch=``/``num_classes=``/
         ``in_channels=``/``loader=``). The model's weights and BN buffers are left unchanged."""
-        module, _ = _resolve(model, **load_kw) if not isinstance(model, nn.Module) else (model, None)
+        module = as_module(model, **load_kw)
         tr, te = self._target_inputs()
         if self.bn == "adapt":
             with adapted_bn(module, tr, device) as dev:
