@@ -104,6 +104,22 @@ def test_feature_maps_panels_are_aligned_and_carry_quality():
                        method="pca", cache_dir=False)
 
 
+def test_panels_share_one_initial_layout_unless_asked_not_to(monkeypatch):
+    counter = CountingEmbedders(monkeypatch)
+    X, y = blobs()
+    other = blobs(seed=5)[0]  # a different "model": its own PCA layout differs
+    E.feature_maps({"A": X, "B": other}, labels=y, method="tsne", cache_dir=False, quality_k=0)
+    (_, init_a), (_, init_b) = counter.calls
+    np.testing.assert_array_equal(init_a, init_b)
+    np.testing.assert_allclose(init_a, E._scale_init(E.pca(X), "tsne"), rtol=1e-4, atol=1e-9)
+    E.feature_maps({"A": X, "B": other}, labels=y, method="tsne", cache_dir=False, quality_k=0, init="own")
+    (_, own_a), (_, own_b) = counter.calls[2:]
+    np.testing.assert_array_equal(own_a, init_a)
+    assert not np.allclose(own_b, init_a)
+    with pytest.raises(ValueError, match="valid choices"):
+        E.feature_maps({"A": X}, labels=y, init="random", cache_dir=False)
+
+
 def test_tsne_map_separates_blobs_and_scrambled_labels_score_low():
     X, y = blobs()
     rec = E.feature_maps({"m": X}, labels=y, method="tsne", cache_dir=False)[0]

@@ -1,6 +1,5 @@
 """Frozen feature extraction: values, layers, frozen state, checkpoints, disk cache."""
 import os
-import time
 
 import numpy as np
 import pytest

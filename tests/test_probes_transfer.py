@@ -124,6 +124,8 @@ def test_probe_as_callback_uses_trainer_models_and_schedule(target):
         TransferabilityProbe(tr, te, bn="train")
     with pytest.raises(ValueError, match="valid choices"):
         TransferabilityProbe(tr, te, roles=("stduent",))
+    with pytest.raises(ValueError, match="lbfgs probe option 'epochs'"):
+        TransferabilityProbe(tr, te, epochs=30)  # an SGD option with the default L-BFGS protocol
 
 
 def test_discriminability_records_by_hand():

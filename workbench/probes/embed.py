@@ -6,10 +6,14 @@ Comparability guarantees
 - Every embedding starts from a PCA initialisation of its own features computed one fixed way
   (centred SVD, signs fixed so each component's largest loading is positive), rescaled to the
   scale the method expects (t-SNE: std 1e-4 on the first axis; UMAP: coordinates within +-10).
-- Side-by-side panels (:func:`feature_maps`) hold the SAME examples in the same order; each panel
-  is rotated/reflected onto the reference panel (orthogonal Procrustes over the shared rows).
-  Rotation, reflection and translation keep every distance in a panel, so the map's meaning is
-  unchanged while the same classes land in the same place on screen.
+- Side-by-side panels (:func:`feature_maps`) hold the SAME examples in the same order. By default
+  (``init="shared"``) every panel starts from the same initial layout -- the PCA of the reference
+  panel's features -- and the same seed, so each example starts at the same place in every
+  panel; ``init="own"`` starts each panel from the PCA of its own features instead (no layout
+  borrowed from another model). Either way each finished panel is then rotated/reflected onto
+  the reference panel (orthogonal Procrustes over the shared rows). Rotation, reflection and
+  translation keep every distance in a panel, so the map's meaning is unchanged while the same
+  classes land in the same place on screen.
 - Epoch animations (:func:`aligned_embeddings`) initialise frame ``t`` from frame ``t-1``'s
   coordinates and Procrustes-align the result to it. Why not umap's ``AlignedUMAP``: it works
   for UMAP only and fits all frames jointly, so a new epoch refits everything and per-frame
@@ -224,7 +228,10 @@ def _record(name, X, Z, y, pred, index, method, quality_k, **extra) -> dict:
     return rec
 
 
-def feature_maps(panels: dict, labels=None, method: str = "tsne", seed: int = 0,
+PANEL_INITS = ("shared", "own")
+
+
+def feature_maps(panels: dict, labels=None, method: str = "tsne", seed: int = 0, init: str = "shared",
                  align: bool = True, reference: Optional[str] = None,
                  quality_k: int = DEFAULT_QUALITY_K, **embed_kw) -> list[dict]:
     """One embedding record per panel (e.g. one per method or role), comparable side by side.
@@ -232,8 +239,11 @@ def feature_maps(panels: dict, labels=None, method: str = "tsne", seed: int = 0,
     ``panels``: ``{name: FeatureSet}`` or ``{name: (N, D) array}`` (then ``labels=``); all
     panels must hold the same examples in the same order. Returns a list of dicts
     ``{"panel", "coords" (N, 2), "labels", "predictions" (None for arrays), "index", "method",
-    "quality"}`` in the order given; ``align`` rotates each panel onto ``reference`` (default:
-    the first)."""
+    "quality"}`` in the order given. ``init``: ``"shared"`` (PCA layout of the reference panel
+    for every panel) or ``"own"``; ``align`` rotates each panel onto ``reference`` (default: the
+    first)."""
+    if init not in PANEL_INITS:
+        raise ValueError(unknown_choice("panel init", init, list(PANEL_INITS)))
     if not panels:
         raise ValueError("feature_maps needs at least one panel")
     sets = {name: _as_set(p, labels) for name, p in panels.items()}
@@ -244,7 +254,10 @@ def feature_maps(panels: dict, labels=None, method: str = "tsne", seed: int = 0,
     for name, (_, _, _, idx) in sets.items():
         if len(idx) != len(idx0) or not np.array_equal(idx, idx0):
             raise ValueError(f"panel {name!r} holds different examples than panel {ref!r}")
-    coords = {name: embed(X, method=method, seed=seed, **embed_kw) for name, (X, *_rest) in sets.items()}
+    n_components = embed_kw.pop("n_components", 2)
+    start = pca(sets[ref][0], n_components) if init == "shared" else "pca"
+    coords = {name: embed(X, method=method, seed=seed, init=start, n_components=n_components, **embed_kw)
+              for name, (X, *_rest) in sets.items()}
     if align:
         coords = {name: (Z if name == ref else procrustes_align(Z, coords[ref])) for name, Z in coords.items()}
     return [_record(name, X, coords[name], y, pred, idx, method, quality_k)

@@ -9,7 +9,6 @@ pair/role), so runs can be compared on one figure.
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 

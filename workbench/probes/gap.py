@@ -17,7 +17,7 @@ no features), ``dist_inter``, ``dist_intra`` (DIST correlation gaps, off by defa
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+from typing import Iterable, Optional
 
 from ..engine.callbacks import PAIRS, Callback, RoleOutputs
 from ..registry import Registry, unknown_choice

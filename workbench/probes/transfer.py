@@ -159,6 +159,14 @@ def _sgd_probe(Xtr, ytr, Xte, yte, seed, lr, momentum, weight_decay, epochs, bat
     return {"linear_top1": best, "linear_train_top1": train_acc, "linear_best_epoch": best_epoch}
 
 
+def _check_probe_options(protocol: str, options: dict) -> None:
+    _choice("linear-probe protocol", protocol, PROTOCOLS)
+    allowed = {"C_reg", "max_iter", "standardize"} if protocol == "lbfgs" else set(SGD_PROTOCOL) | {"standardize", "device"}
+    bad = sorted(set(options) - allowed)
+    if bad:
+        raise ValueError(unknown_choice(f"{protocol} probe option", bad[0], sorted(allowed)))
+
+
 def linear_probe(train_feats, train_y, test_feats, test_y, protocol: str = "lbfgs", seed: int = 0,
                  **options) -> dict:
     """Train a linear classifier on ``train_feats`` and score it on ``test_feats``.
@@ -174,10 +182,7 @@ def linear_probe(train_feats, train_y, test_feats, test_y, protocol: str = "lbfg
         raise ValueError(f"feature shapes do not match: {Xtr.shape} vs {Xte.shape}")
     if len(np.unique(ytr)) < 2:
         raise ValueError("the linear probe needs at least two classes in the target train split")
-    allowed = {"C_reg", "max_iter", "standardize"} if protocol == "lbfgs" else set(SGD_PROTOCOL) | {"standardize", "device"}
-    bad = sorted(set(options) - allowed)
-    if bad:
-        raise ValueError(unknown_choice(f"{protocol} probe option", bad[0], sorted(allowed)))
+    _check_probe_options(protocol, options)
     if protocol == "lbfgs":
         return _lbfgs_probe(Xtr, ytr, Xte, yte, seed, **options)
     return _sgd_probe(Xtr, ytr, Xte, yte, seed, **{**SGD_PROTOCOL, **options})
@@ -234,7 +239,7 @@ class TransferabilityProbe(Callback):
                  every: int = 1, protocol: str = "lbfgs", bn: str = "frozen", max_train: Optional[int] = None,
                  max_test: Optional[int] = None, batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0,
                  **probe_options):
-        _choice("linear-probe protocol", protocol, PROTOCOLS)
+        _check_probe_options(protocol, probe_options)
         _choice("BN mode", bn, BN_MODES)
         for r in roles:
             _choice("role", r, ROLES)
@@ -265,7 +270,10 @@ class TransferabilityProbe(Callback):
                 Xtr, Xte = _features(module, tr, dev), _features(module, te, dev)
         else:
             Xtr, Xte = _features(module, tr, device), _features(module, te, device)
-        res = linear_probe(Xtr, tr.labels, Xte, te.labels, self.protocol, self.seed, **self.probe_options)
+        options = dict(self.probe_options)
+        if self.protocol == "sgd":
+            options.setdefault("device", device)  # the SGD probe trains where the model runs
+        res = linear_probe(Xtr, tr.labels, Xte, te.labels, self.protocol, self.seed, **options)
         base = {"kind": "probe", "probe": "transferability", "role": role, "target": self.target,
                 "protocol": self.protocol, "bn": self.bn, "n_train": len(tr.index), "n_test": len(te.index)}
         if epoch is not None:
