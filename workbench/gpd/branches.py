@@ -1,0 +1,325 @@
+"""Multi-branch convolutions (structural reparameterisation) for the dynamic teacher.
+
+A ``MultiBranchConv2d`` is a kxk conv whose kernel is the per-output-channel scaled sum of the
+original kernel and extra *branches*; every branch is linear in its input and bias-free, so its
+composite map is exactly a kxk conv with zero padding and the forward FOLDS all branches into
+one kernel and runs a single conv. ``branch.explicit(x, conv)`` runs a branch as its own op
+sequence (the definition; tests check the fold against it).
+
+Branch kinds (``BRANCH_KINDS``; ``G`` = groups, 1 or depthwise):
+- ``"1x1_avg"``: 1x1 conv then kxk average pool (``count_include_pad=True``);
+- ``"prior"``: 1x1 conv weights times a fixed per-output-channel cosine (DCT-like) kxk pattern;
+- ``"1x1_kxk"``: 1x1 conv (identity + learnable delta) then kxk conv;
+- ``"kxk"``: a second kxk kernel;
+- ``"dws"``: kxk depthwise conv with ``DWS_EXPANSION`` filters per input channel, then 1x1;
+- ``"1x1"``: 1x1 conv (the centre tap); ``"kx1"`` / ``"1xk"``: asymmetric convs (ACNet).
+
+``DEFAULT_BRANCHES`` are the five extra branches of the official GPD code (OREPA's origin + 5 = its
+"6 branches"): avg, prior, 1x1-kxk, a second kxk (the official code declares its "1x1" branch
+with a 3x3 kernel) and the depthwise-separable branch. Depthwise convs get the depthwise analogue
+of each kind (every kernel is grouped the same way as the conv), as in the official code.
+
+Scale init: ``"one_zero"`` (original 1, extras 0: the function is unchanged whatever the random
+extra weights) or ``"reference"`` (the official code's default when no pre-trained student
+exists, ``REFERENCE_SCALES``: original 0.25, avg 0.25, prior 0, 1x1-kxk 0.5, kxk 0.05, dws 0.5;
+our extra kinds get ``REFERENCE_SCALE_OTHER``); ``"reference"`` does NOT preserve the function.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from workbench.registry import Registry, unknown_choice
+
+#: filters per input channel in the depthwise stage of the "dws" branch (official code: 8)
+DWS_EXPANSION = 8
+ORIGIN = "origin"
+DEFAULT_BRANCHES = ("1x1_avg", "prior", "1x1_kxk", "kxk", "dws")
+REFERENCE_SCALES = {ORIGIN: 0.25, "1x1_avg": 0.25, "prior": 0.0, "1x1_kxk": 0.5, "kxk": 0.05, "dws": 0.5}
+REFERENCE_SCALE_OTHER = 0.05
+SCALE_INITS = ("one_zero", "reference")
+#: kaiming-uniform slope used for random extra-branch weights (official code: a=0)
+KAIMING_A = 0.0
+
+BRANCHES = Registry("branch kind")
+
+
+def _kaiming(shape) -> nn.Parameter:
+    w = torch.empty(shape)
+    nn.init.kaiming_uniform_(w, a=KAIMING_A)
+    return nn.Parameter(w)
+
+
+class Branch(nn.Module):
+    """One extra branch of a ``groups``-grouped ``in_ch -> out_ch`` kxk conv. Subclasses define
+    ``kernel()`` (the unscaled composite kxk kernel, shape (out, in/groups, k, k)) and
+    ``explicit(x, conv)`` (the same map run as separate ops, unscaled)."""
+
+    kind = ""
+
+    def __init__(self, in_ch: int, out_ch: int, k: int, groups: int):
+        super().__init__()
+        self.in_ch, self.out_ch, self.k, self.groups = in_ch, out_ch, k, groups
+        self.scale = nn.Parameter(torch.zeros(out_ch))
+
+    def kernel(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def explicit(self, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, {self.in_ch}->{self.out_ch}, k={self.k}, groups={self.groups}"
+
+
+def _conv(x, w, conv, padding=None):
+    return F.conv2d(x, w, None, conv.stride, conv.padding if padding is None else padding, conv.dilation, conv.groups)
+
+
+@BRANCHES.register("kxk")
+class KxKBranch(Branch):
+    kind = "kxk"
+
+    def __init__(self, in_ch, out_ch, k, groups):
+        super().__init__(in_ch, out_ch, k, groups)
+        self.weight = _kaiming((out_ch, in_ch // groups, k, k))
+
+    def kernel(self):
+        return self.weight
+
+    def explicit(self, x, conv):
+        return _conv(x, self.weight, conv)
+
+
+class _PaddedBranch(Branch):
+    """A (kh, kw) kernel centred in the kxk window (1x1, kx1, 1xk)."""
+
+    kh_kw = (1, 1)
+
+    def __init__(self, in_ch, out_ch, k, groups):
+        super().__init__(in_ch, out_ch, k, groups)
+        kh, kw = (k if s == "k" else 1 for s in self.kh_kw)
+        self.weight = _kaiming((out_ch, in_ch // groups, kh, kw))
+
+    def kernel(self):
+        kh, kw = self.weight.shape[-2:]
+        ph, pw = (self.k - kh) // 2, (self.k - kw) // 2
+        return F.pad(self.weight, [pw, pw, ph, ph])
+
+    def explicit(self, x, conv):
+        kh, kw = self.weight.shape[-2:]
+        pad = (conv.padding[0] - (self.k - kh) // 2, conv.padding[1] - (self.k - kw) // 2)
+        return _conv(x, self.weight, conv, padding=pad)
+
+
+@BRANCHES.register("1x1")
+class OneByOneBranch(_PaddedBranch):
+    kind, kh_kw = "1x1", ("1", "1")
+
+
+@BRANCHES.register("kx1")
+class KxOneBranch(_PaddedBranch):
+    kind, kh_kw = "kx1", ("k", "1")
+
+
+@BRANCHES.register("1xk")
+class OneByKBranch(_PaddedBranch):
+    kind, kh_kw = "1xk", ("1", "k")
+
+
+@BRANCHES.register("1x1_avg")
+class AvgBranch(Branch):
+    """1x1 conv then kxk average pooling (zero padding counted), i.e. the 1x1 weight spread
+    uniformly over the kxk window."""
+
+    kind = "1x1_avg"
+
+    def __init__(self, in_ch, out_ch, k, groups):
+        super().__init__(in_ch, out_ch, k, groups)
+        self.weight = _kaiming((out_ch, in_ch // groups, 1, 1))
+
+    def kernel(self):
+        return self.weight.expand(-1, -1, self.k, self.k) / (self.k * self.k)
+
+    def explicit(self, x, conv):
+        y = F.conv2d(x, self.weight, None, 1, 0, 1, conv.groups)
+        return F.avg_pool2d(y, self.k, conv.stride, conv.padding, count_include_pad=True)
+
+
+def cosine_prior(out_ch: int, k: int) -> torch.Tensor:
+    """Fixed (out_ch, k, k) patterns: the first half of the channels vary along rows with
+    frequency (o + 1) / k, the second half along columns (OREPA's frequency prior)."""
+    half = out_ch / 2
+    pos = (torch.arange(k, dtype=torch.float64) + 0.5) * math.pi / k
+    rows = []
+    for o in range(out_ch):
+        freq = o + 1 if o < half else o + 1 - half
+        wave = torch.cos(pos * freq)
+        rows.append(wave[:, None].expand(k, k) if o < half else wave[None, :].expand(k, k))
+    return torch.stack(rows).float()
+
+
+@BRANCHES.register("prior")
+class PriorBranch(Branch):
+    kind = "prior"
+
+    def __init__(self, in_ch, out_ch, k, groups):
+        super().__init__(in_ch, out_ch, k, groups)
+        self.weight = _kaiming((out_ch, in_ch // groups, 1, 1))
+        self.register_buffer("prior", cosine_prior(out_ch, k), persistent=False)
+
+    def kernel(self):
+        return self.weight * self.prior[:, None]
+
+    def explicit(self, x, conv):
+        return _conv(x, self.weight * self.prior[:, None], conv)
+
+
+def _grouped_identity(ch: int, groups: int) -> torch.Tensor:
+    per = ch // groups
+    eye = torch.zeros(ch, per, 1, 1)
+    eye[torch.arange(ch), torch.arange(ch) % per] = 1.0
+    return eye
+
+
+@BRANCHES.register("1x1_kxk")
+class OneByOneKxKBranch(Branch):
+    """1x1 conv (in -> in, weight = identity + learnable ``delta``, delta starts at 0) then kxk."""
+
+    kind = "1x1_kxk"
+
+    def __init__(self, in_ch, out_ch, k, groups):
+        super().__init__(in_ch, out_ch, k, groups)
+        self.delta = nn.Parameter(torch.zeros(in_ch, in_ch // groups, 1, 1))
+        self.register_buffer("identity", _grouped_identity(in_ch, groups), persistent=False)
+        self.weight = _kaiming((out_ch, in_ch // groups, k, k))
+
+    def kernel(self):
+        g = self.groups
+        first = (self.identity + self.delta).reshape(g, self.in_ch // g, self.in_ch // g)  # g,t,i
+        second = self.weight.reshape(g, self.out_ch // g, self.in_ch // g, self.k, self.k)  # g,o,t
+        return torch.einsum("gti,gothw->goihw", first, second).reshape(self.weight.shape)
+
+    def explicit(self, x, conv):
+        y = F.conv2d(x, self.identity + self.delta, None, 1, 0, 1, conv.groups)
+        return _conv(y, self.weight, conv)
+
+
+@BRANCHES.register("dws")
+class DepthwiseSeparableBranch(Branch):
+    """kxk depthwise conv (``DWS_EXPANSION`` filters per input channel) then a 1x1 conv."""
+
+    kind = "dws"
+
+    def __init__(self, in_ch, out_ch, k, groups):
+        super().__init__(in_ch, out_ch, k, groups)
+        e = DWS_EXPANSION
+        self.depthwise = _kaiming((in_ch * e, 1, k, k))
+        self.pointwise = _kaiming((out_ch, in_ch * e // groups, 1, 1))
+
+    def kernel(self):
+        g, e, k = self.groups, DWS_EXPANSION, self.k
+        dw = self.depthwise.reshape(g, self.in_ch // g, e, k, k)
+        pw = self.pointwise.reshape(g, self.out_ch // g, self.in_ch // g, e)
+        return torch.einsum("goie,giekl->goikl", pw, dw).reshape(self.out_ch, self.in_ch // g, k, k)
+
+    def explicit(self, x, conv):
+        y = F.conv2d(x, self.depthwise, None, conv.stride, conv.padding, conv.dilation, self.in_ch)
+        return F.conv2d(y, self.pointwise, None, 1, 0, 1, conv.groups)
+
+
+BRANCH_KINDS = tuple(BRANCHES.names())
+#: the order ``branches=n`` takes kinds in: the official five first, then ours
+BRANCH_ORDER = DEFAULT_BRANCHES + tuple(k for k in ("1x1", "kx1", "1xk") if k not in DEFAULT_BRANCHES)
+
+
+def resolve_branches(branches) -> tuple[str, ...]:
+    """``branches`` as a tuple of kinds: an int n takes the first n of ``BRANCH_ORDER``."""
+    if isinstance(branches, bool):
+        raise ValueError(f"branches must be an int or a sequence of kinds, got {branches!r}")
+    if isinstance(branches, int):
+        if not 0 <= branches <= len(BRANCH_ORDER):
+            raise ValueError(f"branches={branches} is not in 0..{len(BRANCH_ORDER)} (the number of kinds)")
+        return BRANCH_ORDER[:branches]
+    if isinstance(branches, str):
+        branches = (branches,)
+    kinds = tuple(branches)
+    for kind in kinds:
+        if kind not in BRANCHES:
+            raise ValueError(unknown_choice("branch kind", kind, list(BRANCH_KINDS)))
+    return kinds
+
+
+def branchable(conv: nn.Module) -> bool:
+    """Whether a conv is turned into a ``MultiBranchConv2d``: square odd k > 1, stride 1,
+    'same' zero padding, dilation 1, groups 1 or depthwise (as in the official code)."""
+    if type(conv) is not nn.Conv2d:
+        return False
+    k = conv.kernel_size[0]
+    return (
+        conv.kernel_size == (k, k) and k > 1 and k % 2 == 1
+        and conv.stride == (1, 1) and conv.padding == (k // 2, k // 2) and conv.dilation == (1, 1)
+        and conv.padding_mode == "zeros" and conv.groups in (1, conv.in_channels)
+    )
+
+
+class MultiBranchConv2d(nn.Conv2d):
+    """A kxk conv whose kernel is ``origin_scale * weight + sum_b b.scale * b.kernel()``.
+
+    ``weight``/``bias`` are the original branch (same names as the plain conv it replaces, so
+    module paths and the ``weight`` parameter path are unchanged); ``forward`` folds and runs
+    ONE conv. NOTE: ``.weight`` alone is not the effective kernel; use ``folded_weight()``.
+    """
+
+    def __init__(self, conv: nn.Conv2d, kinds, scale_init: str = "one_zero"):
+        if scale_init not in SCALE_INITS:
+            raise ValueError(unknown_choice("scale_init", scale_init, list(SCALE_INITS)))
+        super().__init__(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+            device=conv.weight.device, dtype=conv.weight.dtype,
+        )
+        with torch.no_grad():
+            self.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                self.bias.copy_(conv.bias)
+        k = conv.kernel_size[0]
+        self.branches = nn.ModuleList(
+            BRANCHES.get(kind)(conv.in_channels, conv.out_channels, k, conv.groups) for kind in kinds
+        ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+        self.origin_scale = nn.Parameter(torch.ones_like(self.weight[:, 0, 0, 0]))
+        if scale_init == "reference":
+            with torch.no_grad():
+                self.origin_scale.fill_(REFERENCE_SCALES[ORIGIN])
+                for b in self.branches:
+                    b.scale.fill_(REFERENCE_SCALES.get(b.kind, REFERENCE_SCALE_OTHER))
+        self._fold_cache: list | None = None  # set by DynamicTeacher for one "both" forward
+
+    def folded_weight(self) -> torch.Tensor:
+        """The single kxk kernel equal to the sum of all scaled branches (differentiable)."""
+        if self._fold_cache:
+            return self._fold_cache[0]
+        w = self.weight * self.origin_scale[:, None, None, None]
+        for b in self.branches:
+            w = w + b.kernel() * b.scale[:, None, None, None]
+        if self._fold_cache is not None:
+            self._fold_cache.append(w)
+        return w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.folded_weight(), self.bias)
+
+    def explicit_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run every branch as its own op sequence and sum (slow; the reference semantics)."""
+        y = _conv(x, self.weight, self) * self.origin_scale[:, None, None]
+        for b in self.branches:
+            y = y + b.explicit(x, self) * b.scale[:, None, None]
+        if self.bias is not None:
+            y = y + self.bias[:, None, None]
+        return y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", branches={[b.kind for b in self.branches]}"

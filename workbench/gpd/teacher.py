@@ -1,0 +1,232 @@
+"""The dynamic teacher T_d and its shared-parameter student view (CBR).
+
+``DynamicTeacher`` holds ``wide`` (T_d, the only owner of trainable parameters) and
+``student_template`` (a copy of the student whose parameters were replaced by empty
+placeholders; it keeps the student view's OWN BatchNorm running statistics as buffers). The
+student view runs ``torch.func.functional_call(student_template, cbr_params(), x)`` where
+``cbr_params()`` folds the multi-branch convs and slices every tensor to the student block,
+multiplying the read dims by the copy count -- computed from ``wide`` at every call, so the
+student loss back-propagates into T_d's parameters (hard sharing).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from workbench.registry import unknown_choice
+
+from .branches import MultiBranchConv2d
+from .channels import DimRule, read_scale
+
+VIEWS = ("teacher", "student", "both")
+STUDENT_GRADS = ("faithful", "compensated")
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
+               "_backward_pre_hooks")
+
+
+@dataclass(frozen=True)
+class ExpandConfig:
+    """What ``expand`` was called with (stored in the state dict's extra state)."""
+
+    ratio: float
+    branches: tuple[str, ...]
+    noise: float
+    scale_init: str
+    student_grad: str
+
+
+class _CompensatedScale(torch.autograd.Function):
+    """``x * cnt`` forward; backward multiplies by ``1 / cnt`` instead of ``cnt``."""
+
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.save_for_backward(scale)
+        return x * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        (scale,) = ctx.saved_tensors
+        return grad / scale, None
+
+
+@dataclass(frozen=True)
+class CbrRule:
+    """How one student parameter is read out of T_d."""
+
+    name: str  # student parameter path
+    source: str  # wide parameter path, or wide module path when ``fold``
+    fold: bool
+    rules: tuple[DimRule, ...]
+
+
+def strip_hooks(model: nn.Module) -> None:
+    """Remove forward/backward hooks from every module of ``model`` (used on fresh copies)."""
+    for m in model.modules():
+        for attr in _HOOK_DICTS:
+            hooks = getattr(m, attr, None)
+            if hooks is not None:
+                hooks.clear()
+
+
+def make_template(student: nn.Module) -> tuple[nn.Module, dict[str, list[str]]]:
+    """A copy of ``student`` whose parameters are empty non-persistent placeholder buffers
+    (filled by ``functional_call``); its persistent buffers (BN stats) stay. Also returns each
+    module's parameter names in their original order."""
+    template = copy.deepcopy(student)
+    strip_hooks(template)
+    order: dict[str, list[str]] = {}
+    for path, m in template.named_modules():
+        names = [n for n, p in m._parameters.items() if p is not None]
+        if names:
+            order[path] = names
+        for n in names:
+            p = m._parameters.pop(n)
+            m.register_buffer(n, torch.empty(0, dtype=p.dtype, device=p.device), persistent=False)
+    return template, order
+
+
+class DynamicTeacher(nn.Module):
+    """T_d plus the student view computed from it. ``dt(x)`` -> T_d logits;
+    ``dt(x, view="student")`` -> student logits; ``dt(x, view="both")`` -> ``(z_D, z_S)``.
+
+    Only ``wide`` owns parameters. ``state_dict`` holds ``wide.*`` (T_d parameters and BN
+    stats), ``student_template.*`` (the student view's separate BN stats) and the config.
+    ``train()``/``eval()`` apply to both views. ``student_grad`` may be changed at any time.
+    """
+
+    def __init__(self, wide: nn.Module, template: nn.Module, param_order: dict[str, list[str]],
+                 rules: list[CbrRule], config: ExpandConfig):
+        super().__init__()
+        self.wide = wide
+        self.student_template = template
+        self._param_order = param_order
+        self._rules = list(rules)
+        self.config = config
+        self.student_grad = config.student_grad
+        consts = nn.Module()  # non-persistent index/scale constants: move with .to(), not saved
+        for k, rule in enumerate(self._rules):
+            for r in rule.rules:
+                if r.cmap.segments > 1:
+                    consts.register_buffer(f"i{k}_{r.dim}", r.cmap.student_index(), persistent=False)
+            ndim = self._source_ndim(rule)
+            scale = read_scale(rule.rules, ndim)
+            if scale is not None:
+                consts.register_buffer(f"s{k}", scale.to(self._source_dtype(rule)), persistent=False)
+        self._cbr = consts
+
+    # ------------------------------------------------------------------ helpers
+    def _source_tensor(self, rule: CbrRule) -> torch.Tensor:
+        if rule.fold:
+            return self.wide.get_submodule(rule.source).folded_weight()
+        return self.wide.get_parameter(rule.source)
+
+    def _source_ndim(self, rule: CbrRule) -> int:
+        return self.wide.get_parameter(rule.source + ".weight" if rule.fold else rule.source).ndim
+
+    def _source_dtype(self, rule: CbrRule) -> torch.dtype:
+        return self.wide.get_parameter(rule.source + ".weight" if rule.fold else rule.source).dtype
+
+    @property
+    def branched_paths(self) -> list[str]:
+        """Module paths of T_d's multi-branch convs."""
+        return [p for p, m in self.wide.named_modules() if isinstance(m, MultiBranchConv2d)]
+
+    # ------------------------------------------------------------------ CBR
+    def cbr_params(self) -> dict[str, torch.Tensor]:
+        """The student's parameters, folded and sliced from T_d (differentiable)."""
+        if self.student_grad not in STUDENT_GRADS:
+            raise ValueError(unknown_choice("student_grad", self.student_grad, list(STUDENT_GRADS)))
+        out = {}
+        for k, rule in enumerate(self._rules):
+            t = self._source_tensor(rule)
+            for r in rule.rules:
+                if r.cmap.segments == 1:
+                    t = t.narrow(r.dim, 0, r.cmap.narrow)
+                else:
+                    t = t.index_select(r.dim, getattr(self._cbr, f"i{k}_{r.dim}"))
+            scale = getattr(self._cbr, f"s{k}", None)
+            if scale is not None:
+                t = t * scale if self.student_grad == "faithful" else _CompensatedScale.apply(t, scale)
+            out[rule.name] = t
+        return out
+
+    def _student_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(self.student_template, self.cbr_params(), (x,), strict=False)
+
+    def forward(self, x: torch.Tensor, view: str = "teacher"):
+        if view == "teacher":
+            return self.wide(x)
+        if view == "student":
+            return self._student_forward(x)
+        if view == "both":
+            convs = [m for m in self.wide.modules() if isinstance(m, MultiBranchConv2d)]
+            for m in convs:  # fold each multi-branch conv once, for both views
+                m._fold_cache = []
+            try:
+                return self.wide(x), self._student_forward(x)
+            finally:
+                for m in convs:
+                    m._fold_cache = None
+        raise ValueError(unknown_choice("view", view, list(VIEWS)))
+
+    def student_view(self) -> "StudentView":
+        """An ``nn.Module`` whose forward is ``self(x, view="student")`` (registers nothing)."""
+        return StudentView(self)
+
+    # ------------------------------------------------------------------ state
+    def get_extra_state(self):
+        return {"config": asdict(self.config)}
+
+    def set_extra_state(self, state) -> None:
+        saved = ExpandConfig(**{**state["config"], "branches": tuple(state["config"]["branches"])})
+        for key in ("ratio", "branches"):
+            if getattr(saved, key) != getattr(self.config, key):
+                raise ValueError(f"state dict was saved from a DynamicTeacher with {key}={getattr(saved, key)!r}, "
+                                 f"this one has {key}={getattr(self.config, key)!r}")
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"ratio={c.ratio}, branches={list(c.branches)}, noise={c.noise}, scale_init={c.scale_init!r}, "
+                f"student_grad={self.student_grad!r}")
+
+
+class StudentView(nn.Module):
+    """``forward(x) = dt(x, view="student")``; holds ``dt`` without registering it, so its
+    parameters are not registered twice. ``train()``/``eval()`` are forwarded to ``dt``."""
+
+    def __init__(self, dt: DynamicTeacher):
+        super().__init__()
+        object.__setattr__(self, "dt", dt)
+
+    @property
+    def student_template(self) -> nn.Module:
+        return self.dt.student_template
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dt(x, view="student")
+
+    def train(self, mode: bool = True) -> "StudentView":
+        self.dt.train(mode)
+        return super().train(mode)
+
+
+def extract_student(dt: DynamicTeacher) -> nn.Module:
+    """The deployable student: a plain instance of the student's class (a copy of the
+    template) holding the folded, sliced weights and the student view's BN statistics.
+    Its state dict loads with ``strict=True`` into a fresh model of the same architecture."""
+    with torch.no_grad():
+        params = {k: v.detach().clone() for k, v in dt.cbr_params().items()}
+    student = copy.deepcopy(dt.student_template)
+    strip_hooks(student)
+    for path, names in dt._param_order.items():
+        m = student.get_submodule(path)
+        prefix = f"{path}." if path else ""
+        for n in names:
+            del m._buffers[n]
+        for n in names:
+            m.register_parameter(n, nn.Parameter(params[prefix + n]))
+    return student
