@@ -90,5 +90,5 @@ def expand(
             fold = path in branched and n == "weight"
             rules.append(CbrRule(prefix + n, path if fold else prefix + n, fold, plan.tensors[prefix + n]))
     config = ExpandConfig(ratio, kinds, float(noise), scale_init, student_grad)
-    dt = DynamicTeacher(wide, template, order, rules, config)
+    dt = DynamicTeacher(wide, template, order, rules, config, plan)
     return dt.train(student.training)

@@ -126,6 +126,9 @@ def trace_io(model: nn.Module, x: torch.Tensor) -> tuple[set[str], set[str]]:
     try:
         with torch.enable_grad():
             out = model(x)
+    except Exception as exc:  # noqa: BLE001 -- the model cannot run this input at all
+        raise ValueError(f"the student failed on the example input {tuple(x.shape)}: {exc}; "
+                         f"pass example_input= shaped like real inputs") from exc
     finally:
         for h in handles:
             h.remove()

@@ -20,6 +20,7 @@ from workbench.registry import unknown_choice
 
 from .branches import MultiBranchConv2d
 from .channels import DimRule, read_scale
+from .plan import WideningPlan
 
 VIEWS = ("teacher", "student", "both")
 STUDENT_GRADS = ("faithful", "compensated")
@@ -99,8 +100,9 @@ class DynamicTeacher(nn.Module):
     """
 
     def __init__(self, wide: nn.Module, template: nn.Module, param_order: dict[str, list[str]],
-                 rules: list[CbrRule], config: ExpandConfig):
+                 rules: list[CbrRule], config: ExpandConfig, plan: WideningPlan):
         super().__init__()
+        self.plan = plan  # channel maps of every student tensor (read-only information)
         self.wide = wide
         self.student_template = template
         self._param_order = param_order

@@ -1,0 +1,134 @@
+"""Channel maps and multi-branch convolutions: hand-computed values and fold == explicit branches."""
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from workbench.gpd import BRANCH_KINDS, DEFAULT_BRANCHES, MultiBranchConv2d
+from workbench.gpd.branches import BRANCH_ORDER, REFERENCE_SCALES, branchable, resolve_branches
+from workbench.gpd.channels import ChannelMap, DimRule, read_scale, slice_plain, widen_tensor, wide_width
+
+
+# ---------------------------------------------------------------- channel maps
+
+def test_channel_map_by_hand():
+    m = ChannelMap(4, 6)
+    assert m.source_index().tolist() == [0, 1, 2, 3, 0, 1]
+    assert m.student_counts().tolist() == [2, 2, 1, 1]
+    assert m.wide_counts().tolist() == [2, 2, 1, 1, 2, 2]
+    assert m.student_mask().tolist() == [True] * 4 + [False] * 2
+    assert not m.uniform and ChannelMap(4, 8).uniform
+
+
+def test_segmented_map_by_hand():
+    m = ChannelMap(2, 3, segments=3)  # [q0 q1 | k0 k1 | v0 v1] -> [q0 q1 q0 | k0 k1 k0 | v0 v1 v0]
+    assert m.source_index().tolist() == [0, 1, 0, 2, 3, 2, 4, 5, 4]
+    assert m.student_index().tolist() == [0, 1, 3, 4, 6, 7]
+    assert m.wide_counts().tolist() == [2, 1, 2] * 3
+
+
+def test_wide_width_rounds_half_up_and_never_shrinks():
+    assert [wide_width(c, 1.5) for c in (1, 3, 5, 16)] == [2, 5, 8, 24]
+    assert wide_width(4, 1.25) == 5 and wide_width(1, 1.25) == 1
+
+
+def test_widen_then_slice_times_count_is_identity_and_copies_sum_back():
+    torch.manual_seed(0)
+    w = torch.randn(5, 4)
+    out_map, in_map = ChannelMap(5, 8), ChannelMap(4, 6)
+    rules = (DimRule(0, out_map), DimRule(1, in_map, reads=True))
+    wide = widen_tensor(w, rules)
+    assert wide.shape == (8, 6)
+    assert torch.allclose(slice_plain(wide, rules) * read_scale(rules, 2), w, rtol=0, atol=1e-6)
+    # a replicated input x' = x[g] read by the wide weight gives the replicated output
+    x = torch.randn(4)
+    assert torch.allclose(wide @ x[in_map.source_index()], (w @ x)[out_map.source_index()], atol=1e-6)
+
+
+# ---------------------------------------------------------------- branches
+
+def _randomise_scales(conv: MultiBranchConv2d) -> None:
+    with torch.no_grad():
+        conv.origin_scale.normal_()
+        for b in conv.branches:
+            b.scale.normal_()
+            for name, p in b.named_parameters():
+                if name == "delta":
+                    p.normal_(0, 0.1)
+
+
+@pytest.mark.parametrize("kind", BRANCH_KINDS)
+@pytest.mark.parametrize("groups", ["dense", "depthwise"])
+@pytest.mark.parametrize("k", [3, 5])
+def test_fold_equals_running_branches_separately(kind, groups, k):
+    torch.manual_seed(1)
+    c_in, c_out = (6, 10) if groups == "dense" else (6, 6)
+    g = 1 if groups == "dense" else c_in
+    base = nn.Conv2d(c_in, c_out, k, padding=k // 2, groups=g, bias=True).double()
+    conv = MultiBranchConv2d(base, [kind, "kxk"]).double()
+    _randomise_scales(conv)
+    x = torch.randn(2, c_in, 7, 9, dtype=torch.float64)
+    assert torch.allclose(conv(x), conv.explicit_forward(x), rtol=1e-10, atol=1e-10)
+
+
+def test_branch_kernels_by_hand():
+    torch.manual_seed(2)
+    base = nn.Conv2d(2, 3, 3, padding=1, bias=False)
+    conv = MultiBranchConv2d(base, ["1x1", "1x1_avg", "kx1"])
+    one, avg, kx1 = conv.branches
+    k1 = one.kernel()
+    assert torch.equal(k1[:, :, 1, 1], one.weight[:, :, 0, 0]) and k1.abs().sum() == one.weight.abs().sum()
+    assert torch.allclose(avg.kernel(), avg.weight.expand(-1, -1, 3, 3) / 9)
+    assert torch.equal(kx1.kernel()[:, :, :, 1], kx1.weight[:, :, :, 0]) and kx1.kernel()[:, :, :, 0].abs().sum() == 0
+
+
+def test_avg_branch_counts_zero_padding():
+    """count_include_pad: the corner output is (sum of the 4 real inputs) / 9."""
+    base = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    conv = MultiBranchConv2d(base, ["1x1_avg"])
+    with torch.no_grad():
+        conv.origin_scale.zero_()
+        conv.branches[0].scale.fill_(1.0)
+        conv.branches[0].weight.fill_(1.0)
+    x = torch.ones(1, 1, 4, 4)
+    assert conv(x)[0, 0, 0, 0].item() == pytest.approx(4 / 9)
+
+
+def test_one_zero_init_preserves_the_conv_exactly():
+    torch.manual_seed(3)
+    base = nn.Conv2d(4, 5, 3, padding=1)
+    conv = MultiBranchConv2d(base, DEFAULT_BRANCHES)
+    x = torch.randn(2, 4, 6, 6)
+    assert torch.equal(conv(x), base(x))
+    assert torch.equal(conv.folded_weight(), base.weight)
+
+
+def test_reference_scale_init_matches_the_official_table():
+    conv = MultiBranchConv2d(nn.Conv2d(4, 5, 3, padding=1), DEFAULT_BRANCHES, scale_init="reference")
+    assert torch.all(conv.origin_scale == REFERENCE_SCALES["origin"])
+    for b in conv.branches:
+        assert torch.all(b.scale == REFERENCE_SCALES[b.kind]), b.kind
+    x = torch.randn(1, 4, 6, 6)
+    assert not torch.allclose(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))  # not preserving
+
+
+def test_branch_selection():
+    assert resolve_branches(0) == ()
+    assert resolve_branches(len(DEFAULT_BRANCHES)) == DEFAULT_BRANCHES
+    assert resolve_branches(2) == BRANCH_ORDER[:2]
+    assert resolve_branches(["1x1", "kxk"]) == ("1x1", "kxk")
+    assert set(BRANCH_ORDER) == set(BRANCH_KINDS)
+    with pytest.raises(ValueError, match="unknown branch kind '3x3'.*valid choices"):
+        resolve_branches(["3x3"])
+    with pytest.raises(ValueError, match="branches=99"):
+        resolve_branches(99)
+
+
+def test_which_convs_get_branches():
+    assert branchable(nn.Conv2d(4, 4, 3, padding=1))
+    assert branchable(nn.Conv2d(4, 4, 3, padding=1, groups=4))
+    assert not branchable(nn.Conv2d(4, 4, 3, padding=1, stride=2))
+    assert not branchable(nn.Conv2d(4, 4, 1))
+    assert not branchable(nn.Conv2d(4, 4, 4, stride=4))
+    assert not branchable(nn.Conv2d(4, 4, 3, padding=0))
+    assert not branchable(nn.Conv2d(4, 4, 3, padding=1, groups=2))

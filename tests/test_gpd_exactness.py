@@ -1,0 +1,79 @@
+"""IR exactness grid: T_d == student (and the student view == student) at noise 0 for every
+supported architecture and ratio, in eval mode (float32) and train mode (float64)."""
+import pytest
+import torch
+
+from workbench import models
+from workbench.gpd import DEFAULT_BRANCHES, MultiBranchConv2d, expand
+from workbench.gpd.channels import wide_width
+from workbench.models.hooks import classifier_path
+
+TOL = 1e-5  # float32 eval: max abs diff <= TOL * max |logit|
+TRAIN_TOL_F64 = 1e-9
+NUM_CLASSES = 10
+SMALL_VIT = dict(depth=2, dim=64, head_dim=16)  # 4 heads: r = 1.5 -> 6 heads, 1.25 -> 5
+TINY_VIT = dict(depth=2)  # vit_tiny shapes (3 heads of 64), 2 blocks to stay fast
+CNNS = ["resnet8x4", "resnet20", "resnet32x4", "wrn_16_2", "vgg8", "MobileNetV2", "resnet18", "resnet50"]
+#: big nets are checked channel-only in the grid (the fold is exact by construction and tested on
+#: its own, and with all branches in the slow test below); small ones with the full default set
+HEAVY = {"resnet32x4", "vgg8", "resnet18", "resnet50"}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def _case(name, ratio, kwargs=None, tag=""):
+    return pytest.param(name, ratio, kwargs or {}, id=f"{name}{tag}-{ratio}")
+
+
+GRID = (
+    [_case(n, r) for n in CNNS for r in (2.0, 3.0, 1.5, 1.25)]
+    + [_case("vit_tiny", r, TINY_VIT) for r in (2.0, 3.0)]
+    + [_case("vit_tiny", r, SMALL_VIT, "-dim64") for r in (2.0, 3.0, 1.5, 1.25)]
+)
+
+
+@pytest.mark.parametrize("name,ratio,kwargs", GRID)
+def test_dynamic_teacher_equals_student_at_zero_noise(name, ratio, kwargs):
+    """Eval mode in float32 (TOL); train mode (BN batch statistics) in float64. The model is
+    expanded in float64 and cast: in float32, 2-4 samples on 1x1 maps make batch statistics
+    amplify rounding (of the student itself too) far beyond TOL, and fl32(w / 3) copies do not
+    sum back to w exactly, so a float32 train-mode check would test conditioning, not widening."""
+    torch.manual_seed(0)
+    student = models.build(name, num_classes=NUM_CLASSES, **kwargs).double().train()
+    branches = 0 if name in HEAVY else DEFAULT_BRANCHES
+    dt = expand(student, ratio=ratio, noise=0.0, branches=branches).train()
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():  # both views update their own BN stats like the student does
+        z_s, (z_d, z_v) = student(x), dt(x, view="both")
+    assert rel_err(z_d, z_s) <= TRAIN_TOL_F64
+    assert rel_err(z_v, z_s) <= TRAIN_TOL_F64
+
+    student.float().eval()
+    dt.float().eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        z_s = student(x)
+        z_d, z_v = dt(x, view="both")
+    assert z_d.shape == z_s.shape == (2, NUM_CLASSES)
+    assert rel_err(z_d, z_s) <= TOL
+    assert rel_err(z_v, z_s) <= TOL
+    # really wider, really multi-branch
+    fc_s, fc_d = (m.get_submodule(classifier_path(student)) for m in (student, dt.wide))
+    assert fc_d.in_features == wide_width(fc_s.in_features, ratio) > fc_s.in_features
+    assert any(isinstance(m, MultiBranchConv2d) for m in dt.wide.modules()) == (branches != 0 and name != "vit_tiny")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(HEAVY))
+@pytest.mark.parametrize("ratio", [2.0, 3.0])
+def test_heavy_nets_with_all_default_branches(name, ratio):
+    torch.manual_seed(0)
+    student = models.build(name, num_classes=NUM_CLASSES).eval()
+    dt = expand(student, ratio=ratio, noise=0.0).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(dt(x), student(x)) <= TOL
+
+

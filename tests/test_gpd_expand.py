@@ -1,0 +1,171 @@
+"""IR: structure of T_d (paths, widths, heads, noise placement, branches) and clear errors for
+what cannot be widened exactly. The per-architecture exactness grid is in test_gpd_exactness.py."""
+import pytest
+import torch
+from torch import nn
+
+from workbench import models
+from workbench.gpd import DEFAULT_BRANCHES, MultiBranchConv2d, UnsupportedLayerError, expand
+from workbench.gpd.channels import slice_plain
+from workbench.models.hooks import classifier_path
+
+TOL = 1e-5  # max abs diff <= TOL * max |logit|
+NUM_CLASSES = 10
+SMALL_VIT = dict(depth=2, dim=64, head_dim=16)  # 4 heads: r = 1.5 -> 6 heads, 1.25 -> 5
+TINY_VIT = dict(depth=2)  # vit_tiny shapes (3 heads of 64), 2 blocks to stay fast
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("branches", [0, DEFAULT_BRANCHES])
+@pytest.mark.parametrize("name", ["resnet20", "MobileNetV2"])
+def test_branch_counts_preserve_the_function(name, branches):
+    torch.manual_seed(1)
+    student = models.build(name, num_classes=NUM_CLASSES).eval()
+    dt = expand(student, ratio=1.5, branches=branches, noise=0.0).eval()
+    n_multi = sum(isinstance(m, MultiBranchConv2d) for m in dt.wide.modules())
+    n_branchable = sum(
+        type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.stride == (1, 1) for m in student.modules()
+    )
+    assert n_multi == (0 if branches == 0 else n_branchable) and n_branchable > 0
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(dt(x), student(x)) <= TOL
+
+
+def test_wide_keeps_module_paths_and_io_widths():
+    student = models.build("resnet20", num_classes=NUM_CLASSES)
+    dt = expand(student, ratio=2.0)
+    wide_paths = {p for p, _ in dt.wide.named_modules()}
+    assert {p for p, _ in student.named_modules()} <= wide_paths
+    assert classifier_path(dt.wide) == classifier_path(student) == "fc"
+    assert dt.wide.conv1.in_channels == 3 and dt.wide.fc.out_features == NUM_CLASSES
+    assert dt.wide.fc.in_features == 128 and dt.wide.layer1[0].conv1.out_channels == 32
+
+
+def test_vit_heads_are_duplicated_whole():
+    torch.manual_seed(2)
+    student = models.build("vit_tiny", num_classes=NUM_CLASSES, **SMALL_VIT).eval()
+    dt = expand(student, ratio=1.5, noise=0.0)
+    qkv = dt.wide.blocks[0].attn.qkv
+    assert qkv.in_features == 96 and qkv.out_features == 288  # 6 heads of 16
+    w_s = student.blocks[0].attn.qkv.weight.detach()
+    # wide q-head 4 (rows 64..79) copies student q-head 0; columns 0..31 are read by 2 copies (/2);
+    # the wide k segment starts at row 96, its columns 64..95 copy student columns 0..31 (/2)
+    assert torch.allclose(qkv.weight[64:80, :32] * 2, w_s[:16, :32])
+    assert torch.allclose(qkv.weight[96:112, 64:] * 2, w_s[64:80, :32])
+    assert dt.wide.cls_token.shape == (1, 1, 96) and dt.wide.pos_embed.shape[-1] == 96
+    assert type(dt.wide.blocks[0].norm1).__name__ == "ReplicaAwareLayerNorm"  # uneven counts
+    assert type(expand(student, ratio=2.0).wide.blocks[0].norm1) is nn.LayerNorm  # even: plain
+
+
+def test_vit_ratio_without_whole_heads_is_rejected():
+    student = models.build("vit_tiny", num_classes=NUM_CLASSES, **TINY_VIT)
+    with pytest.raises(UnsupportedLayerError, match=r"blocks\.0\.attn.*Attention.*head_dim 64"):
+        expand(student, ratio=1.5)
+
+
+def test_noise_goes_only_on_replicated_entries():
+    torch.manual_seed(3)
+    student = models.build("resnet20", num_classes=NUM_CLASSES).eval()
+    exact = expand(student, ratio=1.5, noise=0.0, branches=0).eval()
+    noisy = expand(student, ratio=1.5, noise=1e-3, branches=0).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        z_s = student(x)
+        assert rel_err(noisy(x, view="student"), z_s) <= TOL  # student block untouched
+        assert 0 < rel_err(noisy(x), z_s) < 0.1  # T_d moved, a little
+    for (name, p0), p1 in zip(exact.wide.named_parameters(), noisy.wide.parameters()):
+        diff = (p1 - p0).detach()
+        rules = exact.plan.tensors[name]
+        assert torch.equal(slice_plain(diff, rules), torch.zeros_like(slice_plain(diff, rules))), name
+        if any(not r.cmap.is_identity for r in rules):
+            assert 1e-4 < diff.std() < 1e-2, name
+
+
+def test_expand_does_not_touch_the_student():
+    student = models.build("resnet20", num_classes=NUM_CLASSES).train()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    dt = expand(student, ratio=2.0)
+    assert student.training and dt.training
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+
+
+# ---------------------------------------------------------------- unsupported
+
+class _GroupedConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.grouped(self.stem(x)).mean((2, 3)))
+
+
+class _RecurrentNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(5, 8)
+        self.rnn = nn.GRU(8, 8, batch_first=True)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.rnn(self.embed(x))[0][:, -1])
+
+
+class _ConcatNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 6, 1)
+        self.mix = nn.Conv2d(10, 5, 1)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc(self.mix(torch.cat([self.a(x), self.b(x)], 1)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("model,x,pattern", [
+    (_GroupedConvNet(), None, r"'grouped' \(Conv2d\).*groups=2"),
+    (_RecurrentNet(), torch.randn(2, 3, 5), r"'rnn' \(GRU\)"),
+    (_ConcatNet(), None, r"'mix' \(Conv2d\).*concat"),
+])
+def test_unsupported_layers_are_named(model, x, pattern):
+    with pytest.raises(UnsupportedLayerError, match=pattern):
+        expand(model, example_input=x)
+
+
+@pytest.mark.parametrize("name,pattern", [
+    ("ShuffleV1", r"\(Conv2d\): grouped conv with groups=3"),
+    ("ShuffleV2", r"'layer1\.0\.shuffle'.*'layer1\.0'"),
+])
+def test_shufflenets_are_rejected(name, pattern):
+    with pytest.raises(UnsupportedLayerError, match=pattern):
+        expand(models.build(name, num_classes=NUM_CLASSES), branches=0)
+
+
+def test_unsupported_error_is_a_value_error():
+    assert issubclass(UnsupportedLayerError, ValueError)
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    (dict(ratio=0.5), "ratio must be a real number >= 1"),
+    (dict(ratio="2"), "ratio must be"),
+    (dict(noise=-1.0), "noise must be"),
+    (dict(scale_init="ones"), "unknown scale_init 'ones'; valid choices: one_zero, reference"),
+    (dict(student_grad="exact"), "unknown student_grad 'exact'; valid choices: faithful, compensated"),
+    (dict(branches=["1x1", "bogus"]), "unknown branch kind 'bogus'"),
+])
+def test_bad_arguments(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        expand(models.build("resnet8", num_classes=NUM_CLASSES), **kwargs)
+
+
+def test_bad_example_input_is_reported():
+    student = models.build("vit_tiny", num_classes=NUM_CLASSES, image_size=8, **SMALL_VIT)
+    with pytest.raises(ValueError, match="example_input"):
+        expand(student)
+    expand(student, example_input=torch.randn(2, 3, 8, 8))
