@@ -68,6 +68,8 @@ def expand(
     - ``student_grad``: ``"faithful"`` | ``"compensated"`` (see ``workbench.gpd``);
     - ``example_input``: one small batch used to find the input/output layers and to verify the
       widening module by module (default: ``default_example_input(student)``).
+    Random draws (noise, extra-branch weights) use torch's global RNG: seed it to reproduce.
+    T_d's parameters keep the student's ``requires_grad`` flags.
     Raises ``UnsupportedLayerError`` naming the module for anything it cannot widen exactly.
     """
     ratio = _check_args(ratio, noise, scale_init, student_grad)
