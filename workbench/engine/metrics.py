@@ -3,12 +3,12 @@
 This module docstring is the one place the record schema is documented. Every record has
 ``kind`` and ``epoch`` (1-based; 0 = before training). Kinds and their other keys:
 
-``train``   one per epoch: ``split="train"``, ``role`` (the model being trained: ``student``, or
-            ``dynamic_teacher`` for GPD's T_d), ``top1``, ``loss`` (total) and one key per named
-            loss term (``loss_ce``, ``loss_kd``, ...), ``lr``, ``time`` (seconds for the epoch),
-            ``images_per_s``.
+``train``   one per epoch: ``split="train"``, ``role="student"`` (``top1`` is the student's
+            training accuracy, in %), ``loss`` (total) and one key per named loss term
+            (``loss_ce``, ``loss_kd``, ...; GPD adds ``loss_ce_dt``, ``loss_kd_dt``, ``loss_sce``),
+            ``lr``, ``time`` (seconds for the epoch), ``images_per_s``, ``temperature``.
 ``eval``    one per epoch and evaluated model: ``split="test"``, ``role`` in
-            {``student``, ``teacher`` (static), ``dynamic_teacher``}, ``top1``, ``top5``, ``loss``
+            {``student``, ``teacher`` (static), ``dynamic_teacher``}, ``top1``, ``top5`` (in %), ``loss``
             (cross-entropy), ``n`` (examples), ``time``.
 ``gap``     long format, one per (epoch, pair, metric): ``pair`` in {``T_s-S``, ``T_d-S``,
             ``T_s-T_d``}, ``metric`` (``acc_gap``, ``agreement``, ``kl``, ``cka``, ...), ``value``.

@@ -1,0 +1,85 @@
+"""The one checkpoint format: a dict written atomically with ``torch.save``.
+
+Keys: ``format`` / ``version``; ``epoch`` (last finished epoch); ``config`` (RunConfig dict);
+``model`` (the plain, deployable student state dict -- for GPD the student extracted by CBR --
+so ``workbench.models.load`` and RepDistiller-style tooling read it directly); ``arch`` and
+``num_classes`` / ``in_channels`` (to rebuild it); ``method`` (the method's trainable state:
+student, or GPD's dynamic teacher with both BN statistic sets, CTKD temperature, ...);
+``optimizer``, ``scaler``, ``rng``, ``best`` (best student top-1 and its epoch).
+Everything is plain Python/tensors so files load with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT, VERSION = "gpd-workbench-checkpoint", 1
+LAST, BEST, STUDENT = "last.pt", "best.pt", "student.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: corrupt, truncated, wrong format or incompatible."""
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``: a
+    reader (or a crash) never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Read one of our checkpoints, with a clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be read "
+                              f"({type(e).__name__}: {str(e)[:200]}). Delete it to start the run "
+                              f"afresh, or point to another file.") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a workbench checkpoint (no format={FORMAT!r} entry); "
+                              f"model weight files are loaded with workbench.models.load instead")
+    if ckpt.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {ckpt['version']}, newer than this "
+                              f"workbench ({VERSION}); upgrade the workbench")
+    return ckpt
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x

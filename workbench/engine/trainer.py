@@ -1,0 +1,373 @@
+"""The one training loop. Methods plug in (``methods.Distiller``); probes plug in as callbacks.
+
+Read ``fit`` top to bottom: set-up, resume, then per epoch: train, evaluate every model
+(student, static teacher, dynamic teacher) in one pass, callbacks, atomic checkpoint.
+
+Determinism: every epoch re-seeds torch/numpy/python from (seed, epoch) and shuffles with a
+generator seeded the same way, so a run resumed from an epoch checkpoint continues exactly as
+the uninterrupted run would (bit-identical on CPU).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..methods import TASK_PREFIX, Distiller
+from ..models.hooks import FeatureTap
+from . import distributed as dist
+from .callbacks import Callback, RoleOutputs
+from .checkpoint import BEST, LAST, STUDENT, CheckpointError, atomic_save, load_checkpoint, rng_state, set_rng_state
+from .device import amp_dtype, autocast, select_device, to_device, use_channels_last
+from .metrics import MetricsLog
+from .optim import DOT, build_optimizer
+from .schedule import lr_factor
+
+TOPK = 5
+SEED_STRIDE = 1_000_003  # epoch seeds: seed * SEED_STRIDE + epoch
+# Config keys that may change between a run and its resumption (they do not alter training).
+RUNTIME_KEYS = {"device", "workers", "progress", "resume", "out_dir", "name", "probe_every",
+                "probe_samples", "transfer", "eval_batch_size", "compile", "preset"}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the run stops, the last good checkpoint stays."""
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * SEED_STRIDE + epoch
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _interactive() -> bool:
+    """Per-step bars in terminals and notebooks; logs get one line per epoch instead."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
+def _progress(iterable, enabled: bool, **kw):
+    if not (enabled and _interactive()):
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, leave=False, dynamic_ncols=True, mininterval=0.5, **kw)
+
+
+class Trainer:
+    def __init__(self, cfg, method: Distiller, train_set, test_set, run_dir: str | Path | None = None,
+                 callbacks: list[Callback] = (), device: torch.device | None = None):
+        self.cfg, self.method = cfg, method
+        self.train_set, self.test_set = train_set, test_set
+        self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir()
+        self.callbacks = list(callbacks)
+        self.epochs = cfg.epochs
+        self.epoch = 0
+        self.rank, self.world = dist.rank(), dist.world_size()
+        self.is_main = self.rank == 0
+        self.device = device or dist.local_device(select_device(cfg.device))
+        self.amp = amp_dtype(self.device, cfg.amp)
+        self.channels_last = use_channels_last(self.device, cfg.channels_last)
+        self.log = MetricsLog(self.run_dir, enabled=self.is_main)
+        self.best = {"top1": -1.0, "epoch": 0}
+        self.show = cfg.progress and self.is_main
+
+        method.to(self.device)
+        if self.channels_last:
+            method.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(cfg.optimizer, method.param_groups(cfg.lr, cfg.ctkd_lr or None),
+                                         cfg.lr, cfg.momentum, cfg.weight_decay, cfg.dot, cfg.dot_delta)
+        for g in self.optimizer.param_groups:
+            g["base_lr"] = g["lr"]
+        self.dot = isinstance(self.optimizer, DOT)
+        if self.dot and self.amp == torch.float16:
+            raise ValueError("dot=true with fp16 autocast is not supported (no loss scaling for two "
+                             "gradient sets); use amp=bf16 or amp=off")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.model = dist.wrap(method, self.device)  # DDP around the method when world > 1
+        if cfg.compile:
+            self.model = torch.compile(self.model)
+        self.train_loader = self._loader(train_set, train=True)
+        self.test_loader = self._loader(test_set, train=False)
+
+    # ------------------------------------------------------------------ data
+    def _loader(self, dataset, train: bool) -> DataLoader:
+        cfg = self.cfg
+        workers = cfg.workers if cfg.workers >= 0 else (min(8, dist.cpu_count()) if self.device.type == "cuda" else 0)
+        batch = cfg.batch_size if train else cfg.eval_batch_size
+        sampler = dist.sampler(dataset, train, cfg.seed, batch)
+        if train and batch % self.world:
+            raise ValueError(f"batch_size={batch} is not divisible by the {self.world} processes")
+        return DataLoader(dataset, batch_size=batch // self.world if train else batch, sampler=sampler,
+                          num_workers=workers, pin_memory=self.device.type == "cuda",
+                          drop_last=False, persistent_workers=workers > 0,
+                          generator=torch.Generator())
+
+    def _start_epoch(self, epoch: int) -> None:
+        seed = epoch_seed(self.cfg.seed, epoch) + self.rank
+        seed_everything(seed)
+        self.train_loader.generator.manual_seed(seed)  # worker seeds
+        dist.set_sampler_epoch(self.train_loader, epoch_seed(self.cfg.seed, epoch))
+        self.method.on_epoch_start(epoch, self.epochs)
+
+    # ------------------------------------------------------------------ one epoch of training
+    def train_epoch(self, epoch: int) -> dict:
+        self.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        correct, seen, steps = torch.zeros((), device=self.device), 0, len(self.train_loader)
+        t0 = time.perf_counter()
+        bar = _progress(self.train_loader, self.show, desc=f"epoch {epoch}/{self.epochs}", total=steps)
+        for step, batch in enumerate(bar):
+            x, y = to_device(batch, self.device, self.channels_last)
+            self._set_lr((epoch - 1) + step / steps, steps)
+            with autocast(self.device, self.amp):
+                logits, losses = self.model(x, y)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss.detach()).item():
+                terms = {k: float(v.detach()) for k, v in losses.items()}
+                raise NonFiniteLossError(
+                    f"non-finite loss at epoch {epoch}, step {step + 1}/{steps}: {terms}. The run "
+                    f"stopped; the last good checkpoint is {self.run_dir / LAST} (epoch {epoch - 1}). "
+                    f"Try a lower lr, grad_clip=5, or amp=off.")
+            self._backward_step(loss, losses)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if hasattr(bar, "set_postfix") and step % 10 == 0:
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        stats = dist.all_reduce_sum({**sums, "_correct": correct, "_seen": torch.tensor(float(seen), device=self.device)})
+        n = float(stats.pop("_seen"))
+        elapsed = time.perf_counter() - t0
+        record = {"kind": "train", "epoch": epoch, "split": "train", "role": "student",
+                  "top1": 100.0 * float(stats.pop("_correct")) / n,
+                  "loss": sum(float(v) for v in stats.values()) / n,
+                  **{k: float(v) / n for k, v in stats.items()},
+                  "lr": self.optimizer.param_groups[0]["lr"], "time": elapsed, "images_per_s": n / elapsed}
+        record.update(self.method.scalars())
+        return record
+
+    def _set_lr(self, progress: float, steps: int) -> None:
+        c = self.cfg
+        f = lr_factor(c.schedule, progress, c.epochs, c.milestones, c.lr_decay, c.warmup_epochs, steps)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * f
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def _backward_step(self, loss: torch.Tensor, losses: dict) -> None:
+        opt = self.optimizer
+        opt.zero_grad(set_to_none=True)
+        if self.dot:
+            task = sum(v for k, v in losses.items() if k.startswith(TASK_PREFIX))
+            distill = sum(v for k, v in losses.items() if not k.startswith(TASK_PREFIX))
+            params = self._params()
+            with dist.no_sync(self.model):  # two gradient sets: reduced by hand below
+                opt.set_distill_grads(torch.autograd.grad(distill, params, retain_graph=True, allow_unused=True))
+                task.backward()
+            dist.all_reduce_grads(params, opt.distill_grads())
+            if self.cfg.grad_clip > 0:
+                self._clip_dot(params)
+            opt.step()
+            return
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(self._params(), self.cfg.grad_clip)
+        self.scaler.step(opt)
+        self.scaler.update()
+
+    def _clip_dot(self, params) -> None:
+        """Clip DOT's two gradient sets by the norm of their sum (one shared factor)."""
+        kd = self.optimizer.distill_grads()
+        total = [(p.grad if p.grad is not None else 0) + kd.get(p, 0) for p in params]
+        norm = torch.norm(torch.stack([torch.norm(t) for t in total if torch.is_tensor(t)]))
+        factor = torch.clamp(self.cfg.grad_clip / (norm + 1e-6), max=1.0)
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(factor)
+            if p in kd:
+                kd[p].mul_(factor)
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_models(self) -> dict[str, nn.Module]:
+        """The method's plain models by role (for probes)."""
+        return self.method.eval_models()
+
+    @torch.no_grad()
+    def evaluate(self, epoch: int) -> tuple[list[dict], dict[str, RoleOutputs]]:
+        """One pass over the test set for every model; returns eval records and outputs
+        (logits of all examples, features of the first ``probe_samples``) for callbacks."""
+        models = self.method.eval_models()
+        was_training = {r: m.training for r, m in models.items()}
+        for m in models.values():
+            m.eval()
+            if self.channels_last:
+                m.to(memory_format=torch.channels_last)
+        logits = {r: [] for r in models}
+        feats = {r: [] for r in models}
+        targets, kept, t0 = [], 0, time.perf_counter()
+        budget = self.cfg.probe_samples if self.cfg.probe_every > 0 else 0
+        for batch in _progress(self.test_loader, self.show, desc="eval"):
+            x, y = to_device(batch, self.device, self.channels_last)
+            take = min(len(y), max(0, budget - kept))
+            for role, m in models.items():
+                with autocast(self.device, self.amp):
+                    if take:
+                        with FeatureTap(m, ["penultimate"]) as tap:
+                            z = m(x)
+                        feats[role].append(tap["penultimate"][:take].float().cpu())
+                    else:
+                        z = m(x)
+                logits[role].append(z.float().cpu())
+            targets.append(y.cpu())
+            kept += take
+        for role, m in models.items():
+            m.train(was_training[role])
+        y = dist.gather_cat(torch.cat(targets))
+        elapsed = time.perf_counter() - t0
+        records, outputs = [], {}
+        for role in models:
+            z = dist.gather_cat(torch.cat(logits[role]))
+            f = dist.gather_cat(torch.cat(feats[role])) if feats[role] else None
+            outputs[role] = RoleOutputs(z, y, f[:budget] if f is not None else None)
+            k = min(TOPK, z.shape[1])
+            topk = z.topk(k, dim=1).indices
+            records.append({"kind": "eval", "epoch": epoch, "split": "test", "role": role,
+                            "top1": 100.0 * (topk[:, 0] == y).float().mean().item(),
+                            f"top{TOPK}": 100.0 * (topk == y[:, None]).any(1).float().mean().item(),
+                            "loss": F.cross_entropy(z, y).item(), "n": len(y), "time": elapsed})
+        return records, outputs
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(self, epoch: int) -> dict:
+        student = self.method.deployable_student()
+        return {"format": "gpd-workbench-checkpoint", "version": 1, "epoch": epoch,
+                "config": self.cfg.to_dict(), "arch": self.cfg.student,
+                "model": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+                "method": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in self.method.state().items()},
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": rng_state(), "best": dict(self.best)}
+
+    def save(self, epoch: int, student_top1: float | None) -> None:
+        if not self.is_main:
+            return
+        ckpt = self._checkpoint(epoch)
+        atomic_save(ckpt, self.run_dir / LAST)
+        if student_top1 is not None and student_top1 > self.best["top1"]:
+            self.best = {"top1": student_top1, "epoch": epoch}
+            ckpt["best"] = dict(self.best)
+            atomic_save(ckpt, self.run_dir / BEST)
+
+    def _check_compatible(self, ckpt: dict, path: Path) -> None:
+        saved, now = ckpt.get("config", {}), self.cfg.to_dict()
+        diff = {k: (saved.get(k), now[k]) for k in now
+                if k not in RUNTIME_KEYS and k in saved and saved.get(k) != now[k]}
+        if diff:
+            shown = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in list(diff.items())[:6])
+            raise CheckpointError(f"cannot resume {path}: it was written with a different config ({shown}). "
+                                  f"Use the same settings, another name=..., or delete the run folder.")
+
+    def resume(self) -> int:
+        """Restore the last checkpoint of this run folder; returns the epoch to start from."""
+        path = self.run_dir / LAST
+        if not path.exists():
+            return 1
+        if not self.cfg.resume:
+            raise CheckpointError(f"{self.run_dir} already holds a run (checkpoint {path}); pass resume=true "
+                                  f"to continue it, or choose another name=/out_dir=")
+        ckpt = load_checkpoint(path, map_location=self.device)
+        self._check_compatible(ckpt, path)
+        try:
+            self.method.load_state(ckpt["method"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise CheckpointError(f"checkpoint {path} does not match this model/method: {str(e)[:300]}") from None
+        self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state({k: v for k, v in ckpt["rng"].items()})
+        self.best = dict(ckpt["best"])
+        self.log.truncate_after(ckpt["epoch"])
+        return ckpt["epoch"] + 1
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict:
+        start = self.resume()
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(self.cfg.to_json())
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        if start == 1:
+            self._eval_and_callbacks(0)
+        for epoch in range(start, self.epochs + 1):
+            self.epoch = epoch
+            self._start_epoch(epoch)
+            train_record = self.train_epoch(epoch)
+            self.log.append([train_record])
+            student_top1 = self._eval_and_callbacks(epoch)
+            self.log.append(r for cb in self.callbacks for r in _stamp(cb.on_epoch_end(self, epoch), epoch))
+            self.save(epoch, student_top1)
+            self._print_epoch(train_record, student_top1)
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
+        return self.finish()
+
+    def _eval_and_callbacks(self, epoch: int) -> float | None:
+        records, outputs = self.evaluate(epoch)
+        self.log.append(records)
+        self._last_eval = {r["role"]: r["top1"] for r in records}
+        for cb in self.callbacks:
+            self.log.append(_stamp(cb.on_eval_end(self, epoch, outputs), epoch))
+        return self._last_eval.get("student")
+
+    def _print_epoch(self, train: dict, student_top1) -> None:
+        if not self.is_main or not self.cfg.progress:
+            return
+        tops = "  ".join(f"{ROLE_SHORT[r]} {v:.2f}" for r, v in self._last_eval.items())
+        msg = (f"epoch {train['epoch']}/{self.epochs}  loss {train['loss']:.4f}  train top1 "
+               f"{train['top1']:.2f}  | test top1 {tops}  | {train['time']:.1f}s")
+        from tqdm.auto import tqdm
+
+        tqdm.write(msg)
+
+    def finish(self) -> dict:
+        """Summary records, the final deployable student (``student.pt``), and the summary."""
+        from .metrics import read_metrics
+
+        summary = {}
+        if self.is_main:
+            evals = read_metrics(self.run_dir, kind="eval")
+            for role in sorted({r["role"] for r in evals}):
+                rs = [r for r in evals if r["role"] == role and r["epoch"] > 0] or [r for r in evals if r["role"] == role]
+                best = max(rs, key=lambda r: r["top1"])
+                summary[role] = {"kind": "summary", "epoch": rs[-1]["epoch"], "role": role,
+                                 "best_top1": best["top1"], "best_epoch": best["epoch"], "last_top1": rs[-1]["top1"]}
+            self.log.append(summary.values())
+            student = self.method.deployable_student()
+            atomic_save({"model": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+                         "arch": self.cfg.student, "epoch": self.epochs}, self.run_dir / STUDENT)
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        dist.barrier()
+        return summary
+
+
+ROLE_SHORT = {"student": "S", "teacher": "T_s", "dynamic_teacher": "T_d"}
+
+
+def _stamp(records, epoch: int):
+    for r in records or []:
+        r.setdefault("epoch", epoch)
+        yield r

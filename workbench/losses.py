@@ -1,0 +1,67 @@
+"""Pure loss functions (no state). Every method uses these; there is no second copy.
+
+Conventions: logits are (B, K); every loss is a batch mean; temperatures may be Python floats
+or 0-dim tensors (CTKD passes a learnable one).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _kl_rows(p_log_target: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Per-row KL(p || q) = sum_k p_k (log p_k - log q_k), from log-probabilities.
+    Terms with p_k = 0 contribute 0 (as ``F.kl_div`` does)."""
+    p = p_log_target.exp()
+    return torch.where(p > 0, p * (p_log_target - log_q), torch.zeros_like(p)).sum(dim=1)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature) -> torch.Tensor:
+    """Hinton KD: batch mean of KL(p_t^T || p_s^T) summed over classes, times T^2."""
+    t = temperature
+    log_ps = F.log_softmax(student_logits / t, dim=1)
+    log_pt = F.log_softmax(teacher_logits / t, dim=1)
+    return _kl_rows(log_pt, log_ps).mean() * t**2
+
+
+def _binary_log_probs(log_p: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """(B, 2) log-probabilities of [target class, all non-target classes]."""
+    log_gt = (log_p * target_mask).sum(1)
+    log_other = torch.logsumexp(log_p.masked_fill(target_mask.bool(), float("-inf")), dim=1)
+    return torch.stack([log_gt, log_other], dim=1)
+
+
+def _non_target(logits: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """(B, K-1) logits with the target class removed."""
+    b, k = logits.shape
+    return logits[~target_mask.bool()].view(b, k - 1)
+
+
+def dkd_loss(student_logits, teacher_logits, target, alpha, beta, temperature):
+    """Decoupled KD (Zhao et al., CVPR 2022): alpha * TCKD + beta * NCKD, each times T^2.
+
+    TCKD = KL between the binary (target vs. non-target) distributions of teacher and student;
+    NCKD = KL between their distributions over the non-target classes only."""
+    t = temperature
+    mask = F.one_hot(target, student_logits.shape[1]).to(student_logits.dtype)
+    log_ps = F.log_softmax(student_logits / t, dim=1)
+    log_pt = F.log_softmax(teacher_logits / t, dim=1)
+    tckd = _kl_rows(_binary_log_probs(log_pt, mask), _binary_log_probs(log_ps, mask)).mean()
+    log_ps_nt = F.log_softmax(_non_target(student_logits, mask) / t, dim=1)
+    log_pt_nt = F.log_softmax(_non_target(teacher_logits, mask) / t, dim=1)
+    nckd = _kl_rows(log_pt_nt, log_ps_nt).mean()
+    return (alpha * tckd + beta * nckd) * t**2
+
+
+def sce_loss(student_logits: torch.Tensor, target_logits: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
+    """GPD's smoothed soft cross-entropy (spec §4), temperature 1:
+    (1-eps) * (-sum_k softmax(d)_k log softmax(s)_k) + eps * (-(1/K) sum_k log softmax(s)_k).
+    The caller passes ``target_logits`` already detached (stop-gradient)."""
+    log_ps = F.log_softmax(student_logits, dim=1)
+    soft = -(F.softmax(target_logits, dim=1) * log_ps).sum(1)
+    uniform = -log_ps.mean(1)
+    return ((1 - eps) * soft + eps * uniform).mean()
+
+
+def ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, target)
