@@ -19,6 +19,7 @@ from torch import nn
 from . import data, models, paths
 from .config import ConfigError, RunConfig
 from .engine import Trainer
+from .engine.trainer import seed_everything
 from .engine.checkpoint import STUDENT
 from .engine.metrics import read_metrics
 from .methods import METHODS, build_method
@@ -78,7 +79,7 @@ def _check_model(key: str, name: str) -> None:
 def _check_writable(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
+        probe = run_dir / f".write_test{os.getpid()}"
         probe.write_bytes(b"0" * 1024)
         probe.unlink()
     except OSError as e:
@@ -196,8 +197,11 @@ def transfer_target(cfg: RunConfig) -> Optional[tuple[str, dict]]:
     return None
 
 
-def run(cfg: RunConfig | dict, callbacks: Optional[list] = None, log=print) -> RunResult:
-    """Train one configured run (resuming it if its folder holds a checkpoint)."""
+def run(cfg: RunConfig | dict, callbacks: Optional[list] = None, log=print,
+        extra_callbacks: Optional[list] = None) -> RunResult:
+    """Train one configured run (resuming it if its folder holds a checkpoint).
+    ``callbacks`` replaces the default probes (:func:`default_callbacks`); ``extra_callbacks``
+    are added to them (e.g. a notebook's live-plot callback)."""
     if isinstance(cfg, dict):
         cfg = RunConfig.from_dict(cfg)
     from .engine import distributed as dist
@@ -207,11 +211,13 @@ def run(cfg: RunConfig | dict, callbacks: Optional[list] = None, log=print) -> R
     teacher = load_teacher(prep, log)
     opts = cfg.dataset_options()
     train_set, test_set = data.build(cfg.dataset, "train", **opts), data.build(cfg.dataset, "test", **opts)
+    seed_everything(cfg.seed)  # initial weights (and GPD's IR noise) depend on the seed only
     student = build_student(prep)
     example = torch.stack([train_set[i][0] for i in range(min(2, len(train_set)))])
     method = build_method(cfg, student, teacher, example_input=example)
     if callbacks is None:
         callbacks = default_callbacks(cfg, prep.info)
+    callbacks = list(callbacks) + list(extra_callbacks or [])
     trainer = Trainer(cfg, method, train_set, test_set, prep.run_dir, callbacks)
     summary = trainer.fit()
     records = read_metrics(prep.run_dir) if (prep.run_dir / "metrics.jsonl").exists() else []

@@ -1,0 +1,83 @@
+"""RunConfig: conversion, validation errors that name key/value/choices, presets."""
+import pytest
+
+from workbench.config import ConfigError, RunConfig, help_text, parse_overrides
+from workbench.presets import PRESETS, get_preset
+
+
+def cfg(**kw):
+    return RunConfig.from_dict(kw)
+
+
+def test_defaults_are_the_cifar100_protocol():
+    c = RunConfig()
+    assert (c.dataset, c.teacher, c.student, c.epochs, c.batch_size, c.lr) == ("cifar100", "resnet32x4", "resnet8x4", 240, 64, 0.05)
+    assert c.milestones == (150, 180, 210) and c.weight_decay == 5e-4 and c.momentum == 0.9
+
+
+def test_string_values_are_converted():
+    c = RunConfig.from_dict(parse_overrides(["epochs=3", "lr=0.1", "dot=true", "milestones=2,3",
+                                             "train_per_class=none", "dataset=digits"]))
+    assert c.epochs == 3 and c.lr == 0.1 and c.dot is True and c.milestones == (2, 3) and c.train_per_class is None
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(epochs="ten"), ["epochs", "integer", "'ten'"]),
+    (dict(epochs=0), ["epochs", "0", "range"]),
+    (dict(lr="fast"), ["lr", "number", "'fast'"]),
+    (dict(method="kdd"), ["method", "'kdd'", "ce, kd, dkd, ctkd, gpd", "did you mean 'kd'"]),
+    (dict(amp="fp8"), ["amp", "'fp8'", "bf16"]),
+    (dict(dot="maybe"), ["dot", "boolean", "'maybe'"]),
+    (dict(epochs=True), ["epochs", "integer", "True"]),
+    (dict(method="kd", base="dkd"), ["base", "'dkd'", "kd"]),
+    (dict(method="kd", teacher="none"), ["teacher", "needs a static teacher"]),
+    (dict(method="ce", dot=True), ["dot", "method=ce"]),
+    (dict(method="gpd", base="none", ctkd=True), ["ctkd", "base=none"]),
+    (dict(method="gpd", branches="3x3"), ["branches", "'3x3'", "1x1_avg"]),
+    (dict(train_per_class=5), ["train_per_class", "digits only"]),
+    (dict(sce_eps=1.5), ["sce_eps", "1.5"]),
+    (dict(milestones="a,b"), ["milestones", "integers"]),
+    (dict(preset="cifar100/nope/kd"), ["preset", "cifar100/nope/kd", "cifar100/r32x4_r8x4/kd"]),
+])
+def test_bad_values_name_key_value_and_choices(kw, words):
+    with pytest.raises(ConfigError) as e:
+        cfg(**kw)
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(ConfigError, match=r"unknown config key 'epoch'.*did you mean 'epochs'"):
+        parse_overrides(["epoch=3"])
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["epochs"])
+    with pytest.raises(ConfigError, match="unknown config key 'lrr'"):
+        RunConfig.from_dict({"lrr": 1})
+
+
+def test_method_ctkd_turns_on_the_learnable_temperature_and_base_auto_resolves():
+    c = cfg(method="ctkd")
+    assert c.ctkd is True and c.resolved_base == "kd"
+    assert cfg(method="gpd").resolved_base == "dkd" and cfg(method="ce").uses_teacher is False
+    assert cfg(method="gpd", base="none", teacher="none").uses_teacher is False
+
+
+def test_presets_apply_under_explicit_keys():
+    c = cfg(preset="cifar100/r56_r20/dkd", epochs=5)
+    assert (c.teacher, c.student, c.method, c.dkd_beta, c.epochs) == ("resnet56", "resnet20", "dkd", 2.0, 5)
+    for name in PRESETS:  # every preset is a valid config
+        RunConfig.from_dict({"preset": name})
+    assert get_preset("imagenet/r34_r18/gpd_dkd")["dkd_beta"] == 0.5
+
+
+def test_help_lists_every_key_with_choices():
+    text = help_text()
+    for key in RunConfig.keys():
+        assert f"  {key}=" in text
+    assert "{ce|kd|dkd|ctkd|gpd}" in text
+
+
+def test_round_trip_through_dict():
+    c = cfg(method="gpd", base="kd", ratio=1.5, branches="2", milestones="5,8")
+    assert RunConfig.from_dict(c.to_dict()) == c
+    assert c.gpd_branches() == ("1x1_avg", "prior")

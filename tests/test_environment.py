@@ -1,0 +1,34 @@
+"""environment.yml and pyproject.toml pin the same packages at the same versions."""
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pins(lines):
+    out = {}
+    for line in lines:
+        m = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*==\s*([^\s;]+)\s*", line)
+        if m:
+            out[m.group(1).lower()] = m.group(2)
+    return out
+
+
+def test_environment_yml_matches_pyproject():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    py_pins = _pins(pyproject["dependencies"] + pyproject["optional-dependencies"]["dev"])
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    env_pins = _pins([p for p in pip_section if isinstance(p, str)])
+    assert py_pins and env_pins == py_pins
+    assert "python=3.11" in env["dependencies"]
+
+
+def test_every_dependency_is_pinned():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = pyproject["dependencies"] + pyproject["optional-dependencies"]["dev"]
+    assert all("==" in d for d in deps), [d for d in deps if "==" not in d]
+    assert _pins(deps)["torch"] == "2.14.1" and _pins(deps)["torchvision"] == "0.29.1"
