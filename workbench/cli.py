@@ -32,6 +32,10 @@ def _train(args: list[str]) -> int:
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    from .engine import distributed as dist
+
+    if dist.rank() != 0:
+        return 0
     s = result.summary.get("student", {})
     print(f"[workbench] done: student top-1 last {s.get('last_top1', float('nan')):.2f} / best "
           f"{s.get('best_top1', float('nan')):.2f} (epoch {s.get('best_epoch')}); results in {result.run_dir}")

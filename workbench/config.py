@@ -58,6 +58,7 @@ class RunConfig:
     image_size: int = opt(0, "input size (0 = dataset default; digits: 8 native or upsampled)", low=0)
     train_per_class: Optional[int] = opt(None, "digits: training images per class (None = 70/30 split)", low=1)
     split_seed: int = opt(0, "digits: seed of the train/test split", low=0)
+    augment: bool = opt(True, "standard training augmentation (false: none, e.g. for exact comparisons)")
     # --- optimisation ------------------------------------------------------------------------
     epochs: int = opt(240, "training epochs", low=1)
     batch_size: int = opt(64, "training batch size (global, across all GPUs)", low=1)
@@ -114,6 +115,7 @@ class RunConfig:
                    ("auto", "off", "bf16", "fp16"))
     channels_last: str = opt("auto", "channels_last memory format (auto = on for CUDA)", ("auto", "on", "off"))
     compile: bool = opt(False, "torch.compile the trained model (CUDA)")
+    sync_bn: bool = opt(False, "multi-GPU: synchronise BatchNorm statistics across processes (CUDA only)")
     workers: int = opt(-1, "DataLoader workers (-1 = auto: 0 on CPU, min(8, cores) on CUDA)", low=-1)
     out_dir: str = opt("", "where runs are written (empty = runs/ of the checkout or $WORKBENCH_RUNS)")
     name: str = opt("", "run name (folder under out_dir; empty = derived from the config)")
@@ -171,7 +173,7 @@ class RunConfig:
     def dataset_options(self) -> dict[str, Any]:
         """Options for :func:`workbench.data.build` from the flat config keys."""
         d = self.dataset
-        opts: dict[str, Any] = {}
+        opts: dict[str, Any] = {} if self.augment else {"augment": False}
         if d == "digits":
             opts.update(train_per_class=self.train_per_class, seed=self.split_seed)
             if self.source_classes:

@@ -76,6 +76,26 @@ def _check_model(key: str, name: str) -> None:
         raise ConfigError(f"{key}: " + unknown_choice("model", name, models.available()))
 
 
+def _check_space(run_dir: Path, needed: int) -> None:
+    import shutil
+
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise ConfigError(f"out_dir: only {free / 2**20:.1f} MiB free space at {run_dir}, a run needs about "
+                          f"{needed / 2**20:.1f} MiB for its checkpoints; free some space or choose another out_dir=...")
+
+
+def estimate_checkpoint_bytes(cfg: RunConfig, info) -> int:
+    """Rough size of the files one run writes: last + best (+ optimizer state) + student.pt."""
+    n = sum(p.numel() for p in models.build(cfg.student, info.num_classes, info.in_channels,
+                                            image_size=info.image_size).parameters())
+    factor = cfg.ratio**2 * (1 + len(cfg.gpd_branches())) if cfg.method == "gpd" else 1.0
+    return int(4 * n * (3 * factor * 2 + 1) + MIN_FREE_BYTES)
+
+
+MIN_FREE_BYTES = 16 * 2**20
+
+
 def _check_writable(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -112,6 +132,7 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise ConfigError(f"init: student checkpoint {cfg.init} does not exist")
     run_dir = cfg.run_dir()
     _check_writable(run_dir)
+    _check_space(run_dir, estimate_checkpoint_bytes(cfg, info))
     return Prepared(cfg, info, source, arch, run_dir)
 
 

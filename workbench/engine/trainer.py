@@ -96,6 +96,11 @@ class Trainer:
             raise ValueError("dot=true with fp16 autocast is not supported (no loss scaling for two "
                              "gradient sets); use amp=bf16 or amp=off")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        if cfg.sync_bn and self.world > 1:
+            if self.device.type != "cuda":
+                raise ValueError("sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel)")
+            for module in method.sync_bn_modules():
+                nn.SyncBatchNorm.convert_sync_batchnorm(module)  # replaces BN children in place
         self.model = dist.wrap(method, self.device)  # DDP around the method when world > 1
         if cfg.compile:
             self.model = torch.compile(self.model)

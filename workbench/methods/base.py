@@ -115,6 +115,10 @@ class Distiller(nn.Module):
         """The module whose parameters are optimised (and wrapped by DDP)."""
         return self.student
 
+    def sync_bn_modules(self) -> list[nn.Module]:
+        """Modules whose BatchNorms are synchronised across processes with ``sync_bn=true``."""
+        return [self.trained_module()]
+
     def param_groups(self, lr: float, extra_lr: float | None = None) -> list[dict]:
         groups = [{"params": [p for p in self.trained_module().parameters() if p.requires_grad], "lr": lr}]
         extra = [p for n, p in self.named_parameters()

@@ -57,6 +57,12 @@ class GPD(Distiller):
     def deployable_student(self) -> nn.Module:
         return surgery.extract_student(self.dt)
 
+    def sync_bn_modules(self) -> list[nn.Module]:
+        # T_d's BatchNorms only: the student view runs its template through functional_call
+        # with CBR parameters, which SyncBatchNorm's converter cannot re-wrap; its statistics
+        # stay per process (documented in the README's multi-GPU notes).
+        return [self.dt.wide]
+
 
 def expand_student(cfg, student: nn.Module, example_input=None) -> surgery.DynamicTeacher:
     return surgery.expand(student, ratio=cfg.ratio, branches=cfg.gpd_branches(), noise=cfg.gpd_noise(),
