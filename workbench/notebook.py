@@ -1,0 +1,437 @@
+"""Helpers that keep the notebooks' cells short: parameter checking, running, figures, tables.
+
+Guarantees:
+- :func:`setup` validates every notebook parameter before any expensive work. Problems raise
+  :class:`ParameterError` (a ``ValueError``) whose message names the parameter, the bad value
+  and what is allowed; in Jupyter/papermill it renders as that one line instead of a deep
+  traceback (IPython's ``_render_traceback_`` protocol).
+- Config keys are converted and checked by :class:`workbench.config.RunConfig` (one place);
+  notebook-only parameters (``nproc``, ``embed_method``, ``embed_points``, ``methods``,
+  ``seeds``, ``live``) are checked here with the package's wording
+  (:func:`workbench.registry.unknown_choice`).
+- ``preset="auto"`` on ``dataset="digits"``: every parameter still at its notebook default takes
+  the measured CPU demo value (:mod:`workbench.presets`, ``digits/demo/...``); parameters the
+  caller changed always win. Other presets are applied the same way.
+"""
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from . import experiment, presets
+from .config import ConfigError, RunConfig
+from .engine.callbacks import PAIRS, Callback
+from .registry import Registry, unknown_choice
+
+AUTO = "auto"
+DIGITS_BASE_PRESET = "digits/demo/ce"  # the digits demo data/optimisation settings (method-free)
+METHOD_KEYS = ("method", "base", "dot", "ctkd", "grad_clip")
+# Notebook-only values that go with the digits presets: ~600 points keep t-SNE at a few seconds.
+DIGITS_EXTRAS = {"embed_points": 600}
+EMBED_METHODS = ("tsne", "pca", "umap")
+MIN_EMBED_POINTS = 10
+ROLE_LABELS = {"student": "S", "dynamic_teacher": "T_d", "teacher": "T_s"}
+
+# Methods compare.ipynb knows, by short name -> config overrides (same meaning as the presets).
+COMPARE_METHODS = Registry("compare method")
+for _name, _overrides in {
+    "ce": dict(method="ce"), "kd": dict(method="kd"), "dkd": dict(method="dkd"),
+    "kd+dot": dict(method="kd", dot=True), "kd+ctkd": dict(method="ctkd", base="kd"),
+    "gpd+kd": dict(method="gpd", base="kd", grad_clip=5.0), "gpd+dkd": dict(method="gpd", base="dkd", grad_clip=5.0),
+    "gpd-scratch": dict(method="gpd", base="none", grad_clip=5.0),
+}.items():
+    COMPARE_METHODS.register(_name, _overrides)
+
+
+class ParameterError(ConfigError):
+    """A bad notebook parameter. Shown by IPython as one clear line (no traceback)."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"ParameterError: {self}"]
+
+
+# ------------------------------------------------------------------------- notebook-only checks
+def _int(name: str, value, low: int) -> int:
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit())
+                                       or (isinstance(value, float) and value.is_integer())):
+        raise ParameterError(f"{name}: expected an integer >= {low}, got {value!r}")
+    out = int(value)
+    if out < low:
+        raise ParameterError(f"{name}: value {out!r} is outside the allowed range [{low}, inf]")
+    return out
+
+
+def _choice(name: str, value, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ParameterError(f"{name}: " + unknown_choice(name, value, list(choices)))
+    return value
+
+
+def _list(value) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [s.strip() for s in str(value).split(",") if s.strip()]
+
+
+def _bool(name: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise ParameterError(f"{name}: expected a boolean (True/False), got {value!r}")
+
+
+NOTEBOOK_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "nproc": lambda k, v: _int(k, v, 1),
+    "embed_method": lambda k, v: _choice(k, v, EMBED_METHODS),
+    "embed_points": lambda k, v: _int(k, v, MIN_EMBED_POINTS),
+    "methods": lambda k, v: [_choice(k, m, COMPARE_METHODS.names()) for m in _list(v)] or _empty(k, v),
+    "seeds": lambda k, v: [_int(k, s, 0) for s in _list(v)] or _empty(k, v),
+    "live": _bool,
+    "live_epochs": lambda k, v: _int(k, v, 1),
+}
+
+
+def _empty(name: str, value):
+    raise ParameterError(f"{name}: expected a non-empty comma-separated list, got {value!r}")
+
+
+# ------------------------------------------------------------------------------ presets
+def preset_name(params: dict) -> str:
+    """The digits demo preset matching the parameters' method (``""`` if there is none)."""
+    method, base = params.get("method", "kd"), params.get("base", AUTO)
+    if method == "gpd":
+        key = {"none": "gpd_scratch", "kd": "gpd_kd"}.get(base, "gpd_dkd")
+    elif method == "ctkd":
+        key = "kd_ctkd"
+    else:
+        key = f"{method}_dot" if _truthy(params.get("dot")) else method
+    name = f"digits/demo/{key}"
+    return name if name in presets.PRESETS else DIGITS_BASE_PRESET
+
+
+def _truthy(v) -> bool:
+    return v is True or (isinstance(v, str) and v.strip().lower() in ("true", "1", "yes", "on"))
+
+
+def apply_preset(params: dict, defaults: dict) -> tuple[dict, str]:
+    """``params`` with the preset's values replacing those still at ``defaults``; the method
+    keys (method, base, dot, ctkd, grad_clip) never come from the preset. Returns
+    ``(params, preset name or "")``."""
+    params = dict(params)
+    name = params.pop("preset", "")
+    if name == AUTO:
+        name = preset_name(params) if params.get("dataset") == "digits" else ""
+    if not name:
+        return params, ""
+    try:
+        values = presets.get_preset(str(name))
+    except ValueError as e:
+        raise ParameterError(f"preset: {e}") from None
+    if str(name).startswith("digits/"):
+        values = dict(DIGITS_EXTRAS, **values)
+    for k, v in values.items():
+        if k in METHOD_KEYS:
+            continue
+        if k not in params or (k in defaults and params[k] == defaults[k]):
+            params[k] = v
+    return params, name
+
+
+# ------------------------------------------------------------------------------ setup
+@dataclass
+class Setup:
+    """What :func:`setup` returns: the run config, the notebook-only options, the preset used."""
+
+    cfg: RunConfig
+    options: dict = field(default_factory=dict)
+    preset: str = ""
+
+    def show(self) -> "Table":
+        rows = [(k, v) for k, v in self.cfg.to_dict().items()] + [(k, v) for k, v in self.options.items()]
+        return Table(["parameter", "value"], rows, title=f"configuration (preset: {self.preset or 'none'})",
+                     float_format="g")
+
+
+def setup(params: dict, defaults: Optional[dict] = None, check_files: bool = True) -> Setup:
+    """Split, convert and validate notebook parameters; run the cheap pre-flight checks
+    (:func:`workbench.experiment.prepare`: models, dataset files, teacher checkpoint, out_dir)
+    unless ``check_files=False``. Raises :class:`ParameterError` on the first problem."""
+    params, name = apply_preset(params, defaults or {})
+    options = {k: NOTEBOOK_CHECKS[k](k, params.pop(k)) for k in list(params) if k in NOTEBOOK_CHECKS}
+    unknown = [k for k in params if k not in RunConfig.keys()]
+    if unknown:
+        raise ParameterError(unknown_choice("parameter", unknown[0], RunConfig.keys() + list(NOTEBOOK_CHECKS)))
+    try:
+        cfg = RunConfig.from_dict(params)
+        if check_files:
+            experiment.prepare(cfg)
+    except ParameterError:
+        raise
+    except ValueError as e:  # ConfigError, DatasetNotFoundError, registry errors
+        raise ParameterError(str(e)) from None
+    return Setup(cfg, options, name)
+
+
+def setup_many(params: dict, defaults: Optional[dict] = None) -> tuple[Setup, list[tuple[str, int, RunConfig]]]:
+    """compare.ipynb: one validated config per (method, seed); ``params`` holds the ``methods``
+    and ``seeds`` lists. Each config is checked like :func:`setup` (with its own digits preset);
+    returns the first setup (for display) and ``[(method label, seed, config), ...]``."""
+    params = dict(params)
+    methods = NOTEBOOK_CHECKS["methods"]("methods", params.pop("methods"))
+    seeds = NOTEBOOK_CHECKS["seeds"]("seeds", params.pop("seeds"))
+    first, runs = None, []
+    for m in methods:
+        for s in seeds:
+            su = setup(dict(params, **COMPARE_METHODS.get(m), seed=s), defaults, check_files=True)
+            first = first or su
+            runs.append((m, s, su.cfg))
+    first.options.update(methods=methods, seeds=seeds)
+    return first, runs
+
+
+# ------------------------------------------------------------------------------ running
+class CaptureModels(Callback):
+    """Keeps the trained models (``{role: module}``, CPU/eval untouched) at the end of a fit so the
+    notebook can draw feature maps of S, T_d and T_s without re-building the method."""
+
+    def __init__(self):
+        self.models: dict = {}
+
+    def on_fit_end(self, trainer) -> None:
+        self.models = dict(trainer.method.eval_models())
+
+
+def train(cfg: RunConfig, nproc: int = 1, extra_callbacks: Sequence = (), echo=print):
+    """Run (or resume) ``cfg``: in this process for ``nproc == 1`` (models captured for feature
+    maps), under torchrun otherwise. Returns ``(RunResult, {role: module})`` -- the dict is
+    empty for multi-process runs (the models live in the torchrun workers)."""
+    if nproc > 1:
+        from .launch import run_distributed
+
+        return run_distributed(cfg, nproc, echo=echo), {}
+    cap = CaptureModels()
+    result = experiment.run(cfg, extra_callbacks=[cap, *extra_callbacks], log=echo)
+    return result, cap.models
+
+
+def test_set(cfg: RunConfig):
+    from . import data
+
+    return data.build(cfg.dataset, "test", **cfg.dataset_options())
+
+
+def feature_map_figure(models: dict, cfg: RunConfig, points: int, method: str = "tsne",
+                       roles: Sequence[str] = ("student", "dynamic_teacher", "teacher"), title: str = ""):
+    """Side-by-side penultimate-feature maps of the given roles on the first ``points`` test
+    examples (shared PCA init, aligned panels); ``None`` if no model of those roles is given."""
+    from .probes import extract_many, feature_maps, figures
+
+    chosen = {ROLE_LABELS.get(r, r): models[r] for r in roles if r in models}
+    if not chosen:
+        return None
+    sets = extract_many(chosen, test_set(cfg), max_samples=points, cache_dir=False)
+    fig = figures.feature_map_panels(feature_maps(sets, method=method, seed=cfg.seed))
+    if title:
+        fig.update_layout(title=title)
+    return fig
+
+
+# ------------------------------------------------------------------------------ tables
+class Table:
+    """A small table: rich HTML in Jupyter, aligned text in a terminal / papermill log."""
+
+    def __init__(self, columns: Sequence[str], rows: Sequence[Sequence], title: str = "", float_format: str = ".2f"):
+        self.columns, self.rows, self.title = list(columns), [list(r) for r in rows], title
+        self.float_format = float_format
+
+    def _fmt(self, v) -> str:
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else format(v, self.float_format)
+        return "" if v is None else str(v)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(self._fmt(v))}</td>" for v in r) + "</tr>" for r in self.rows)
+        cap = f"<caption>{html.escape(self.title)}</caption>" if self.title else ""
+        return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def __str__(self) -> str:
+        cells = [self.columns] + [[self._fmt(v) for v in r] for r in self.rows]
+        w = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
+        lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(row)) for row in cells]
+        return "\n".join(([self.title] if self.title else []) + lines[:1] + ["-" * len(lines[0])] + lines[1:])
+
+    __repr__ = __str__
+
+    def as_dicts(self) -> list[dict]:
+        return [dict(zip(self.columns, r)) for r in self.rows]
+
+
+def final_table(records: list[dict]) -> Table:
+    """Per role: best top-1 (epoch) and last top-1 from the ``summary`` records, plus the last
+    epoch's gaps (accuracy gap, KL) of each pair."""
+    summ = [r for r in records if r.get("kind") == "summary"]
+    rows = [(ROLE_LABELS.get(r["role"], r["role"]), r["best_top1"], r["best_epoch"], r["last_top1"]) for r in summ]
+    gaps = [r for r in records if r.get("kind") == "gap"]
+    last = max((r["epoch"] for r in gaps), default=None)
+    for pair in PAIRS:
+        vals = {r["metric"]: r["value"] for r in gaps if r["epoch"] == last and r["pair"] == pair}
+        if vals:
+            rows.append((f"gap {pair}", vals.get("acc_gap"), last, vals.get("kl")))
+    return Table(["model / pair", "best top-1 (gap: acc gap)", "epoch", "last top-1 (gap: KL)"], rows,
+                 title="final results")
+
+
+def compare_table(results: dict) -> Table:
+    """``{method label: [records of each seed]}`` -> student best/last top-1 as mean +- std."""
+    import numpy as np
+
+    rows = []
+    for label, runs in results.items():
+        best, last = [], []
+        for recs in runs:
+            s = [r for r in recs if r.get("kind") == "summary" and r.get("role") == "student"]
+            if s:
+                best.append(s[0]["best_top1"])
+                last.append(s[0]["last_top1"])
+        pm = lambda v: f"{np.mean(v):.2f} ± {np.std(v, ddof=1) if len(v) > 1 else 0.0:.2f}" if v else "n/a"  # noqa: E731
+        rows.append((label, len(best), pm(best), pm(last)))
+    return Table(["method", "seeds", "best top-1 (mean ± std)", "last top-1 (mean ± std)"], rows,
+                 title="student top-1 over seeds")
+
+
+# ------------------------------------------------------------------------------ student check
+def check_student(cfg: RunConfig, run_dir, records: list[dict]) -> Table:
+    """Load the saved plain student (``student.pt``) into the ordinary architecture (strict) and
+    re-evaluate it on the test set; its top-1 must equal the logged last-epoch student top-1."""
+    import torch
+
+    from . import data, models
+    from .engine.checkpoint import STUDENT
+
+    info = data.info(cfg.dataset, **cfg.dataset_options())
+    path = Path(run_dir) / STUDENT
+    student = models.load(cfg.student, path, info.num_classes, info.in_channels, image_size=info.image_size).eval()
+    correct = total = 0
+    loader = torch.utils.data.DataLoader(test_set(cfg), batch_size=cfg.eval_batch_size)
+    with torch.no_grad():
+        for x, y in loader:
+            correct += (student(x).argmax(1) == y).sum().item()
+            total += len(y)
+    logged = [r for r in records if r.get("kind") == "summary" and r.get("role") == "student"]
+    params = sum(p.numel() for p in student.parameters())
+    return Table(["file", "architecture", "parameters", "re-evaluated top-1", "logged last top-1"],
+                 [(str(path), cfg.student, params, 100.0 * correct / max(1, total),
+                   logged[0]["last_top1"] if logged else None)], title="extracted plain student")
+
+
+# ------------------------------------------------------------------------------ live curves
+class LiveCurves(Callback):
+    """Updates a plotly ``FigureWidget`` after every epoch from the run's ``metrics.jsonl``: one
+    trace per (pair) of ``metric`` gaps plus the student's top-1 (when ``top1=True``)."""
+
+    def __init__(self, widget, metric: str = "acc_gap", pairs: Sequence[str] = tuple(PAIRS)):
+        self.widget, self.metric, self.pairs = widget, metric, list(pairs)
+        self.updates = 0
+
+    def on_epoch_end(self, trainer, epoch: int) -> list[dict]:
+        from .engine.metrics import read_metrics
+
+        recs = read_metrics(trainer.log.path) if Path(trainer.log.path).exists() else []
+        self.update(recs)
+        return []
+
+    def update(self, recs: list[dict]) -> None:
+        series = {p: sorted((r["epoch"], r["value"]) for r in recs if r.get("kind") == "gap"
+                            and r.get("metric") == self.metric and r.get("pair") == p) for p in self.pairs}
+        with self.widget.batch_update():
+            for tr in self.widget.data:
+                pts = series.get(tr.name, [])
+                tr.x = [e for e, _ in pts]
+                tr.y = [v for _, v in pts]
+        self.updates += 1
+
+
+# ------------------------------------------------------------------------------ parameters
+# Each notebook's parameters cell is generated from these specs by notebooks/_build.py (the one
+# place the defaults live); :func:`setup` uses them to tell untouched defaults from user values.
+# (name, default, help) -- the help becomes the inline comment papermill shows with --help-notebook.
+_RUN = [  # shared by gpd.ipynb and compare.ipynb; CIFAR-100 protocol defaults for a GPU run
+    ("dataset", "cifar100", "dataset: cifar100 (downloaded into datasets/) or digits (embedded, offline CPU demo)"),
+    ("preset", AUTO, "auto: on digits, parameters left at their default take the measured CPU demo values; '' turns this off; or a preset name"),
+    ("teacher", "resnet32x4", "static teacher: a zoo architecture (trained once and cached under runs/teachers/) or a checkpoint path"),
+    ("teacher_epochs", 0, "epochs when the teacher is trained here (0: same as epochs)"),
+    ("student", "resnet8x4", "student architecture (zoo name)"),
+]
+_OPTIM = [
+    ("epochs", 240, "training epochs (CIFAR protocol: 240, lr x0.1 at 150/180/210)"),
+    ("batch_size", 64, "global batch size (split across GPUs)"),
+    ("lr", 0.05, "base learning rate (SGD, momentum 0.9, wd 5e-4)"),
+]
+_RUNTIME = [
+    ("device", AUTO, "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps"),
+    ("nproc", 1, "number of GPUs: 1 runs in this kernel, more runs a torchrun subprocess"),
+    ("probe_every", 1, "gap / discriminability / transferability probes every N epochs (0: off)"),
+    ("out_dir", "", "where runs are written ('' means runs/ of the checkout)"),
+    ("train_per_class", None, "digits only: training images per class (None: 70/30 split)"),
+    ("source_classes", "", "digits only: source classes, e.g. 0,1,2,3,4 (the rest is the transferability target)"),
+    ("progress", True, "show progress bars"),
+]
+_EMBED = [
+    ("embed_method", "tsne", "feature-map embedding: tsne (openTSNE), pca (instant), umap (~20 s JIT first call)"),
+    ("embed_points", 2000, "test examples shown in the feature maps"),
+]
+PARAMETERS: dict[str, list[tuple[str, Any, str]]] = {
+    "gpd": _RUN + [
+        ("method", "gpd", "method: gpd (this notebook's subject); ce, kd, dkd or ctkd run without a dynamic teacher"),
+        ("base", "dkd", "GPD base distiller: dkd, kd, or none (GPD from scratch, no static teacher)"),
+    ] + _OPTIM + [
+        ("ratio", 2.0, "GPD: channel expansion ratio r of the dynamic teacher (any r, at least 1)"),
+        ("branches", "default", "GPD: extra conv branches: default, a count (0: channel-only) or a comma list of kinds"),
+        ("gpd_lambda", 3.0, "GPD: weight of SCE(student, stop-grad(dynamic teacher))"),
+        ("grad_clip", 5.0, "gradient-norm clip (GPD reference: 5)"),
+        ("seed", 0, "training seed"),
+    ] + _RUNTIME + _EMBED,
+    "compare": _RUN + [
+        ("methods", "ce,kd,dkd,kd+dot,kd+ctkd,gpd+kd,gpd+dkd,gpd-scratch", "comma list of: "
+         + ", ".join(COMPARE_METHODS.names())),
+        ("seeds", "0,1,2", "comma list of training seeds"),
+    ] + _OPTIM + _RUNTIME[:1] + _RUNTIME[2:] + _EMBED,
+    "explore": [
+        ("out_dir", "", "runs folder to explore ('' means runs/ of the checkout)"),
+        ("live", False, "train a small digits run now and update the curves as epochs finish"),
+        ("live_epochs", 15, "epochs of the live run"),
+        ("progress", False, "show progress bars in the live run"),
+    ],
+    "teaching": [
+        ("epochs", 12, "epochs of the tiny digits runs"),
+        ("ratio", 1.5, "expansion ratio used in the surgery demo (any r, at least 1)"),
+        ("branches", 2, "extra branches per conv in the surgery demo"),
+        ("out_dir", "", "where the tiny runs are written ('' means runs/ of the checkout)"),
+        ("progress", False, "show progress bars"),
+    ],
+}
+
+
+def defaults(notebook: str) -> dict:
+    """``{parameter: default}`` of one notebook's parameters cell."""
+    if notebook not in PARAMETERS:
+        raise ValueError(unknown_choice("notebook", notebook, list(PARAMETERS)))
+    return {k: v for k, v, _ in PARAMETERS[notebook]}
+
+
+def params_from(namespace: dict, notebook: str) -> dict:
+    """The current values of ``notebook``'s parameters from a namespace (``globals()``)."""
+    return {k: namespace[k] for k in defaults(notebook)}
+
+
+def init_plotly() -> None:
+    """Figures that render in JupyterLab (mimetype) *and* in nbconvert HTML (embedded plotly.js,
+    works offline)."""
+    import plotly.io as pio
+
+    pio.renderers.default = "plotly_mimetype+notebook"
