@@ -1,0 +1,155 @@
+"""workbench.notebook: parameter checks, the digits auto preset, tables, live curves (no kernels)."""
+import math
+
+import pytest
+
+import workbench.notebook as nb
+from workbench.presets import get_preset
+
+
+def gpd_params(**changes):
+    return dict(nb.defaults("gpd"), **changes)
+
+
+def test_setup_converts_papermill_strings_and_keeps_cifar_defaults(tmp_path):
+    su = nb.setup(gpd_params(epochs="3", ratio="1.5", nproc="2", out_dir=str(tmp_path)), nb.defaults("gpd"),
+                  check_files=False)
+    assert (su.cfg.epochs, su.cfg.ratio, su.options["nproc"]) == (3, 1.5, 2)
+    assert (su.cfg.dataset, su.cfg.teacher, su.cfg.student, su.cfg.base) == ("cifar100", "resnet32x4", "resnet8x4", "dkd")
+    assert su.preset == ""  # auto preset only on digits
+
+
+@pytest.mark.parametrize("key, value, must_contain", [
+    ("epochs", "ten", ["epochs", "'ten'", "integer"]),
+    ("method", "foo", ["method", "'foo'", "gpd", "kd"]),
+    ("embed_method", "umpa", ["embed_method", "'umpa'", "tsne", "did you mean 'umap'"]),
+    ("nproc", 0, ["nproc", "0", "[1, inf]"]),
+    ("ratio", 0.5, ["ratio", "0.5", "allowed range"]),
+    ("student", "resnet9", ["student", "resnet9", "resnet8"]),
+])
+def test_bad_parameter_names_parameter_value_and_choices(tmp_path, key, value, must_contain):
+    with pytest.raises(nb.ParameterError) as e:
+        nb.setup(gpd_params(**{key: value}, out_dir=str(tmp_path)), nb.defaults("gpd"))
+    for s in must_contain:
+        assert s in str(e.value), (s, str(e.value))
+
+
+def test_parameter_error_renders_as_one_line():
+    err = nb.ParameterError("epochs: expected an integer, got 'ten'")
+    assert isinstance(err, ValueError)
+    assert err._render_traceback_() == ["ParameterError: epochs: expected an integer, got 'ten'"]
+
+
+def test_unknown_parameter_is_rejected():
+    with pytest.raises(nb.ParameterError, match="unknown parameter 'epoch'.*did you mean 'epochs'"):
+        nb.setup(dict(gpd_params(), epoch=3), check_files=False)
+
+
+def test_digits_auto_preset_fills_untouched_defaults_and_explicit_values_win(tmp_path):
+    d = nb.defaults("gpd")
+    su = nb.setup(gpd_params(dataset="digits", epochs=7, out_dir=str(tmp_path)), d, check_files=False)
+    preset = get_preset("digits/demo/gpd_dkd")
+    assert su.preset == "digits/demo/gpd_dkd"
+    assert su.cfg.epochs == 7  # explicit value wins over the preset's 60
+    for k in ("teacher", "student", "train_per_class", "lr", "schedule", "teacher_epochs"):
+        assert getattr(su.cfg, k) == preset[k], k
+    assert su.options["embed_points"] == nb.DIGITS_EXTRAS["embed_points"]
+    # the method keys never come from a preset
+    assert (su.cfg.method, su.cfg.base, su.cfg.grad_clip) == ("gpd", "dkd", d["grad_clip"])
+
+
+@pytest.mark.parametrize("params, name", [
+    (dict(method="gpd", base="none"), "digits/demo/gpd_scratch"),
+    (dict(method="gpd", base="kd"), "digits/demo/gpd_kd"),
+    (dict(method="kd", dot=True), "digits/demo/kd_dot"),
+    (dict(method="ctkd", base="kd"), "digits/demo/kd_ctkd"),
+    (dict(method="dkd", dot="true"), "digits/demo/ce"),  # no dkd_dot digits preset: shared settings
+])
+def test_preset_name(params, name):
+    assert nb.preset_name(params) == name
+
+
+def test_preset_off_and_bad_preset(tmp_path):
+    su = nb.setup(gpd_params(dataset="digits", preset="", teacher="resnet8x4", student="resnet8"),
+                  nb.defaults("gpd"), check_files=False)
+    assert su.cfg.epochs == 240 and su.preset == ""
+    with pytest.raises(nb.ParameterError, match="preset.*'nope'"):
+        nb.setup(gpd_params(preset="nope"), nb.defaults("gpd"), check_files=False)
+
+
+def test_setup_many_one_config_per_method_and_seed(tmp_path):
+    params = dict(nb.defaults("compare"), dataset="digits", methods="ce, gpd+kd", seeds="3,4", out_dir=str(tmp_path))
+    first, runs = nb.setup_many(params, nb.defaults("compare"))
+    assert [(m, s) for m, s, _ in runs] == [("ce", 3), ("ce", 4), ("gpd+kd", 3), ("gpd+kd", 4)]
+    assert [c.seed for _, _, c in runs] == [3, 4, 3, 4]
+    assert [c.method for _, _, c in runs] == ["ce", "ce", "gpd", "gpd"]
+    assert runs[2][2].resolved_base == "kd" and runs[2][2].grad_clip == 5.0
+    assert len({c.run_dir() for _, _, c in runs}) == 4  # no two runs share a folder
+    with pytest.raises(nb.ParameterError, match="methods.*'gpd\\+foo'"):
+        nb.setup_many(dict(params, methods="ce,gpd+foo"), nb.defaults("compare"))
+    with pytest.raises(nb.ParameterError, match="seeds"):
+        nb.setup_many(dict(params, seeds=""), nb.defaults("compare"))
+
+
+def test_every_notebook_parameter_is_a_config_key_or_checked_here():
+    from workbench.config import RunConfig
+
+    for name in nb.PARAMETERS:
+        for key in nb.defaults(name):
+            assert key in RunConfig.keys() or key in nb.NOTEBOOK_CHECKS, (name, key)
+
+
+SUMMARY = [
+    {"kind": "summary", "epoch": 3, "role": "student", "best_top1": 90.0, "best_epoch": 2, "last_top1": 89.0},
+    {"kind": "summary", "epoch": 3, "role": "teacher", "best_top1": 95.0, "best_epoch": 0, "last_top1": 95.0},
+    {"kind": "gap", "epoch": 2, "pair": "T_s-S", "metric": "acc_gap", "value": 9.0},
+    {"kind": "gap", "epoch": 3, "pair": "T_s-S", "metric": "acc_gap", "value": 6.0},
+    {"kind": "gap", "epoch": 3, "pair": "T_s-S", "metric": "kl", "value": 0.25},
+]
+
+
+def test_final_table_uses_summary_and_last_epoch_gaps():
+    rows = nb.final_table(SUMMARY).rows
+    assert rows[0] == ["S", 90.0, 2, 89.0]
+    assert rows[1] == ["T_s", 95.0, 0, 95.0]
+    assert rows[2] == ["gap T_s-S", 6.0, 3, 0.25]  # last epoch (3), not epoch 2
+    text = str(nb.final_table(SUMMARY))
+    assert "89.00" in text and "0.25" in text
+    assert "<td>90.00</td>" in nb.final_table(SUMMARY)._repr_html_()
+
+
+def test_compare_table_mean_and_sample_std():
+    def run(best, last):
+        return [{"kind": "summary", "role": "student", "best_top1": best, "last_top1": last}]
+
+    t = nb.compare_table({"kd": [run(90.0, 88.0), run(92.0, 90.0), run(94.0, 89.0)], "ce": [run(80.0, 80.0)]})
+    # kd: mean 92, sample std 2; last: mean 89, std 1
+    assert t.rows[0] == ["kd", 3, "92.00 ± 2.00", "89.00 ± 1.00"]
+    assert t.rows[1] == ["ce", 1, "80.00 ± 0.00", "80.00 ± 0.00"]
+
+
+def test_table_formats_nan_none_and_escapes_html():
+    t = nb.Table(["a", "b"], [[float("nan"), None], ["<x>", 1.23456]], float_format=".3f")
+    assert "<td>&lt;x&gt;</td>" in t._repr_html_()
+    assert str(t).splitlines()[-1].split() == ["<x>", "1.235"]
+    assert "nan" in str(t)
+
+
+def test_live_curves_update_figurewidget_traces():
+    go = pytest.importorskip("plotly.graph_objects")
+    pytest.importorskip("anywidget")
+    w = go.FigureWidget()
+    for p in ("T_s-S", "T_d-S"):
+        w.add_scatter(x=[], y=[], name=p)
+    live = nb.LiveCurves(w, metric="acc_gap", pairs=("T_s-S", "T_d-S"))
+    recs = [{"kind": "gap", "epoch": e, "pair": "T_s-S", "metric": "acc_gap", "value": 10.0 - e} for e in (2, 0, 1)]
+    recs += [{"kind": "gap", "epoch": 1, "pair": "T_s-S", "metric": "kl", "value": 5.0}]
+    live.update(recs)
+    assert list(w.data[0].x) == [0, 1, 2] and list(w.data[0].y) == [10.0, 9.0, 8.0]
+    assert list(w.data[1].x) == [] and live.updates == 1
+
+
+def test_defaults_rejects_unknown_notebook():
+    with pytest.raises(ValueError, match="unknown notebook 'gdp'.*did you mean 'gpd'"):
+        nb.defaults("gdp")
+    assert math.isclose(nb.defaults("gpd")["gpd_lambda"], 3.0)
