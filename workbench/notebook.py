@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from . import experiment, presets
 from .config import ConfigError, RunConfig
+from .data import DatasetNotFoundError
 from .engine.callbacks import PAIRS, Callback
 from .registry import Registry, unknown_choice
 
@@ -171,7 +172,7 @@ def setup(params: dict, defaults: Optional[dict] = None, check_files: bool = Tru
             experiment.prepare(cfg)
     except ParameterError:
         raise
-    except ValueError as e:  # ConfigError, DatasetNotFoundError, registry errors
+    except (ValueError, DatasetNotFoundError) as e:  # ConfigError, missing data, registry errors
         raise ParameterError(str(e)) from None
     return Setup(cfg, options, name)
 

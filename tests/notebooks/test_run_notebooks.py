@@ -1,0 +1,152 @@
+"""Execute the notebooks headless with papermill on tiny digits settings and check what they
+recorded (metrics.jsonl) and showed; bad parameters must stop at the validation cell with one
+clear line (no deep traceback)."""
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+pm = pytest.importorskip("papermill")
+from papermill.exceptions import PapermillExecutionError  # noqa: E402
+
+from workbench.engine.metrics import read_metrics  # noqa: E402
+
+NB = Path(__file__).resolve().parents[2] / "notebooks"
+# Seconds-long settings: 1 epoch each, small teacher, PCA maps on few points.
+TINY = dict(dataset="digits", epochs=1, teacher_epochs=1, teacher="resnet8", embed_method="pca",
+            embed_points=40, train_per_class=5, progress=False)
+FAST_FAIL_S = 90  # a parameter error must stop long before any training would finish
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One runs folder per module, so the cached tiny teacher is trained once."""
+    return tmp_path_factory.mktemp("nbruns")
+
+
+def execute(name: str, out: Path, **params):
+    return pm.execute_notebook(str(NB / f"{name}.ipynb"), str(out), parameters=params, progress_bar=False,
+                               kernel_name="python3", cwd=str(NB.parent))
+
+
+def outputs_text(nb, needle: str) -> str:
+    """text/plain (and stream) output of the first code cell whose source contains ``needle``."""
+    for c in nb.cells:
+        if c.cell_type == "code" and needle in c.source:
+            parts = []
+            for o in c.outputs:
+                parts.append(o.get("text", "") if o.output_type == "stream" else o.get("data", {}).get("text/plain", ""))
+            return "\n".join(parts)
+    raise AssertionError(f"no cell containing {needle!r}")
+
+
+def plotly_outputs(nb) -> int:
+    return sum("application/vnd.plotly.v1+json" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
+               for o in c.outputs)
+
+
+# ------------------------------------------------------------------------------------ gpd
+def test_gpd_notebook_runs_and_records_sane_results(runs, tmp_path):
+    nb = execute("gpd", tmp_path / "gpd.ipynb", out_dir=str(runs), **TINY)
+    run_dir = next(p for p in runs.iterdir() if p.name.endswith("_gpd-dkd_s0"))
+    recs = read_metrics(run_dir)
+    kinds = {r["kind"] for r in recs}
+    assert {"train", "eval", "gap", "summary"} <= kinds
+    evals = [r for r in recs if r["kind"] == "eval"]
+    assert {r["role"] for r in evals} == {"student", "teacher", "dynamic_teacher"}
+    assert all(0.0 <= r["top1"] <= 100.0 for r in evals)
+    assert sorted({r["epoch"] for r in evals}) == [0, 1]
+    # at epoch 0 the dynamic teacher is the student (IR is function-preserving): zero gap
+    top = {(r["epoch"], r["role"]): r["top1"] for r in evals}
+    gaps = {(r["epoch"], r["pair"], r["metric"]): r["value"] for r in recs if r["kind"] == "gap"}
+    assert {p for _, p, _ in gaps} == {"T_s-S", "T_d-S", "T_s-T_d"}
+    assert abs(gaps[(0, "T_d-S", "acc_gap")]) < 0.5  # (noise 1e-? on copies: at most a flipped image)
+    for e in (0, 1):
+        assert gaps[(e, "T_s-S", "acc_gap")] == pytest.approx(top[(e, "teacher")] - top[(e, "student")], abs=1e-6)
+    # the notebook re-evaluated the saved plain student: same accuracy as the logged last epoch
+    last_line = outputs_text(nb, "check_student").strip().splitlines()[-1].split()
+    assert float(last_line[-1]) == pytest.approx(float(last_line[-2]), abs=1e-6)
+    assert (run_dir / "student.pt").is_file()
+    assert plotly_outputs(nb) >= 4  # gap, top-1, disc/transfer, feature maps
+
+
+def _error(name, tmp_path, **params):
+    t0 = time.perf_counter()
+    with pytest.raises(PapermillExecutionError) as e:
+        execute(name, tmp_path / "bad.ipynb", out_dir=str(tmp_path / "runs"), **params)
+    elapsed = time.perf_counter() - t0
+    err = e.value
+    assert err.ename == "ParameterError", (err.ename, err.evalue)
+    # one line, not a deep traceback through the package
+    assert len(err.traceback) == 1 and "File " not in err.traceback[0], err.traceback
+    assert elapsed < FAST_FAIL_S
+    assert not (tmp_path / "runs" / "teachers").exists()  # nothing was trained
+    return err.evalue
+
+
+@pytest.mark.parametrize("params, must_contain", [
+    (dict(epochs="ten"), ["epochs", "'ten'", "integer"]),
+    (dict(method="foo"), ["method", "'foo'", "valid choices", "gpd"]),
+])
+def test_gpd_bad_parameters_fail_fast_with_one_clear_line(tmp_path, params, must_contain):
+    msg = _error("gpd", tmp_path, **dict(TINY, **params))
+    for s in must_contain:
+        assert s in msg, (s, msg)
+
+
+def _online(host="www.cs.toronto.edu") -> bool:
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(_online(), reason="the offline message is only produced without internet")
+def test_gpd_cifar100_offline_points_to_digits(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path / "empty_datasets"))  # no CIFAR files here
+    msg = _error("gpd", tmp_path, dataset="cifar100", epochs=1)
+    assert "cifar100" in msg and "-p dataset digits" in msg, msg
+
+
+def test_stored_notebooks_have_no_outputs_and_a_python3_kernelspec():
+    import nbformat
+
+    paths = sorted(NB.glob("*.ipynb"))
+    assert {p.stem for p in paths} >= {"gpd"}
+    for p in paths:
+        nb = nbformat.read(p, as_version=4)
+        assert nb.metadata["kernelspec"]["name"] == "python3", p
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code), p
+        assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1, p
+
+
+def test_stored_notebooks_match_the_generator():
+    import importlib.util
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location("_build", NB / "_build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    for name, make in build.NOTEBOOKS.items():
+        stored = nbformat.read(NB / f"{name}.ipynb", as_version=4)
+        assert [c.source for c in stored.cells] == [c.source for c in make()], f"re-run notebooks/_build.py ({name})"
+
+
+def test_help_notebook_lists_every_parameter_with_its_help():
+    import workbench.notebook as wnb
+
+    for name in wnb.PARAMETERS:
+        path = NB / f"{name}.ipynb"
+        if not path.exists():
+            continue
+        inferred = pm.inspect_notebook(str(path))  # what `papermill --help-notebook` prints
+        for key, default, help in wnb.PARAMETERS[name]:
+            assert key in inferred, (name, key)
+            assert inferred[key]["help"] == help, (name, key)
+            assert inferred[key]["default"] == repr(default), (name, key)
