@@ -30,8 +30,10 @@ PATCH_CANDIDATES = (2, 4, 8, 16, 32)
 MAX_GRID = 14
 LAYERNORM_EPS = 1e-6
 INIT_STD = 0.02
-#: (dim, depth, head_dim, mlp_ratio) of the named sizes (DeiT-Tiny / DeiT-Small shapes)
+#: (dim, depth, head_dim, mlp_ratio) of the named sizes (DeiT-Tiny / DeiT-Small shapes;
+#: ``vit_nano`` is a 4-block, 64-wide ViT for CPU experiments and tests)
 VIT_SIZES = {
+    "vit_nano": (64, 4, 32, 2.0),
     "vit_tiny": (192, 12, 64, 4.0),
     "vit_small": (384, 12, 64, 4.0),
 }
