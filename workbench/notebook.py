@@ -409,7 +409,8 @@ PARAMETERS: dict[str, list[tuple[str, Any, str]]] = {
         ("progress", False, "show progress bars in the live run"),
     ],
     "teaching": [
-        ("epochs", 12, "epochs of the tiny digits runs"),
+        ("epochs", 12, "epochs of the tiny digits GPD run"),
+        ("teacher_epochs", 20, "epochs of the digits static teacher (trained once, cached)"),
         ("ratio", 1.5, "expansion ratio used in the surgery demo (any r, at least 1)"),
         ("branches", 2, "extra branches per conv in the surgery demo"),
         ("out_dir", "", "where the tiny runs are written ('' means runs/ of the checkout)"),
@@ -436,3 +437,34 @@ def init_plotly() -> None:
     import plotly.io as pio
 
     pio.renderers.default = "plotly_mimetype+notebook"
+
+
+# ------------------------------------------------------------------------------ teaching helpers
+def max_logit_diff(a, b, x) -> float:
+    """``max |a(x) - b(x)| / max |a(x)|`` in eval mode (the spec's equality measure; <= 1e-5
+    means "equal logits")."""
+    import torch
+
+    with torch.no_grad():
+        za, zb = a(x), b(x)
+    return float((za - zb).abs().max() / za.abs().max().clamp_min(1e-12))
+
+
+def surgery_table(dt, student) -> Table:
+    """One row per widened layer of T_d: student vs T_d shape and the number of conv branches."""
+    from .gpd import MultiBranchConv2d
+
+    rows = []
+    s_mods = dict(student.named_modules())
+    for path, m in dt.wide.named_modules():
+        w = getattr(m, "weight", None)
+        if w is None or not hasattr(w, "shape") or path not in s_mods or not hasattr(s_mods[path], "weight"):
+            continue
+        n_branches = len(m.branches) if isinstance(m, MultiBranchConv2d) else 0
+        rows.append((path, type(s_mods[path]).__name__, tuple(s_mods[path].weight.shape), tuple(w.shape), n_branches))
+    return Table(["layer", "type", "student weight", "T_d weight", "extra branches"], rows,
+                 title=f"IR: ratio {dt.plan.ratio}, {len(dt.branched_paths)} multi-branch convs")
+
+
+def param_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
