@@ -209,7 +209,95 @@ nb.Table(["pair", "gap at epoch 0", "mean gap over epochs", "final gap"],
     ]
 
 
-NOTEBOOKS = {"gpd": gpd_notebook, "teaching": teaching_notebook}
+# -------------------------------------------------------------------------------- compare
+def compare_notebook() -> list:
+    return [
+        md("""
+# Compare methods on one teacher-student pair
+
+Several methods x seeds, same data, same protocol: CE, KD, DKD, KD+DOT, KD+CTKD, GPD on KD / DKD
+and GPD from scratch (no static teacher). Every run is its own folder under `out_dir`
+(finished runs are reused). Shows the student's best and last top-1 as mean +- std over seeds,
+the gap curves overlaid, and one feature-map panel per method.
+
+Offline CPU: `papermill notebooks/compare.ipynb out.ipynb -p dataset digits -p seeds 0,1,2`.
+"""),
+        parameters("compare", "Defaults: CIFAR-100 resnet32x4 -> resnet8x4, 8 methods x 3 seeds (a GPU job)."),
+        code("""
+import workbench.notebook as nb
+from workbench.probes import figures
+nb.init_plotly()
+first, runs = nb.setup_many(nb.params_from(globals(), "compare"), nb.defaults("compare"))  # validates every run
+cfg, options = first.cfg, first.options
+nb.Table(["method", "seed", "run folder"], [(m, s, c.run_dir()) for m, s, c in runs], title="runs")
+"""),
+        md("## Train (or reuse) every run\nThe static teacher is trained once and cached; the students of the first seed are kept for the feature maps."),
+        code("""
+records, students = {}, {}
+for label, seed, run_cfg in runs:
+    print(f"--- {label}, seed {seed}")
+    result, trained = nb.train(run_cfg)
+    records.setdefault(label, []).append(result.records)
+    if label not in students and "student" in trained:
+        students[label] = trained["student"]
+"""),
+        md("## Results: student top-1, mean +- std over seeds (best epoch and last epoch)"),
+        code("nb.compare_table(records)"),
+        md("## Gap curves overlaid (first seed; line style per method)\nGPD runs also have T_d-S and T_s-T_d; CE has no teacher, hence no gap."),
+        code('figures.gap_curves({label: recs[0] for label, recs in records.items()}, metrics=["acc_gap", "kl"], pairs=["T_s-S", "T_d-S"])'),
+        code('figures.top1_curves({label: recs[0] for label, recs in records.items()}, roles=["student"])'),
+        md("## Feature maps of each method's student (first seed)"),
+        code('nb.method_feature_maps(students, cfg, options["embed_points"], options["embed_method"])'),
+    ]
+
+
+# -------------------------------------------------------------------------------- explore
+def explore_notebook() -> list:
+    return [
+        md("""
+# Explore runs interactively
+
+Open in JupyterLab (`make lab`). Pick runs from `runs/` and a metric, toggle the pairs
+(T_s-S, T_d-S, T_s-T_d), scrub epochs with the slider (dotted line + values at that epoch).
+Set `live = True` to train a small digits GPD run (from scratch: no teacher to train first) and
+watch its gap curves update as epochs finish.
+"""),
+        parameters("explore", "Interactive settings."),
+        code("""
+from pathlib import Path
+from IPython.display import display
+import workbench.notebook as nb
+from workbench import paths
+nb.init_plotly()
+setup = nb.setup(nb.params_from(globals(), "explore"), check_files=False)
+root = Path(setup.cfg.out_dir) if setup.cfg.out_dir else paths.runs_root()
+nb.runs_table(root)
+"""),
+        md("## Runs, metrics, pairs, epochs"),
+        code("""
+explorer = nb.Explorer(root)
+explorer.widget()
+"""),
+        md("## Live mode\nTrains `live_epochs` epochs of GPD from scratch on digits; the figure below updates after every epoch."),
+        code("""
+live_fig = nb.live_figure()
+display(live_fig)
+if setup.options["live"]:
+    live_cfg = nb.setup(dict(dataset="digits", preset="digits/demo/gpd_scratch", method="gpd", base="none",
+                             teacher="none", epochs=setup.options["live_epochs"], out_dir=str(root),
+                             name=f"live_gpd_scratch_e{setup.options['live_epochs']}",
+                             progress=setup.cfg.progress)).cfg
+    live = nb.LiveCurves(live_fig)
+    result, _ = nb.train(live_cfg, extra_callbacks=[live])
+    print(f"{live.updates} live updates; run folder: {result.run_dir}")
+else:
+    print("live = False: set live = True (or papermill -p live True) to train and watch a run")
+"""),
+    ]
+
+
+NOTEBOOKS = {"gpd": gpd_notebook, "teaching": teaching_notebook, "compare": compare_notebook,
+             "explore": explore_notebook}
 
 
 def main(names: list[str]) -> None:
