@@ -73,6 +73,47 @@ def test_gpd_notebook_runs_and_records_sane_results(runs, tmp_path):
     assert plotly_outputs(nb) >= 4  # gap, top-1, disc/transfer, feature maps
 
 
+# ------------------------------------------------------------------------------- others
+def test_teaching_notebook_shows_exact_surgery_and_the_two_gaps(runs, tmp_path):
+    nb = execute("teaching", tmp_path / "teaching.ipynb", out_dir=str(runs), epochs=1, teacher_epochs=1)
+    ir = outputs_text(nb, "gpd.expand(")
+    rel = float(ir.split("max |T_d(x) - S(x)| / max |S(x)| = ")[1].split()[0])
+    assert rel <= 1e-5  # IR with noise 0 preserves the logits
+    cbr = outputs_text(nb, "extract_student(dt)")
+    assert float(cbr.split("extract_student vs student view: ")[1].split()[0]) <= 1e-5
+    assert float(cbr.split("(moved by the step): ")[1].split()[0]) > 1e-3  # sharing: the step moved S
+    assert "strict load into a fresh resnet8: ok" in cbr
+    gaps = outputs_text(nb, '"acc_gap"}').strip().splitlines()
+    td = next(line for line in gaps if line.startswith("T_d-S")).split()
+    assert float(td[1]) == pytest.approx(0.0, abs=0.5)  # T_d starts level with the student
+    run_dir = next(p for p in runs.iterdir() if p.name.startswith("digits_resnet8x4-resnet8_gpd-dkd"))
+    assert {r["pair"] for r in read_metrics(run_dir, kind="gap")} == {"T_s-S", "T_d-S", "T_s-T_d"}
+
+
+def test_compare_notebook_tables_every_method_over_seeds(runs, tmp_path):
+    nb = execute("compare", tmp_path / "compare.ipynb", out_dir=str(runs), methods="ce,gpd+kd", seeds="0,1",
+                 **{k: v for k, v in TINY.items() if k != "dataset"}, dataset="digits")
+    table = outputs_text(nb, "nb.compare_table(records)").strip().splitlines()
+    rows = {line.split()[0]: line.split() for line in table[3:]}
+    assert set(rows) == {"ce", "gpd+kd"} and rows["ce"][1] == "2" and rows["gpd+kd"][1] == "2"
+    for label, prefix in (("ce", "digits_resnet8_ce_s"), ("gpd+kd", "digits_resnet8-resnet8_gpd-kd_s")):
+        best = [s["best_top1"] for seed in (0, 1)
+                for s in read_metrics(runs / f"{prefix}{seed}", kind="summary") if s["role"] == "student"]
+        mean = sum(best) / 2
+        assert rows[label][2] == f"{mean:.2f}", (label, rows[label], best)  # table = mean of the logged bests
+    assert plotly_outputs(nb) >= 3
+
+
+def test_explore_notebook_widgets_and_live_updates(runs, tmp_path):
+    nb = execute("explore", tmp_path / "explore.ipynb", out_dir=str(runs), live=True, live_epochs=1)
+    widgets = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+               if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(widgets) == 2  # the explorer and the live figure
+    assert "1 live updates" in outputs_text(nb, "nb.LiveCurves(live_fig)")
+    live = read_metrics(runs / "live_gpd_scratch_e1", kind="gap")
+    assert {r["pair"] for r in live} == {"T_d-S"}  # from scratch: no static teacher
+
+
 def _error(name, tmp_path, **params):
     t0 = time.perf_counter()
     with pytest.raises(PapermillExecutionError) as e:
@@ -116,7 +157,7 @@ def test_stored_notebooks_have_no_outputs_and_a_python3_kernelspec():
     import nbformat
 
     paths = sorted(NB.glob("*.ipynb"))
-    assert {p.stem for p in paths} >= {"gpd"}
+    assert {p.stem for p in paths} == {"gpd", "compare", "explore", "teaching"}
     for p in paths:
         nb = nbformat.read(p, as_version=4)
         assert nb.metadata["kernelspec"]["name"] == "python3", p
