@@ -115,6 +115,10 @@ class RunConfig:
                    ("auto", "off", "bf16", "fp16"))
     channels_last: str = opt("auto", "channels_last memory format (auto = on for CUDA)", ("auto", "on", "off"))
     compile: bool = opt(False, "torch.compile the trained model (CUDA)")
+    device_data: str = opt("auto", "keep the whole dataset on the device and augment there (cifar10/100, "
+                           "digits; auto = on for CUDA)", ("auto", "on", "off"))
+    cache_teacher: bool = opt(False, "compute the static teacher's train-set logits once and reuse them "
+                              "(needs augment=false)")
     sync_bn: bool = opt(False, "multi-GPU: synchronise BatchNorm statistics across processes (CUDA only)")
     workers: int = opt(-1, "DataLoader workers (-1 = auto: 0 on CPU, min(8, cores) on CUDA)", low=-1)
     out_dir: str = opt("", "where runs are written (empty = runs/ of the checkout or $WORKBENCH_RUNS)")
@@ -225,6 +229,10 @@ class RunConfig:
         if self.dot and self.optimizer != "sgd":
             raise ConfigError(f"dot: DOT is an SGD-with-momentum optimizer; optimizer={self.optimizer!r} "
                               "is not supported with dot=true (use optimizer=sgd)")
+        if self.cache_teacher and (self.augment or not self.uses_teacher):
+            raise ConfigError("cache_teacher: cached teacher logits are only valid for unaugmented inputs "
+                              "and need a static teacher; use it with augment=false and a teacher "
+                              f"(got augment={self.augment}, method={self.method}, base={self.resolved_base})")
         if self.method == "ctkd" and not self.ctkd:
             object.__setattr__(self, "ctkd", True)
         if self.schedule == "multistep" and any(m <= 0 for m in self.milestones):

@@ -23,6 +23,7 @@ from .engine.trainer import seed_everything
 from .engine.checkpoint import STUDENT
 from .engine.metrics import read_metrics
 from .methods import METHODS, build_method
+from .data.device import DEVICE_DATASETS
 from .registry import unknown_choice
 
 TEACHERS_DIR = "teachers"
@@ -117,6 +118,9 @@ def prepare(cfg: RunConfig) -> Prepared:
         info = data.info(cfg.dataset, **opts)
     except ValueError as e:
         raise ConfigError(f"dataset: {e}") from None
+    if cfg.device_data == "on" and cfg.dataset not in DEVICE_DATASETS:
+        raise ConfigError(f"device_data: 'on' needs a dataset that fits on the device "
+                          f"({', '.join(DEVICE_DATASETS)}); dataset={cfg.dataset!r}: use device_data=auto or off")
     source, arch = None, None
     if cfg.uses_teacher:
         if _is_path(cfg.teacher):
@@ -139,9 +143,11 @@ def prepare(cfg: RunConfig) -> Prepared:
 def teacher_config(cfg: RunConfig, arch: str) -> RunConfig:
     """The CE run that trains (and caches) a teacher of ``arch`` under the student's protocol."""
     epochs = cfg.teacher_epochs or cfg.epochs
-    name = f"{cfg.dataset}{_data_key(cfg)}_{arch}_ce_s{TEACHER_SEED}_e{epochs}"
+    aug = "" if cfg.augment else "_noaug"  # the teacher trains under the student's augmentation setting
+    name = f"{cfg.dataset}{_data_key(cfg)}_{arch}_ce_s{TEACHER_SEED}_e{epochs}{aug}"
     return cfg.replace(method="ce", base="auto", student=arch, teacher="none", init="", epochs=epochs,
                        seed=TEACHER_SEED, dot=False, ctkd=False, ce_weight=None, name=name, probe_every=0,
+                       cache_teacher=False,
                        out_dir=str(Path(cfg.out_dir or paths.runs_root()) / TEACHERS_DIR), resume=True)
 
 

@@ -60,8 +60,10 @@ def _register(name: str):
     def build(split, root=None, download=True, augment=None):
         root = _ensure(name, root, download)
         augment = (split == "train") if augment is None else bool(augment)
-        return _tv_class(name)(root=str(root), train=split == "train", download=False,
-                               transform=transforms(name, augment))
+        ds = _tv_class(name)(root=str(root), train=split == "train", download=False,
+                             transform=transforms(name, augment))
+        ds.workbench_stats, ds.workbench_augment = STATS[name], augment  # for data.device (GPU-resident path)
+        return ds
 
     def info(root=None, download=True, augment=None):
         return DatasetInfo(name, NUM_CLASSES[name], 3, IMAGE_SIZE)

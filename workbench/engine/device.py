@@ -52,9 +52,9 @@ def autocast(device: torch.device, dtype):
 
 
 def to_device(batch, device: torch.device, channels_last: bool):
-    x, y = batch
+    """``(x, y[, index])`` on ``device`` (no-op for device-resident batches)."""
     non_blocking = device.type == "cuda"
-    x = x.to(device, non_blocking=non_blocking)
+    x, *rest = (t.to(device, non_blocking=non_blocking) for t in batch)
     if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    return x, y.to(device, non_blocking=non_blocking)
+    return (x, *rest)

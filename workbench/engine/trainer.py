@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..data.device import DeviceLoader, Indexed, device_tensors
 from ..methods import TASK_PREFIX, Distiller
 from ..models.hooks import FeatureTap
 from . import distributed as dist
@@ -36,7 +37,8 @@ TOPK = 5
 SEED_STRIDE = 1_000_003  # epoch seeds: seed * SEED_STRIDE + epoch
 # Config keys that may change between a run and its resumption (they do not alter training).
 RUNTIME_KEYS = {"device", "workers", "progress", "resume", "out_dir", "name", "probe_every",
-                "probe_samples", "transfer", "eval_batch_size", "compile", "preset"}
+                "probe_samples", "transfer", "eval_batch_size", "compile", "preset",
+                "device_data", "cache_teacher"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -104,21 +106,50 @@ class Trainer:
         self.model = dist.wrap(method, self.device)  # DDP around the method when world > 1
         if cfg.compile:
             self.model = torch.compile(self.model)
+        self.teacher_cache = self._teacher_cache() if cfg.cache_teacher else None
         self.train_loader = self._loader(train_set, train=True)
         self.test_loader = self._loader(test_set, train=False)
 
     # ------------------------------------------------------------------ data
-    def _loader(self, dataset, train: bool) -> DataLoader:
+    def _device_tensors(self, dataset):
+        """The dataset as tensors for the device-resident path, or None (``device_data``)."""
+        mode = self.cfg.device_data
+        if mode == "off" or (mode == "auto" and self.device.type != "cuda"):
+            return None
+        tensors = device_tensors(dataset)
+        if tensors is None and mode == "on":
+            raise ValueError(f"device_data=on: dataset {self.cfg.dataset!r} cannot be held on the device "
+                             f"(supported: cifar10, cifar100, digits); use device_data=auto or off")
+        return tensors
+
+    def _loader(self, dataset, train: bool):
         cfg = self.cfg
-        workers = cfg.workers if cfg.workers >= 0 else (min(8, dist.cpu_count()) if self.device.type == "cuda" else 0)
         batch = cfg.batch_size if train else cfg.eval_batch_size
         sampler = dist.sampler(dataset, train, cfg.seed, batch)
         if train and batch % self.world:
             raise ValueError(f"batch_size={batch} is not divisible by the {self.world} processes")
-        return DataLoader(dataset, batch_size=batch // self.world if train else batch, sampler=sampler,
+        per_rank = batch // self.world if train else batch
+        with_index = train and cfg.cache_teacher
+        tensors = self._device_tensors(dataset)
+        if tensors is not None:
+            return DeviceLoader(tensors, sampler, per_rank, self.device, self.channels_last, with_index)
+        workers = cfg.workers if cfg.workers >= 0 else (min(8, dist.cpu_count()) if self.device.type == "cuda" else 0)
+        return DataLoader(Indexed(dataset) if with_index else dataset, batch_size=per_rank, sampler=sampler,
                           num_workers=workers, pin_memory=self.device.type == "cuda",
                           drop_last=False, persistent_workers=workers > 0,
                           generator=torch.Generator())
+
+    @torch.no_grad()
+    def _teacher_cache(self):
+        """Static-teacher logits of every training example, in dataset order (``cache_teacher``)."""
+        teacher = self.method.teacher
+        loader = DataLoader(self.train_set, batch_size=self.cfg.eval_batch_size, shuffle=False)
+        out = []
+        for batch in _progress(loader, self.show, desc="teacher logits"):
+            x, _ = to_device(batch, self.device, self.channels_last)
+            with autocast(self.device, self.amp):
+                out.append(teacher(x).float())
+        return torch.cat(out)
 
     def _start_epoch(self, epoch: int) -> None:
         seed = epoch_seed(self.cfg.seed, epoch) + self.rank
@@ -135,7 +166,9 @@ class Trainer:
         t0 = time.perf_counter()
         bar = _progress(self.train_loader, self.show, desc=f"epoch {epoch}/{self.epochs}", total=steps)
         for step, batch in enumerate(bar):
-            x, y = to_device(batch, self.device, self.channels_last)
+            x, y, *index = to_device(batch, self.device, self.channels_last)
+            if index:
+                self.method.use_cached_teacher_logits(self.teacher_cache[index[0]])
             self._set_lr((epoch - 1) + step / steps, steps)
             with autocast(self.device, self.amp):
                 logits, losses = self.model(x, y)
@@ -227,7 +260,7 @@ class Trainer:
         targets, kept, t0 = [], 0, time.perf_counter()
         budget = self.cfg.probe_samples if self.cfg.probe_every > 0 else 0
         for batch in _progress(self.test_loader, self.show, desc="eval"):
-            x, y = to_device(batch, self.device, self.channels_last)
+            x, y, *_ = to_device(batch, self.device, self.channels_last)
             take = min(len(y), max(0, budget - kept))
             for role, m in models.items():
                 with autocast(self.device, self.amp):

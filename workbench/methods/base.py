@@ -75,9 +75,18 @@ class Distiller(nn.Module):
             self.teacher.eval()
         return self
 
+    def use_cached_teacher_logits(self, logits: torch.Tensor | None) -> None:
+        """Serve the next :meth:`teacher_logits` call from ``logits`` (the engine's opt-in
+        teacher-logit cache, valid for unaugmented inputs only)."""
+        self._cached_teacher_logits = logits
+
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor | None:
         if self.teacher is None:
             return None
+        cached = getattr(self, "_cached_teacher_logits", None)
+        if cached is not None:
+            self._cached_teacher_logits = None
+            return cached
         with torch.no_grad():
             return self.teacher(x)
 
