@@ -10,6 +10,7 @@ Defaults are the CIFAR-100 KD protocol (RepDistiller/mdistiller); named presets
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 import os
 from dataclasses import dataclass, field, fields
@@ -209,6 +210,8 @@ class RunConfig:
             meta, value = f.metadata, getattr(self, f.name)
             if meta.get("choices") and value not in meta["choices"]:
                 raise ConfigError(f"{f.name}: " + unknown_choice(f.name, value, list(meta["choices"])))
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name}: value {value!r} is not a finite number")
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 low, high = meta.get("low"), meta.get("high")
                 if (low is not None and value < low) or (high is not None and value > high):

@@ -72,6 +72,19 @@ def infer_arch(path: Path, given: str = "") -> str:
                       f"(one of: {', '.join(models.available())})")
 
 
+def _check_device(cfg: RunConfig) -> None:
+    from .engine.device import amp_dtype, select_device
+
+    try:
+        device = select_device(cfg.device)
+    except ValueError as e:
+        raise ConfigError(f"device: {e}") from None
+    try:
+        amp_dtype(device, cfg.amp)
+    except ValueError as e:
+        raise ConfigError(f"amp: {e}") from None
+
+
 def _check_model(key: str, name: str) -> None:
     if name not in models.MODELS:
         raise ConfigError(f"{key}: " + unknown_choice("model", name, models.available()))
@@ -112,6 +125,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     """Every cheap check, before any expensive work: models, dataset, teacher/init files."""
     METHODS.check(cfg.method)
     _check_model("student", cfg.student)
+    _check_device(cfg)
     opts = cfg.dataset_options()
     try:
         data.check_available(cfg.dataset, **opts)

@@ -11,6 +11,7 @@ Everything is plain Python/tensors so files load with ``weights_only=True``.
 from __future__ import annotations
 
 import os
+import zipfile
 import random
 from pathlib import Path
 
@@ -37,9 +38,22 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        kept = " (the previous file is kept intact)" if path.exists() else ""
+        raise CheckpointError(f"could not write checkpoint {path}{kept}: {e.strerror or e}. "
+                              f"Free disk space or choose another out_dir=, then rerun to resume.") from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def verify_archive(path: Path) -> None:
+    """Check every member's CRC-32 (torch.load does not): a flipped bit in tensor data would
+    otherwise load silently as different weights. Raises on a damaged archive."""
+    with zipfile.ZipFile(path) as archive:
+        bad = archive.testzip()
+    if bad is not None:
+        raise ValueError(f"CRC mismatch in archive member {bad!r}")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -48,6 +62,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
+        verify_archive(path)
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be read "

@@ -323,6 +323,7 @@ class Trainer:
         """Restore the last checkpoint of this run folder; returns the epoch to start from."""
         path = self.run_dir / LAST
         if not path.exists():
+            self.log.truncate_after(-1)  # records of a start killed before its first checkpoint
             return 1
         if not self.cfg.resume:
             raise CheckpointError(f"{self.run_dir} already holds a run (checkpoint {path}); pass resume=true "
