@@ -30,7 +30,7 @@ TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off"
 BIG = 10**6
 # Keys whose validity depends on other keys: covered by the exhaustive interaction test.
 COUPLED = {"method", "base", "teacher", "ctkd", "dot", "optimizer", "train_per_class", "source_classes",
-           "dataset", "branches", "preset"}
+           "dataset", "branches", "preset", "cache_teacher", "augment"}
 
 
 def kind(name: str) -> str:
@@ -314,8 +314,6 @@ def test_gpd_branches_known_bad_specs():
             RunConfig.from_dict({"method": "gpd", "branches": spec})
 
 
-@pytest.mark.xfail(strict=True, reason="float keys accept NaN (and inf where unbounded above): "
-                   "NaN fails every bound comparison; see the proposed validate() check in the report")
 @pytest.mark.parametrize("text", ["nan", "inf", "-nan"])
 def test_non_finite_numbers_are_refused(text):
     floats = [n for n in INDEPENDENT if kind(n) == "float"]
@@ -329,8 +327,6 @@ def test_non_finite_numbers_are_refused(text):
     assert refused == len(floats)
 
 
-@pytest.mark.xfail(strict=True, reason="device/amp are only checked when the Trainer starts (after a static "
-                   "teacher may have been trained) and raise a bare ValueError the CLI shows as a traceback")
 @pytest.mark.parametrize("values", [dict(device="gpu"), dict(device="cuda:99"), dict(amp="fp16", device="cpu")])
 def test_device_and_amp_are_checked_before_any_work(values, tmp_path):
     cfg = RunConfig.from_dict(dict(values, dataset="digits", method="ce", student="resnet8", out_dir=str(tmp_path)))

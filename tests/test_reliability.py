@@ -120,19 +120,8 @@ def test_gpd_killed_mid_epoch_twice_resumes_to_identical_weights_and_metrics(tmp
     assert_same_state(a["model"], b["model"])
     assert_same_state(torch.load(tmp_path / "ref" / STUDENT)["model"], torch.load(run_dir / STUDENT)["model"])
     ref_records, got = strip(read_metrics(tmp_path / "ref")), strip(read_metrics(run_dir))
-    if got != ref_records and _without_stale_epoch0(got) == ref_records:
-        pytest.xfail("known engine gap: a run killed before its first checkpoint leaves its epoch-0 records "
-                     "in metrics.jsonl and the restart logs them again (see test_restart_before_first_checkpoint...)")
     assert got == ref_records
 
-
-def _without_stale_epoch0(records: list[dict]) -> list[dict]:
-    """Drop the first of two identical epoch-0 blocks (what a pre-checkpoint kill leaves)."""
-    zero = [r for r in records if r.get("epoch") == 0]
-    half = len(zero) // 2
-    if half and zero[:half] == zero[half:]:
-        return zero[half:] + [r for r in records if r.get("epoch") != 0]  # epoch 0 is logged first
-    return records
 
 
 def _crash_in_epoch(method, epoch: int):
@@ -145,8 +134,6 @@ def _crash_in_epoch(method, epoch: int):
     method.on_epoch_start = hook
 
 
-@pytest.mark.xfail(strict=True, reason="Trainer.resume() returns 1 without truncating metrics.jsonl when no last.pt "
-                   "exists, so a restart after a pre-checkpoint kill logs epoch 0 twice (proposed fix in the report)")
 def test_restart_before_first_checkpoint_logs_every_record_once(fast_cfg):
     """A run that dies inside epoch 1 (no checkpoint yet) and is started again must end with the
     same records as an uninterrupted run (no duplicated epoch-0 evaluation)."""
@@ -227,8 +214,6 @@ def test_random_bytes_are_refused_by_both_loaders(tmp_path, blob):
         models.load("resnet8", path, num_classes=10, in_channels=1)
 
 
-@pytest.mark.xfail(strict=True, reason="torch.load does not verify the zip CRCs: a flipped bit in tensor data "
-                   "loads silently with wrong weights (see bench/README.md reliability notes for the fix)")
 def test_flipped_bits_are_detected_or_harmless(finished_run, tmp_path):
     """A single flipped bit anywhere in last.pt -> CheckpointError, or content identical to the
     original (a flip in zip padding). Never silently different weights."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import zipfile
 from collections.abc import Mapping
 
 import torch
@@ -41,6 +42,11 @@ def read_state_dict(path, map_location="cpu", weights_only: bool = True) -> dict
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint file not found: {path}")
     try:
+        if zipfile.is_zipfile(path):  # torch >= 1.6 format; legacy pickle files (old zoos) have no CRCs
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                raise ValueError(f"archive member {bad!r} fails its CRC check")
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             obj = torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as err:  # torch raises many types for corrupt/unsafe files
