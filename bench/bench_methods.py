@@ -22,7 +22,7 @@ Noise control: every measurement is warmed up once, then all measurements are re
 round (neighbours in time) and the median over rounds is printed with its min..max spread.
 
 On CUDA (``device=auto`` picks it) every method is measured twice: plain fp32 and with the fast
-path (config keys ``amp=auto``, ``channels_last=on``, ``compile=true``); timings are bracketed
+path (config keys ``amp=auto``, ``channels_last=on``, ``compile=true``, ``device_data=on``); timings are bracketed
 by ``torch.cuda.synchronize()``. On CPU an extra ``kd [channels_last]`` row shows that knob.
 """
 from __future__ import annotations
@@ -62,9 +62,10 @@ METHODS = {
     "gpd base=none": dict(method="gpd", base="none", grad_clip=5.0),
 }
 QUICK_METHODS = ("ce", "kd", "gpd base=kd")
-PLAIN = dict(amp="off", channels_last="off", compile=False)
-FAST = dict(amp="auto", channels_last="on", compile=True)
-CPU_EXTRA = {"kd [channels_last]": dict(method="kd", channels_last="on")}
+PLAIN = dict(amp="off", channels_last="off", compile=False, device_data="off")
+FAST = dict(amp="auto", channels_last="on", compile=True, device_data="on")
+CPU_EXTRA = {"kd [channels_last]": dict(method="kd", channels_last="on"),
+             "kd [device_data]": dict(method="kd", device_data="on")}
 REFERENCE = "reference KD loop"
 
 
@@ -270,7 +271,7 @@ def main(argv=None) -> None:
     teacher = models.build(TEACHER, NUM_CLASSES, 3, image_size=IMAGE_SIZE)
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_methods_") as out:
-        modes = [("fp32", PLAIN), ("fast path (amp, channels_last, compile)", FAST)] if cuda else [("", {})]
+        modes = [("fp32", PLAIN), ("fast path (amp, channels_last, compile, device_data)", FAST)] if cuda else [("", {})]
         for label, mode in modes:
             benches, gpd_trainer = [reference_bench(teacher, train_set, device)], None
             variants = {n: METHODS[n] for n in names}

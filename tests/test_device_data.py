@@ -75,5 +75,6 @@ def test_cifar_on_the_device_equals_the_torchvision_pipeline():
 
 
 def test_device_data_on_refuses_unsupported_datasets(fast_cfg):
-    with pytest.raises(ConfigError, match="device_data.*synthetic"):
-        run(dict(fast_cfg, dataset="synthetic", train_per_class=None, method="ce", teacher="none", device_data="on", epochs=1))
+    with pytest.raises(ConfigError, match="device_data.*imagefolder"):
+        run(dict(fast_cfg, dataset="imagefolder", train_per_class=None, method="ce", teacher="none",
+                 device_data="on", epochs=1))

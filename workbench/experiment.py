@@ -126,15 +126,15 @@ def prepare(cfg: RunConfig) -> Prepared:
     METHODS.check(cfg.method)
     _check_model("student", cfg.student)
     _check_device(cfg)
+    if cfg.device_data == "on" and cfg.dataset not in DEVICE_DATASETS:
+        raise ConfigError(f"device_data: 'on' needs a dataset that fits on the device "
+                          f"({', '.join(DEVICE_DATASETS)}); dataset={cfg.dataset!r}: use device_data=auto or off")
     opts = cfg.dataset_options()
     try:
         data.check_available(cfg.dataset, **opts)
         info = data.info(cfg.dataset, **opts)
     except ValueError as e:
         raise ConfigError(f"dataset: {e}") from None
-    if cfg.device_data == "on" and cfg.dataset not in DEVICE_DATASETS:
-        raise ConfigError(f"device_data: 'on' needs a dataset that fits on the device "
-                          f"({', '.join(DEVICE_DATASETS)}); dataset={cfg.dataset!r}: use device_data=auto or off")
     source, arch = None, None
     if cfg.uses_teacher:
         if _is_path(cfg.teacher):

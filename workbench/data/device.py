@@ -10,8 +10,8 @@ same distribution as the torchvision pipeline (RandomCrop(32, padding=4) with ze
 RandomHorizontalFlip), not the same random draws.
 
 Supported datasets expose what is needed (see :func:`device_tensors`): ``cifar10``/``cifar100``
-(uint8 images, normalised on the device) and ``digits`` (already-normalised float images,
-translation only, as its CPU augmentation).
+(uint8 images, normalised on the device), ``digits`` (already-normalised float images,
+translation only, as its CPU augmentation) and ``synthetic`` (plain tensors, no augmentation).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-DEVICE_DATASETS = ("cifar10", "cifar100", "digits")  # datasets :func:`device_tensors` supports
+DEVICE_DATASETS = ("cifar10", "cifar100", "digits", "synthetic")  # datasets :func:`device_tensors` supports
 FLIP_PROB = 0.5
 UINT8_MAX = 255.0
 
@@ -43,6 +43,9 @@ def device_tensors(dataset) -> Optional[DeviceTensors]:
 
     if isinstance(dataset, DigitsDataset):
         return DeviceTensors(dataset.images, dataset.targets.long(), dataset.augment, dataset.shift, flip=False)
+    if isinstance(dataset, torch.utils.data.TensorDataset) and len(dataset.tensors) == 2:  # synthetic
+        x, y = dataset.tensors
+        return DeviceTensors(x, y.long(), augment=False, pad=0, flip=False)
     stats = getattr(dataset, "workbench_stats", None)
     raw = getattr(dataset, "data", None)
     if stats is not None and isinstance(raw, np.ndarray) and raw.dtype == np.uint8 and raw.ndim == 4:

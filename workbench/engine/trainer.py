@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data.device import DeviceLoader, Indexed, device_tensors
+from ..data.device import DEVICE_DATASETS, DeviceLoader, Indexed, device_tensors
 from ..methods import TASK_PREFIX, Distiller
 from ..models.hooks import FeatureTap
 from . import distributed as dist
@@ -119,7 +119,7 @@ class Trainer:
         tensors = device_tensors(dataset)
         if tensors is None and mode == "on":
             raise ValueError(f"device_data=on: dataset {self.cfg.dataset!r} cannot be held on the device "
-                             f"(supported: cifar10, cifar100, digits); use device_data=auto or off")
+                             f"(supported: {', '.join(DEVICE_DATASETS)}); use device_data=auto or off")
         return tensors
 
     def _loader(self, dataset, train: bool):
