@@ -1,0 +1,120 @@
+"""Real-browser check (``make browser-test``): JupyterLab + headless Debian Chromium driven by
+Playwright run explore.ipynb; the ipywidgets controls and a plotly figure must render. A
+screenshot is saved under ``runs/browser/`` for a human look."""
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("WORKBENCH_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SERVER_START_S = 90
+RENDER_TIMEOUT_MS = 240_000  # kernel start + torch import + the explorer on 2 busy cores
+DIALOG_TIMEOUT_MS = 15_000
+SCREENSHOT = ROOT / "runs" / "browser" / "explore.png"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_server(url: str, proc) -> None:
+    deadline = time.time() + SERVER_START_S
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"jupyter lab exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"jupyter lab did not answer at {url} within {SERVER_START_S} s")
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """A notebook folder with explore.ipynb pointed at a runs folder holding one tiny GPD run."""
+    pm = pytest.importorskip("papermill")
+    from workbench import experiment
+
+    runs = tmp_path / "runs"
+    experiment.run(dict(dataset="digits", method="gpd", base="none", teacher="none", student="resnet8",
+                        train_per_class=5, epochs=2, batch_size=32, eval_batch_size=512, probe_samples=100,
+                        progress=False, out_dir=str(runs), name="tiny_gpd"), log=lambda *_: None)
+    nbdir = tmp_path / "nb"
+    nbdir.mkdir()
+    pm.execute_notebook(str(ROOT / "notebooks" / "explore.ipynb"), str(nbdir / "explore.ipynb"),
+                        parameters=dict(out_dir=str(runs)), prepare_only=True)
+    return nbdir
+
+
+@pytest.fixture
+def lab(workdir, tmp_path):
+    port, token = _free_port(), secrets.token_hex(16)
+    jupyter = Path(sys.executable).with_name("jupyter")
+    proc = subprocess.Popen([str(jupyter), "lab", "--allow-root", "--no-browser", f"--port={port}",
+                             "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
+                             f"--ServerApp.root_dir={workdir}"],
+                            stdout=open(tmp_path / "lab.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        _wait_for_server(f"http://127.0.0.1:{port}/api/status?token={token}", proc)
+        yield f"http://127.0.0.1:{port}", token
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_explore_renders_widgets_and_plotly_in_chromium(lab, tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get update && apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    base, token = lab
+    with sync_api.sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(tmp_path / "chromium-profile"), executable_path=CHROMIUM,
+                                                   headless=True, args=CHROMIUM_ARGS,
+                                                   viewport={"width": 1400, "height": 1000})
+        try:
+            page = ctx.new_page()
+            page.goto(f"{base}/lab/tree/explore.ipynb?token={token}")
+            page.wait_for_selector(".jp-Notebook", timeout=RENDER_TIMEOUT_MS)
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=RENDER_TIMEOUT_MS)
+            try:  # JupyterLab may ask which kernel to start: accept the preselected python3
+                page.locator(".jp-Dialog .jp-mod-accept").click(timeout=DIALOG_TIMEOUT_MS)
+            except sync_api.TimeoutError:
+                pass
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.locator('li[data-command="runmenu:run-all"]').click()
+            page.wait_for_selector(".widget-select-multiple", timeout=RENDER_TIMEOUT_MS)  # ipywidgets rendered
+            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=RENDER_TIMEOUT_MS)  # plotly drew
+            page.wait_for_selector(".widget-slider", timeout=RENDER_TIMEOUT_MS)
+            page.wait_for_timeout(1500)  # let the figure settle before the screenshot
+            n_plots = page.locator(".js-plotly-plot").count()
+            curves = page.locator(".js-plotly-plot .scatterlayer .trace").count()
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
+            page.screenshot(path=str(SCREENSHOT), full_page=False)
+        except Exception:
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT.with_name("explore_failure.png")))
+            raise
+        finally:
+            ctx.close()
+    assert n_plots >= 1
+    assert curves >= 1  # the explorer's gap curves of the tiny run were drawn
+    assert SCREENSHOT.stat().st_size > 10_000
