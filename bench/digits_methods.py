@@ -21,8 +21,8 @@ METHODS = {
     "gpd(base=kd)": dict(method="gpd", base="kd", grad_clip=5.0),
     "gpd(base=none)": dict(method="gpd", base="none", grad_clip=5.0),
 }
-DEFAULTS = dict(dataset="digits", train_per_class=30, teacher="resnet8x4", student="resnet8", epochs=30,
-                teacher_epochs=30, lr=0.05, schedule="cosine", eval_batch_size=512, probe_every=0, progress=False)
+DEFAULTS = dict(dataset="digits", train_per_class=15, teacher="resnet8x4", student="resnet8", epochs=60,
+                teacher_epochs=60, lr=0.05, schedule="cosine", eval_batch_size=512, probe_every=0, progress=False)
 SEEDS = (0, 1, 2)
 
 
