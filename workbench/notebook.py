@@ -30,8 +30,10 @@ from .registry import Registry, unknown_choice
 AUTO = "auto"
 DIGITS_BASE_PRESET = "digits/demo/ce"  # the digits demo data/optimisation settings (method-free)
 METHOD_KEYS = ("method", "base", "dot", "ctkd", "grad_clip")
-# Notebook-only values that go with the digits presets: ~600 points keep t-SNE at a few seconds.
-DIGITS_EXTRAS = {"embed_points": 600}
+# Values that go with the digits presets in the notebooks: ~600 points keep t-SNE at a few
+# seconds; source digits 0-4 leave digits 5-9 as the transferability target, so the
+# discriminability-vs-transferability figure has both curves offline.
+DIGITS_EXTRAS = {"embed_points": 600, "source_classes": "0,1,2,3,4"}
 EMBED_METHODS = ("tsne", "pca", "umap")
 MIN_EMBED_POINTS = 10
 ROLE_LABELS = {"student": "S", "dynamic_teacher": "T_d", "teacher": "T_s"}

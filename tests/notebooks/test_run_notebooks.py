@@ -65,7 +65,7 @@ def test_gpd_notebook_runs_and_records_sane_results(runs, tmp_path):
     assert {p for _, p, _ in gaps} == {"T_s-S", "T_d-S", "T_s-T_d"}
     assert abs(gaps[(0, "T_d-S", "acc_gap")]) < 0.5  # (noise 1e-? on copies: at most a flipped image)
     for e in (0, 1):
-        assert gaps[(e, "T_s-S", "acc_gap")] == pytest.approx(top[(e, "teacher")] - top[(e, "student")], abs=1e-6)
+        assert gaps[(e, "T_s-S", "acc_gap")] == pytest.approx(top[(e, "teacher")] - top[(e, "student")], abs=1e-4)  # float32 means
     # the notebook re-evaluated the saved plain student: same accuracy as the logged last epoch
     last_line = outputs_text(nb, "check_student").strip().splitlines()[-1].split()
     assert float(last_line[-1]) == pytest.approx(float(last_line[-2]), abs=1e-6)
