@@ -93,7 +93,7 @@ def _kill_during(proc: subprocess.Popen, run_dir: Path, epoch: int, timeout: flo
     assert proc.returncode == -signal.SIGKILL
 
 
-@pytest.mark.slow  # ~60 s idle (ref run + two killed starts + resume); test_trainer.py keeps a fast GPD kill test
+# ~35 s idle (ref run + two killed starts + resume)
 def test_gpd_killed_mid_epoch_twice_resumes_to_identical_weights_and_metrics(tmp_path):
     """kill -9 inside epoch 1 (before any checkpoint exists) and again inside epoch 2 (after the
     epoch-1 checkpoint); the twice-resumed GPD run must end with bit-identical T_d/student
