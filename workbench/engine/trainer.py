@@ -35,7 +35,8 @@ from .schedule import lr_factor
 
 TOPK = 5
 SEED_STRIDE = 1_000_003  # epoch seeds: seed * SEED_STRIDE + epoch
-# Config keys that may change between a run and its resumption (they do not alter training).
+# Config keys that may change between a run and its resumption (they do not change what is
+# trained; device_data only changes which random crops/flips are drawn after the switch).
 RUNTIME_KEYS = {"device", "workers", "progress", "resume", "out_dir", "name", "probe_every",
                 "probe_samples", "transfer", "eval_batch_size", "compile", "preset",
                 "device_data", "cache_teacher"}
