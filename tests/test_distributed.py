@@ -78,3 +78,21 @@ def test_gpd_with_dot_under_two_process_ddp_equals_one_process(tmp_path):
 @pytest.mark.parametrize("name", ["ce", "kd", "dkd_ctkd", "gpd_none"])  # ~20 s each on 2 idle cores
 def test_method_under_two_process_ddp_equals_one_process(tmp_path, name):
     _case(tmp_path, name)
+
+
+def test_notebook_launches_torchrun_and_reads_the_same_run_files(tmp_path):
+    """``nproc > 1`` in the notebooks: torchrun as a subprocess (teacher trained inside it, by
+    both ranks under DDP), output streamed back, results read from the same run folder."""
+    from workbench import notebook
+    from workbench.config import RunConfig
+
+    values = {k: (v == "true" if v in ("true", "false") else v) for k, v in COMMON.items()}
+    cfg = RunConfig.from_dict(dict(values, **METHODS["gpd_kd_dot"], out_dir=str(tmp_path), name="nb"))
+    lines = []
+    result, models = notebook.train(cfg, nproc=2, echo=lines.append)
+    assert models == {}  # the models live in the torchrun workers
+    assert any("training teacher" in line for line in lines) and any("done" in line for line in lines)
+    assert result.run_dir == tmp_path / "nb" and (result.run_dir / "student.pt").is_file()
+    assert result.summary["student"]["last_top1"] == [r["top1"] for r in result.records
+                                                      if r["kind"] == "eval" and r["role"] == "student"][-1]
+    assert {r["epoch"] for r in result.records if r["kind"] == "train"} == {1, 2}
