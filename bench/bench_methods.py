@@ -43,6 +43,7 @@ from workbench.config import RunConfig
 from workbench.engine import Trainer
 from workbench.engine.device import select_device
 from workbench.methods import build_method
+from workbench.presets import CIFAR_METHODS
 
 NUM_CLASSES, IMAGE_SIZE, BATCH = 100, 32, 64
 TEACHER, STUDENT = "resnet32x4", "resnet8x4"
@@ -50,17 +51,10 @@ KD_T, KD_CE_WEIGHT, KD_WEIGHT = 4.0, 0.1, 0.9  # mdistiller's KD defaults (also 
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
 KD_TARGET, GPD_PARTS_TARGET = 1.0, 1.15
 
-# name -> config overrides on top of the common settings (the real config keys).
-METHODS = {
-    "ce": dict(method="ce"),
-    "kd": dict(method="kd"),
-    "dkd": dict(method="dkd"),
-    "kd+dot": dict(method="kd", dot=True),
-    "kd+ctkd": dict(method="kd", ctkd=True),
-    "gpd base=kd": dict(method="gpd", base="kd", grad_clip=5.0),
-    "gpd base=dkd": dict(method="gpd", base="dkd", grad_clip=5.0),
-    "gpd base=none": dict(method="gpd", base="none", grad_clip=5.0),
-}
+# name -> config overrides on top of the common settings: the presets' method entries.
+METHODS = {label: CIFAR_METHODS[key] for label, key in (
+    ("ce", "ce"), ("kd", "kd"), ("dkd", "dkd"), ("kd+dot", "kd_dot"), ("kd+ctkd", "kd_ctkd"),
+    ("gpd base=kd", "gpd_kd"), ("gpd base=dkd", "gpd_dkd"), ("gpd base=none", "gpd_scratch"))}
 QUICK_METHODS = ("ce", "kd", "gpd base=kd")
 PLAIN = dict(amp="off", channels_last="off", compile=False, device_data="off")
 FAST = dict(amp="auto", channels_last="on", compile=True, device_data="on")
