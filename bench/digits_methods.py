@@ -14,13 +14,10 @@ import tempfile
 
 from workbench.config import parse_overrides
 from workbench.experiment import run
+from workbench.presets import CIFAR_METHODS
 
-METHODS = {
-    "ce": dict(method="ce"),
-    "kd": dict(method="kd"),
-    "gpd(base=kd)": dict(method="gpd", base="kd", grad_clip=5.0),
-    "gpd(base=none)": dict(method="gpd", base="none", grad_clip=5.0),
-}
+METHODS = {label: CIFAR_METHODS[key] for label, key in (  # the presets' method entries
+    ("ce", "ce"), ("kd", "kd"), ("gpd(base=kd)", "gpd_kd"), ("gpd(base=none)", "gpd_scratch"))}
 DEFAULTS = dict(dataset="digits", train_per_class=15, teacher="resnet8x4", student="resnet8", epochs=60,
                 teacher_epochs=60, lr=0.05, schedule="cosine", eval_batch_size=512, probe_every=0, progress=False)
 SEEDS = (0, 1, 2)

@@ -38,15 +38,11 @@ EMBED_METHODS = ("tsne", "pca", "umap")
 MIN_EMBED_POINTS = 10
 ROLE_LABELS = {"student": "S", "dynamic_teacher": "T_d", "teacher": "T_s"}
 
-# Methods compare.ipynb knows, by short name -> config overrides (same meaning as the presets).
+# Methods compare.ipynb knows, by short name -> the presets' method entries (one definition).
 COMPARE_METHODS = Registry("compare method")
-for _name, _overrides in {
-    "ce": dict(method="ce"), "kd": dict(method="kd"), "dkd": dict(method="dkd"),
-    "kd+dot": dict(method="kd", dot=True), "kd+ctkd": dict(method="ctkd", base="kd"),
-    "gpd+kd": dict(method="gpd", base="kd", grad_clip=5.0), "gpd+dkd": dict(method="gpd", base="dkd", grad_clip=5.0),
-    "gpd-scratch": dict(method="gpd", base="none", grad_clip=5.0),
-}.items():
-    COMPARE_METHODS.register(_name, _overrides)
+for _name, _key in (("ce", "ce"), ("kd", "kd"), ("dkd", "dkd"), ("kd+dot", "kd_dot"), ("kd+ctkd", "kd_ctkd"),
+                    ("gpd+kd", "gpd_kd"), ("gpd+dkd", "gpd_dkd"), ("gpd-scratch", "gpd_scratch")):
+    COMPARE_METHODS.register(_name, presets.CIFAR_METHODS[_key])
 
 
 class ParameterError(ConfigError):
