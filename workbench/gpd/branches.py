@@ -1,32 +1,45 @@
-"""Multi-branch convolutions (structural reparameterisation) for the dynamic teacher.
+"""Multi-branch convolutions (structural reparameterisation, OREPA-style) for GPD.
 
 A ``MultiBranchConv2d`` is a kxk conv whose kernel is the per-output-channel scaled sum of the
 original kernel and extra *branches*; every branch is linear in its input and bias-free, so its
-composite map is exactly a kxk conv with zero padding and the forward FOLDS all branches into
-one kernel and runs a single conv. ``branch.explicit(x, conv)`` runs a branch as its own op
+composite map is exactly a kxk conv with zero padding, and the forward FOLDS all branches into
+one kernel and runs a single conv. ``Branch.explicit(x, conv)`` runs a branch as its own op
 sequence (the definition; tests check the fold against it).
+
+The fold is a pure function of the branch tensors (``MultiBranchConv2d.fold(get, ...)`` reads
+every tensor through ``get(name)``), so the same code folds T_d's wide tensors and the student
+block sliced out of them (CBR: slice first, then fold -- the reference order).
 
 Branch kinds (``BRANCH_KINDS``; ``G`` = groups, 1 or depthwise):
 - ``"1x1_avg"``: 1x1 conv then kxk average pool (``count_include_pad=True``);
 - ``"prior"``: 1x1 conv weights times a fixed per-output-channel cosine (DCT-like) kxk pattern;
-- ``"1x1_kxk"``: 1x1 conv (identity + learnable delta) then kxk conv;
+- ``"1x1_kxk"``: 1x1 conv (identity + learnable delta, delta starts at 0) then kxk conv; its
+  internal width equals the input width;
 - ``"kxk"``: a second kxk kernel;
 - ``"dws"``: kxk depthwise conv with ``DWS_EXPANSION`` filters per input channel, then 1x1;
-- ``"1x1"``: 1x1 conv (the centre tap); ``"kx1"`` / ``"1xk"``: asymmetric convs (ACNet).
+- ``"1x1"``: 1x1 conv (the centre tap); ``"kx1"`` / ``"1xk"``: asymmetric convs (ACNet) --
+  our extensions, not in the reference code.
 
 ``DEFAULT_BRANCHES`` are the five extra branches of the official GPD code (OREPA's origin + 5 = its
 "6 branches"): avg, prior, 1x1-kxk, a second kxk (the official code declares its "1x1" branch
 with a 3x3 kernel) and the depthwise-separable branch. Depthwise convs get the depthwise analogue
 of each kind (every kernel is grouped the same way as the conv), as in the official code.
 
-Scale init: ``"one_zero"`` (original 1, extras 0: the function is unchanged whatever the random
-extra weights) or ``"reference"`` (the official code's default when no pre-trained student
-exists, ``REFERENCE_SCALES``: original 0.25, avg 0.25, prior 0, 1x1-kxk 0.5, kxk 0.05, dws 0.5;
-our extra kinds get ``REFERENCE_SCALE_OTHER``); ``"reference"`` does NOT preserve the function.
+Scales (``SCALE_INITS``): ``"reference"`` = the official code's vector for distillation and
+from-scratch runs (``REFERENCE_SCALES``: origin 0.25, avg 0.25, prior 0, 1x1-kxk 0.5, kxk 0.05,
+dws 0.5; our extra kinds get ``REFERENCE_SCALE_OTHER``); ``"one_zero"`` = origin 1, extras 0
+(the official code's init when fine-tuning a pre-trained student: the function is unchanged).
+With ``bias=True`` the conv gets a learnable bias initialised to zero (or to the conv's own
+bias), as every branched conv of the reference code has.
+
+Every tensor declares how IR widens it (``TENSOR_DIMS``: per dim, which channel map it follows
+-- ``"out"``, ``"in"`` or ``"rows"`` (the dws branch's in*8 rows) -- and whether it is an output
+or input dim of the channel-mixing stage it belongs to); the plan turns that into divisions.
 """
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -40,9 +53,14 @@ ORIGIN = "origin"
 DEFAULT_BRANCHES = ("1x1_avg", "prior", "1x1_kxk", "kxk", "dws")
 REFERENCE_SCALES = {ORIGIN: 0.25, "1x1_avg": 0.25, "prior": 0.0, "1x1_kxk": 0.5, "kxk": 0.05, "dws": 0.5}
 REFERENCE_SCALE_OTHER = 0.05
-SCALE_INITS = ("one_zero", "reference")
+SCALE_INITS = ("reference", "one_zero")
 #: kaiming-uniform slope used for random extra-branch weights (official code: a=0)
 KAIMING_A = 0.0
+
+Getter = Callable[[str], torch.Tensor]
+#: per-dim widening spec of a tensor: (dim, channel map key, side); side "out"/"in" is the
+#: dim's role in the channel-mixing stage it belongs to, "none" for per-channel stages
+DimSpec = tuple[int, str, str]
 
 BRANCHES = Registry("branch kind")
 
@@ -55,24 +73,31 @@ def _kaiming(shape) -> nn.Parameter:
 
 class Branch(nn.Module):
     """One extra branch of a ``groups``-grouped ``in_ch -> out_ch`` kxk conv. Subclasses define
-    ``kernel()`` (the unscaled composite kxk kernel, shape (out, in/groups, k, k)) and
-    ``explicit(x, conv)`` (the same map run as separate ops, unscaled)."""
+    ``kernel(get, in_ch, out_ch, k, groups)`` (the unscaled composite kxk kernel, shape
+    (out, in/groups, k, k), from the tensors ``get`` returns) and ``explicit(x, conv)`` (the
+    same map run as separate ops, unscaled), and declare their tensors' dims in ``DIMS``."""
 
     kind = ""
+    DIMS: dict[str, tuple[DimSpec, ...]] = {}
 
     def __init__(self, in_ch: int, out_ch: int, k: int, groups: int):
         super().__init__()
-        self.in_ch, self.out_ch, self.k, self.groups = in_ch, out_ch, k, groups
         self.scale = nn.Parameter(torch.zeros(out_ch))
 
-    def kernel(self) -> torch.Tensor:
+    def kernel(self, get: Getter, in_ch: int, out_ch: int, k: int, groups: int) -> torch.Tensor:
         raise NotImplementedError
 
     def explicit(self, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        return f"{self.kind}, {self.in_ch}->{self.out_ch}, k={self.k}, groups={self.groups}"
+        return self.kind
+
+
+#: the dims of a plain conv weight (out, in/groups, kh, kw); map keys: "out"/"in" the output /
+#: input channels, "in_g" the input channels per group (not widened for a depthwise conv),
+#: "rows"/"rows_g" the dws branch's in*8 rows (all / per group)
+CONV_DIMS = ((0, "out", "out"), (1, "in_g", "in"))
 
 
 def _conv(x, w, conv, padding=None):
@@ -82,13 +107,14 @@ def _conv(x, w, conv, padding=None):
 @BRANCHES.register("kxk")
 class KxKBranch(Branch):
     kind = "kxk"
+    DIMS = {"weight": CONV_DIMS}
 
     def __init__(self, in_ch, out_ch, k, groups):
         super().__init__(in_ch, out_ch, k, groups)
         self.weight = _kaiming((out_ch, in_ch // groups, k, k))
 
-    def kernel(self):
-        return self.weight
+    def kernel(self, get, in_ch, out_ch, k, groups):
+        return get("weight")
 
     def explicit(self, x, conv):
         return _conv(x, self.weight, conv)
@@ -98,20 +124,23 @@ class _PaddedBranch(Branch):
     """A (kh, kw) kernel centred in the kxk window (1x1, kx1, 1xk)."""
 
     kh_kw = (1, 1)
+    DIMS = {"weight": CONV_DIMS}
 
     def __init__(self, in_ch, out_ch, k, groups):
         super().__init__(in_ch, out_ch, k, groups)
         kh, kw = (k if s == "k" else 1 for s in self.kh_kw)
         self.weight = _kaiming((out_ch, in_ch // groups, kh, kw))
 
-    def kernel(self):
-        kh, kw = self.weight.shape[-2:]
-        ph, pw = (self.k - kh) // 2, (self.k - kw) // 2
-        return F.pad(self.weight, [pw, pw, ph, ph])
+    def kernel(self, get, in_ch, out_ch, k, groups):
+        w = get("weight")
+        kh, kw = w.shape[-2:]
+        ph, pw = (k - kh) // 2, (k - kw) // 2
+        return F.pad(w, [pw, pw, ph, ph])
 
     def explicit(self, x, conv):
         kh, kw = self.weight.shape[-2:]
-        pad = (conv.padding[0] - (self.k - kh) // 2, conv.padding[1] - (self.k - kw) // 2)
+        k = conv.kernel_size[0]
+        pad = (conv.padding[0] - (k - kh) // 2, conv.padding[1] - (k - kw) // 2)
         return _conv(x, self.weight, conv, padding=pad)
 
 
@@ -136,17 +165,19 @@ class AvgBranch(Branch):
     uniformly over the kxk window."""
 
     kind = "1x1_avg"
+    DIMS = {"weight": CONV_DIMS}
 
     def __init__(self, in_ch, out_ch, k, groups):
         super().__init__(in_ch, out_ch, k, groups)
         self.weight = _kaiming((out_ch, in_ch // groups, 1, 1))
 
-    def kernel(self):
-        return self.weight.expand(-1, -1, self.k, self.k) / (self.k * self.k)
+    def kernel(self, get, in_ch, out_ch, k, groups):
+        return get("weight").expand(-1, -1, k, k) / (k * k)
 
     def explicit(self, x, conv):
         y = F.conv2d(x, self.weight, None, 1, 0, 1, conv.groups)
-        return F.avg_pool2d(y, self.k, conv.stride, conv.padding, count_include_pad=True)
+        k = conv.kernel_size[0]
+        return F.avg_pool2d(y, k, conv.stride, conv.padding, count_include_pad=True)
 
 
 def cosine_prior(out_ch: int, k: int) -> torch.Tensor:
@@ -164,15 +195,20 @@ def cosine_prior(out_ch: int, k: int) -> torch.Tensor:
 
 @BRANCHES.register("prior")
 class PriorBranch(Branch):
+    """1x1 weights times a fixed per-output-channel pattern. The pattern is a buffer that IR
+    replicates with the output channels (as the reference does), so a wide channel carries the
+    pattern of the student channel it copies."""
+
     kind = "prior"
+    DIMS = {"weight": CONV_DIMS, "prior": ((0, "out", "none"),)}
 
     def __init__(self, in_ch, out_ch, k, groups):
         super().__init__(in_ch, out_ch, k, groups)
         self.weight = _kaiming((out_ch, in_ch // groups, 1, 1))
-        self.register_buffer("prior", cosine_prior(out_ch, k), persistent=False)
+        self.register_buffer("prior", cosine_prior(out_ch, k))
 
-    def kernel(self):
-        return self.weight * self.prior[:, None]
+    def kernel(self, get, in_ch, out_ch, k, groups):
+        return get("weight") * get("prior")[:, None]
 
     def explicit(self, x, conv):
         return _conv(x, self.weight * self.prior[:, None], conv)
@@ -187,21 +223,25 @@ def _grouped_identity(ch: int, groups: int) -> torch.Tensor:
 
 @BRANCHES.register("1x1_kxk")
 class OneByOneKxKBranch(Branch):
-    """1x1 conv (in -> in, weight = identity + learnable ``delta``, delta starts at 0) then kxk."""
+    """1x1 conv (in -> in, weight = ``identity`` + learnable ``delta``, delta starts at 0) then
+    kxk. ``identity`` is a buffer that IR widens like ``delta`` (the reference widens its
+    id_tensor the same way), so the wide first stage is the widened student stage."""
 
     kind = "1x1_kxk"
+    MID = ((0, "in", "out"), (1, "in_g", "in"))  # internal width == input width
+    DIMS = {"delta": MID, "identity": MID, "weight": CONV_DIMS}
 
     def __init__(self, in_ch, out_ch, k, groups):
         super().__init__(in_ch, out_ch, k, groups)
         self.delta = nn.Parameter(torch.zeros(in_ch, in_ch // groups, 1, 1))
-        self.register_buffer("identity", _grouped_identity(in_ch, groups), persistent=False)
+        self.register_buffer("identity", _grouped_identity(in_ch, groups))
         self.weight = _kaiming((out_ch, in_ch // groups, k, k))
 
-    def kernel(self):
-        g = self.groups
-        first = (self.identity + self.delta).reshape(g, self.in_ch // g, self.in_ch // g)  # g,t,i
-        second = self.weight.reshape(g, self.out_ch // g, self.in_ch // g, self.k, self.k)  # g,o,t
-        return torch.einsum("gti,gothw->goihw", first, second).reshape(self.weight.shape)
+    def kernel(self, get, in_ch, out_ch, k, groups):
+        g = groups
+        first = (get("identity") + get("delta")).reshape(g, in_ch // g, in_ch // g)  # g,t,i
+        second = get("weight").reshape(g, out_ch // g, in_ch // g, k, k)  # g,o,t
+        return torch.einsum("gti,gothw->goihw", first, second).reshape(out_ch, in_ch // g, k, k)
 
     def explicit(self, x, conv):
         y = F.conv2d(x, self.identity + self.delta, None, 1, 0, 1, conv.groups)
@@ -213,6 +253,7 @@ class DepthwiseSeparableBranch(Branch):
     """kxk depthwise conv (``DWS_EXPANSION`` filters per input channel) then a 1x1 conv."""
 
     kind = "dws"
+    DIMS = {"depthwise": ((0, "rows", "none"),), "pointwise": ((0, "out", "out"), (1, "rows_g", "in"))}
 
     def __init__(self, in_ch, out_ch, k, groups):
         super().__init__(in_ch, out_ch, k, groups)
@@ -220,14 +261,15 @@ class DepthwiseSeparableBranch(Branch):
         self.depthwise = _kaiming((in_ch * e, 1, k, k))
         self.pointwise = _kaiming((out_ch, in_ch * e // groups, 1, 1))
 
-    def kernel(self):
-        g, e, k = self.groups, DWS_EXPANSION, self.k
-        dw = self.depthwise.reshape(g, self.in_ch // g, e, k, k)
-        pw = self.pointwise.reshape(g, self.out_ch // g, self.in_ch // g, e)
-        return torch.einsum("goie,giekl->goikl", pw, dw).reshape(self.out_ch, self.in_ch // g, k, k)
+    def kernel(self, get, in_ch, out_ch, k, groups):
+        g, e = groups, DWS_EXPANSION
+        dw = get("depthwise").reshape(g, in_ch // g, e, k, k)
+        pw = get("pointwise").reshape(g, out_ch // g, in_ch // g, e)
+        return torch.einsum("goie,giekl->goikl", pw, dw).reshape(out_ch, in_ch // g, k, k)
 
     def explicit(self, x, conv):
-        y = F.conv2d(x, self.depthwise, None, conv.stride, conv.padding, conv.dilation, self.in_ch)
+        in_ch = x.shape[1]
+        y = F.conv2d(x, self.depthwise, None, conv.stride, conv.padding, conv.dilation, in_ch)
         return F.conv2d(y, self.pointwise, None, 1, 0, 1, conv.groups)
 
 
@@ -255,7 +297,7 @@ def resolve_branches(branches) -> tuple[str, ...]:
 
 def branchable(conv: nn.Module) -> bool:
     """Whether a conv is turned into a ``MultiBranchConv2d``: square odd k > 1, stride 1,
-    'same' zero padding, dilation 1, groups 1 or depthwise (as in the official code)."""
+    'same' zero padding, dilation 1, groups 1 or depthwise (the reference: k = 3 only)."""
     if type(conv) is not nn.Conv2d:
         return False
     k = conv.kernel_size[0]
@@ -274,40 +316,69 @@ class MultiBranchConv2d(nn.Conv2d):
     ONE conv. NOTE: ``.weight`` alone is not the effective kernel; use ``folded_weight()``.
     """
 
-    def __init__(self, conv: nn.Conv2d, kinds, scale_init: str = "one_zero"):
+    #: dims of the module's own tensors (branch tensors: each ``Branch.DIMS``)
+    DIMS = {"weight": CONV_DIMS, "bias": ((0, "out", "out"),), "origin_scale": ((0, "out", "none"),)}
+
+    def __init__(self, conv: nn.Conv2d, kinds, scale_init: str = "reference", bias: bool = False):
         if scale_init not in SCALE_INITS:
             raise ValueError(unknown_choice("scale_init", scale_init, list(SCALE_INITS)))
         super().__init__(
             conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-            conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+            conv.dilation, conv.groups, bias or conv.bias is not None, conv.padding_mode,
             device=conv.weight.device, dtype=conv.weight.dtype,
         )
+        self.depthwise = conv.groups > 1
         with torch.no_grad():
             self.weight.copy_(conv.weight)
-            if conv.bias is not None:
-                self.bias.copy_(conv.bias)
+            if self.bias is not None:
+                self.bias.copy_(conv.bias if conv.bias is not None else torch.zeros_like(self.bias))
         k = conv.kernel_size[0]
+        self.kinds = tuple(kinds)
         self.branches = nn.ModuleList(
             BRANCHES.get(kind)(conv.in_channels, conv.out_channels, k, conv.groups) for kind in kinds
         ).to(device=conv.weight.device, dtype=conv.weight.dtype)
         self.origin_scale = nn.Parameter(torch.ones_like(self.weight[:, 0, 0, 0]))
-        if scale_init == "reference":
-            with torch.no_grad():
+        with torch.no_grad():
+            if scale_init == "reference":
                 self.origin_scale.fill_(REFERENCE_SCALES[ORIGIN])
                 for b in self.branches:
                     b.scale.fill_(REFERENCE_SCALES.get(b.kind, REFERENCE_SCALE_OTHER))
+            else:
+                for b in self.branches:
+                    b.scale.zero_()
         self._fold_cache: list | None = None  # set by DynamicTeacher for one "both" forward
 
+    def tensor_dims(self) -> dict[str, tuple[DimSpec, ...]]:
+        """Every tensor of this module (relative name -> its dims), branches included."""
+        dims = {n: d for n, d in self.DIMS.items() if getattr(self, n) is not None}
+        for i, b in enumerate(self.branches):
+            dims.update({f"branches.{i}.{n}": d for n, d in b.DIMS.items()})
+            dims[f"branches.{i}.scale"] = ((0, "out", "none"),)
+        return dims
+
+    def fold(self, get: Getter, in_ch: int, out_ch: int, groups: int) -> torch.Tensor:
+        """The single kxk kernel equal to the sum of all scaled branches, computed from the
+        tensors ``get`` returns (differentiable; widths given, so it folds any slice)."""
+        k = self.kernel_size[0]
+        w = get("weight") * get("origin_scale")[:, None, None, None]
+        for i, b in enumerate(self.branches):
+            sub = (lambda n, _i=i: get(f"branches.{_i}.{n}"))
+            w = w + b.kernel(sub, in_ch, out_ch, k, groups) * get(f"branches.{i}.scale")[:, None, None, None]
+        return w
+
     def folded_weight(self) -> torch.Tensor:
-        """The single kxk kernel equal to the sum of all scaled branches (differentiable)."""
+        """This module's effective kernel (differentiable)."""
         if self._fold_cache:
             return self._fold_cache[0]
-        w = self.weight * self.origin_scale[:, None, None, None]
-        for b in self.branches:
-            w = w + b.kernel() * b.scale[:, None, None, None]
+        w = self.fold(self._getter(), self.in_channels, self.out_channels, self.groups)
         if self._fold_cache is not None:
             self._fold_cache.append(w)
         return w
+
+    def _getter(self) -> Getter:
+        tensors = dict(self.named_parameters())
+        tensors.update(self.named_buffers())
+        return tensors.__getitem__
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.folded_weight(), self.bias)
@@ -322,4 +393,19 @@ class MultiBranchConv2d(nn.Conv2d):
         return y
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", branches={[b.kind for b in self.branches]}"
+        return super().extra_repr() + f", branches={list(self.kinds)}"
+
+
+def add_branches(model: nn.Module, kinds: tuple[str, ...], scale_init: str,
+                 bias_paths: frozenset[str] = frozenset()) -> list[str]:
+    """Replace every branchable conv of ``model`` (in place) by a ``MultiBranchConv2d`` at the
+    same width; convs in ``bias_paths`` get a zero-initialised learnable bias. Returns the
+    converted paths."""
+    if not kinds:
+        return []
+    paths = [path for path, m in model.named_modules() if branchable(m)]
+    for path in paths:
+        parent_path, _, leaf = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        setattr(parent, leaf, MultiBranchConv2d(getattr(parent, leaf), kinds, scale_init, bias=path in bias_paths))
+    return paths

@@ -6,9 +6,10 @@ on ``(C, C')``: two tensors of equal width that are added (residuals) share the 
 A dimension made of ``s`` equal segments (ViT ``qkv``: [q | k | v]) is expanded segment by
 segment. ``cnt(c) = #{j : g(j) = c}`` is the copy count of student channel ``c``.
 
-Widening a weight (IR): index every expanded dim with ``g``; on dims that *read* a replicated
-channel divide by ``cnt(g(j))`` so the copies sum back to the original. Slicing (CBR): keep the
-student block (the first ``C`` of every segment) and multiply the read dims by ``cnt``.
+Widening a tensor (IR): index every expanded dim with ``g``; on the dims a widening convention
+*divides* (``DimRule.divide``: the output dims of channel-mixing layers in the reference
+convention, the input dims in the full-scale one) divide by ``cnt(g(j))``. Slicing (CBR): keep
+the student block (the first ``C`` of every segment) and multiply the divided dims by ``cnt``.
 """
 from __future__ import annotations
 
@@ -81,11 +82,11 @@ class ChannelMap:
 
 @dataclass(frozen=True)
 class DimRule:
-    """How one dim of a weight is widened: ``reads`` dims are divided by the copy count."""
+    """How one dim of a tensor is widened: ``divide`` dims are divided by the copy count."""
 
     dim: int
     cmap: ChannelMap
-    reads: bool = False
+    divide: bool = False
 
 
 def _along(vec: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
@@ -95,11 +96,11 @@ def _along(vec: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
 
 
 def widen_tensor(t: torch.Tensor, rules: tuple[DimRule, ...]) -> torch.Tensor:
-    """IR for one tensor: copy along every rule's dim, divide ``reads`` dims by the copy count."""
+    """IR for one tensor: copy along every rule's dim, divide ``divide`` dims by the copy count."""
     out = t
     for r in rules:
         out = out.index_select(r.dim, r.cmap.source_index().to(t.device))
-        if r.reads:
+        if r.divide:
             out = out / _along(r.cmap.wide_counts().to(out), r.dim, out.ndim)
     return out
 
@@ -123,12 +124,12 @@ def slice_plain(t: torch.Tensor, rules: tuple[DimRule, ...]) -> torch.Tensor:
     return out
 
 
-def read_scale(rules: tuple[DimRule, ...], ndim: int) -> torch.Tensor | None:
-    """The factor CBR multiplies the sliced tensor by (product of ``cnt`` over read dims),
+def undo_scale(rules: tuple[DimRule, ...], ndim: int) -> torch.Tensor | None:
+    """The factor CBR multiplies the sliced tensor by (product of ``cnt`` over divided dims),
     broadcastable to the sliced tensor; ``None`` when it is 1 everywhere."""
     scale = None
     for r in rules:
-        if r.reads and not r.cmap.is_identity:
+        if r.divide and not r.cmap.is_identity:
             s = _along(r.cmap.student_counts().float(), r.dim, ndim)
             scale = s if scale is None else scale * s
     return scale

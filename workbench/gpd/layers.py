@@ -1,10 +1,27 @@
-"""Layers the dynamic teacher needs beyond plain widening."""
+"""What the dynamic teacher needs beyond copied tensors: a replica-aware LayerNorm and forward
+hooks that keep a widened module exact without changing its parameters or state-dict keys.
+
+Hooks are plain module-level functions reading non-persistent buffers of the module they sit
+on, so they survive ``deepcopy`` (EMA copies) and ``.to()``:
+- *scale* hooks (reference convention): a per-channel module runs on full-scale copies --
+  input multiplied by ``cnt`` before, output divided by ``cnt`` after;
+- *q/k* hook (reference convention): the q and k segments of a ``qkv`` output multiplied by
+  ``cnt``, so attention logits are the student's;
+- *layout* hooks (grouped convs and the ShuffleNets' channel shuffle/split/concat; integer
+  ratio r): every activation between modules keeps the canonical layout (wide channel j copies
+  student channel j mod C, i.e. r consecutive copies of the whole student tensor); a module
+  that needs another order gets its input permuted before and its output permuted back after.
+"""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 from .channels import ChannelMap
+
+SCALE_IN, SCALE_OUT = "_gpd_scale_in", "_gpd_scale_out"
+QK_SCALE = "_gpd_qk_scale"
+IN_INDEX, OUT_INDEX = "_gpd_in_index", "_gpd_out_index"
 
 
 class ReplicaAwareLayerNorm(nn.LayerNorm):
@@ -43,3 +60,95 @@ def _dtype(m: nn.Module):
     t = next(m.parameters(), None)
     return t.dtype if t is not None else torch.get_default_dtype()
 
+
+def _along(vec: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
+    shape = [1] * ndim
+    shape[dim] = -1
+    return vec.reshape(shape)
+
+
+# ----------------------------------------------------------------------------- scale hooks
+def _scale_input(m, args):
+    return (args[0] * getattr(m, SCALE_IN),) + tuple(args[1:])
+
+
+def _scale_output(m, args, out):
+    return out / getattr(m, SCALE_OUT)
+
+
+def attach_scale(m: nn.Module, in_map: ChannelMap, out_map: ChannelMap, dim: int, ndim: int, dtype) -> None:
+    """``m`` runs on full-scale copies: input x cnt before, output / cnt after (along ``dim``
+    of an ``ndim``-d activation)."""
+    m.register_buffer(SCALE_IN, _along(in_map.wide_counts().to(dtype), dim, ndim), persistent=False)
+    m.register_buffer(SCALE_OUT, _along(out_map.wide_counts().to(dtype), dim, ndim), persistent=False)
+    m.register_forward_pre_hook(_scale_input)
+    m.register_forward_hook(_scale_output)
+
+
+def _scale_qk(m, args, out):
+    return out * getattr(m, QK_SCALE)
+
+
+def attach_qk_scale(m: nn.Linear, cmap: ChannelMap, segments: tuple[int, ...], dtype) -> None:
+    """Multiply the q and k segments of a widened ``qkv`` output by ``cnt``."""
+    seg = torch.ones(cmap.segments, cmap.wide)
+    counts = cmap.wide_counts().reshape(cmap.segments, cmap.wide).float()
+    for s in segments:
+        seg[s] = counts[s]
+    m.register_buffer(QK_SCALE, seg.reshape(-1).to(dtype), persistent=False)
+    m.register_forward_hook(_scale_qk)
+
+
+# ----------------------------------------------------------------------------- layout hooks
+def _permute_input(m, args):
+    return (args[0].index_select(1, getattr(m, IN_INDEX)),) + tuple(args[1:])
+
+
+def _permute_output(m, args, out):
+    return out.index_select(1, getattr(m, OUT_INDEX))
+
+
+def attach_permutation(m: nn.Module, in_index: torch.Tensor | None = None,
+                       out_index: torch.Tensor | None = None) -> None:
+    """Reorder the channels (dim 1) of ``m``'s first input and/or of its output."""
+    if in_index is not None:
+        m.register_buffer(IN_INDEX, in_index, persistent=False)
+        m.register_forward_pre_hook(_permute_input)
+    if out_index is not None:
+        m.register_buffer(OUT_INDEX, out_index, persistent=False)
+        m.register_forward_hook(_permute_output)
+
+
+def group_major_index(width: int, groups: int, copies: int) -> torch.Tensor:
+    """Canonical -> group-major: position (g, b, i) of the result (group g, copy b, channel i of
+    the group) takes canonical channel b * width + g * n + i (n = width // groups)."""
+    n = width // groups
+    g, b, i = torch.meshgrid(torch.arange(groups), torch.arange(copies), torch.arange(n), indexing="ij")
+    return (b * width + g * n + i).reshape(-1)
+
+
+def inverse(index: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(index)
+    out[index] = torch.arange(len(index))
+    return out
+
+
+def split_major_index(width: int, first: int, copies: int) -> torch.Tensor:
+    """Canonical -> [all copies of channels < first | all copies of the rest]."""
+    b = torch.arange(copies)[:, None] * width
+    return torch.cat([(b + torch.arange(first)).reshape(-1), (b + torch.arange(first, width)).reshape(-1)])
+
+
+def concat_index(widths: list[int], copies: int) -> torch.Tensor:
+    """[canonical part 1 | canonical part 2 | ...] -> canonical layout of the concatenation."""
+    total, starts, s = sum(widths), [], 0
+    for w in widths:
+        starts.append(s)
+        s += copies * w
+    out = torch.empty(copies * total, dtype=torch.long)
+    for b in range(copies):
+        offset = b * total
+        for w, start in zip(widths, starts):
+            out[offset: offset + w] = start + b * w + torch.arange(w)
+            offset += w
+    return out

@@ -1,8 +1,10 @@
 """Module-by-module check that a widened model is the student, replicated.
 
 Both models run ``example_input`` in eval mode; every module's input and output is recorded (in
-call order) and each wide tensor must equal the student tensor copied along its widened dims
-(with the plan's map for planned layers, e.g. the segmented ``qkv``; the plain map otherwise).
+call order, as seen from outside the module: before its pre-hooks, after its hooks) and each
+wide tensor must equal the student tensor copied along its widened dims (with the plan's map for
+planned layers, e.g. the segmented ``qkv``; the plain map otherwise) and, in the reference
+convention, divided by the copy count (q and k of ``qkv`` stay full-scale).
 The first mismatch names the culprit: an *input* mismatch means parameter-free code before that
 module (concat, channel shuffle, split, ...) broke the channel layout; an *output* mismatch
 means the module's own forward did. This guards every architecture, including ones nobody
@@ -16,7 +18,7 @@ import torch
 from torch import nn
 
 from .channels import ChannelMap, wide_width
-from .plan import UnsupportedLayerError, WideningPlan, unsupported
+from .plan import QK_SEGMENTS, SEGMENTED_LINEARS, UnsupportedLayerError, WideningPlan, unsupported
 
 #: a structural error moves values by O(1); float32 reordering by ~1e-6 relative
 VERIFY_RTOL = 1e-3
@@ -53,7 +55,8 @@ def _record(model: nn.Module, x: torch.Tensor) -> tuple[list[_Event], BaseExcept
             stack.pop()
             events.append(_Event(_p, "out", _tensors(out), stack[-1] if stack else ""))
 
-        handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+        # prepended pre-hook / appended hook: what the module's callers see, around IR's hooks
+        handles.append(m.register_forward_pre_hook(pre, with_kwargs=True, prepend=True))
         handles.append(m.register_forward_hook(post, with_kwargs=True))
     error = None
     try:
@@ -68,8 +71,10 @@ def _record(model: nn.Module, x: torch.Tensor) -> tuple[list[_Event], BaseExcept
     return events, error
 
 
-def _expected(student: torch.Tensor, wide_shape, plan: WideningPlan, layer_map: ChannelMap | None, layer_dim: int):
-    """The student tensor replicated to ``wide_shape`` (None when no replication explains it)."""
+def _expected(student: torch.Tensor, wide_shape, plan: WideningPlan, layer_map: ChannelMap | None, layer_dim: int,
+              full_scale_segments: tuple[int, ...] = ()):
+    """The student tensor replicated to ``wide_shape`` and, in the reference convention, divided
+    by the copy counts (except the listed segments); None when no replication explains it."""
     if student.ndim != len(wide_shape):
         return None
     out = student
@@ -81,6 +86,13 @@ def _expected(student: torch.Tensor, wide_shape, plan: WideningPlan, layer_map: 
         if cmap.student_size != s or cmap.wide_size != w:
             return None
         out = out.index_select(d, cmap.source_index())
+        if plan.divides_outputs:
+            counts = cmap.wide_counts().to(out.dtype).reshape(cmap.segments, cmap.wide)
+            if cmap.segments > 1:
+                counts[[i for i in full_scale_segments if i < cmap.segments]] = 1.0
+            shape = [1] * out.ndim
+            shape[d] = -1
+            out = out / counts.reshape(shape)
     return out
 
 
@@ -102,8 +114,9 @@ def verify_widening(student: nn.Module, wide: nn.Module, plan: WideningPlan, x: 
             raise unsupported(w_ev.path, where, "the widened model takes a different path through its modules "
                               "(control flow depends on the width)")
         lp = plan.layers.get(s_ev.path) if s_ev.kind == "out" else None
+        qk = QK_SEGMENTS if lp and s_ev.path.rpartition(".")[2] in SEGMENTED_LINEARS else ()
         for s_t, w_t in zip(s_ev.tensors, w_ev.tensors):
-            exp = _expected(s_t, w_t.shape, plan, lp.out_map if lp else None, lp.out_dim if lp else 1)
+            exp = _expected(s_t, w_t.shape, plan, lp.out_map if lp else None, lp.out_dim if lp else 1, qk)
             if exp is None or not _close(exp, w_t):
                 raise _mismatch(s_ev, w_ev, modules)
     if len(s_events) != len(w_events):

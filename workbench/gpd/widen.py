@@ -1,13 +1,16 @@
-"""Apply a widening plan to a copy of the student (IR steps: widen, noise, branches)."""
+"""Apply a widening plan to a copy of the (multi-branch) student: widen tensors, update layer
+attributes, attach the hooks the convention and the layout need, add symmetry-breaking noise."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .branches import MultiBranchConv2d, branchable
-from .channels import student_block_mask, widen_tensor
-from .layers import ReplicaAwareLayerNorm
-from .plan import WideningPlan, unsupported
+from workbench.models.shufflenet import Concat, ShuffleBlock, SplitBlock
+
+from . import layers
+from .channels import ChannelMap, student_block_mask, widen_tensor
+from .plan import (NON_HOMOGENEOUS, QK_SEGMENTS, SEGMENTED_LINEARS, WideningPlan, _is_conv, _is_grouped,
+                   unsupported)
 
 
 def _set_child(root: nn.Module, path: str, new: nn.Module) -> None:
@@ -17,8 +20,7 @@ def _set_child(root: nn.Module, path: str, new: nn.Module) -> None:
 
 def widen_model(model: nn.Module, plan: WideningPlan) -> nn.Module:
     """Widen ``model`` IN PLACE (pass a copy): tensors copied/divided per the plan, layer
-    attributes updated, uneven-count LayerNorms made replica-aware. Full-scale convention:
-    every wide feature is an exact copy of a student feature."""
+    attributes updated, uneven-count LayerNorms made replica-aware."""
     with torch.no_grad():
         for path, m in model.named_modules():
             prefix = f"{path}." if path else ""
@@ -35,8 +37,8 @@ def widen_model(model: nn.Module, plan: WideningPlan) -> nn.Module:
                     store[name] = nn.Parameter(new, requires_grad=t.requires_grad) if store is m._parameters else new
     for path, lp in plan.layers.items():
         m = model.get_submodule(path)
-        if type(m) is nn.Conv2d:
-            depthwise = m.groups > 1
+        if _is_conv(m):
+            depthwise = m.groups > 1 and m.groups == m.in_channels
             m.in_channels = lp.in_map.wide_size if lp.in_map else m.in_channels
             m.out_channels = lp.out_map.wide_size if lp.out_map else m.out_channels
             if depthwise:
@@ -49,7 +51,7 @@ def widen_model(model: nn.Module, plan: WideningPlan) -> nn.Module:
                 continue
             m.normalized_shape = (lp.in_map.wide_size,)
             if not lp.in_map.uniform:
-                ln = ReplicaAwareLayerNorm(m, lp.in_map)
+                ln = layers.ReplicaAwareLayerNorm(m, lp.in_map)
                 ln.load_state_dict(m.state_dict())
                 _set_child(model, path, ln)
         else:
@@ -59,6 +61,57 @@ def widen_model(model: nn.Module, plan: WideningPlan) -> nn.Module:
         if isinstance(getattr(m, "num_heads", None), int):
             m.num_heads = heads
     return model
+
+
+def attach_hooks(model: nn.Module, plan: WideningPlan, wide_shapes: dict[str, tuple]) -> None:
+    """Hooks that keep the widened ``model`` exact: layout permutations (grouped convs, channel
+    shuffle/split/concat) always; in the reference convention also scale hooks on per-channel
+    modules and the q/k hook. ``wide_shapes``: every module's (input, output) shapes in the
+    widened model, to find the channel dim of parameter-free modules."""
+    dtype = next(model.parameters()).dtype
+    r = plan.copies
+    for path, m in model.named_modules():
+        lp = plan.layers.get(path)
+        if path not in plan.shapes:
+            continue  # never called on the example input (e.g. a stride-1 unit's Concat)
+        if lp is not None and _is_grouped(m):
+            c_in, c_out = lp.in_map.narrow, lp.out_map.narrow
+            layers.attach_permutation(m, layers.group_major_index(c_in, m.groups, r),
+                                      layers.inverse(layers.group_major_index(c_out, m.groups, r)))
+        elif isinstance(m, ShuffleBlock):
+            width = _input_width(plan, path)
+            layers.attach_permutation(m, in_index=layers.group_major_index(width, m.groups, r))
+        elif isinstance(m, SplitBlock):
+            width = _input_width(plan, path)
+            layers.attach_permutation(m, in_index=layers.split_major_index(width, int(width * m.ratio), r))
+        elif isinstance(m, Concat):
+            widths = [s[1] for s in plan.shapes[path][0]]
+            layers.attach_permutation(m, out_index=layers.concat_index(widths, r))
+        if not plan.divides_outputs:
+            continue
+        if lp is not None and lp.per_channel and lp.out_map is not None:
+            ndim = len(wide_shapes[path][1][0])
+            layers.attach_scale(m, lp.in_map, lp.out_map, lp.out_dim % ndim, ndim, dtype)
+        elif lp is not None and path.rpartition(".")[2] in SEGMENTED_LINEARS and lp.out_map is not None \
+                and lp.out_map.segments > 1:
+            layers.attach_qk_scale(m, lp.out_map, QK_SEGMENTS, dtype)
+        elif isinstance(m, NON_HOMOGENEOUS) and path in plan.shapes:
+            found = _widened_dim(plan.shapes[path][0][0], wide_shapes[path][0][0])
+            if found is not None:
+                dim, narrow, wide = found
+                cmap = ChannelMap(narrow, wide)
+                layers.attach_scale(m, cmap, cmap, dim, len(wide_shapes[path][0][0]), dtype)
+
+
+def _input_width(plan: WideningPlan, path: str) -> int:
+    return plan.shapes[path][0][0][1]
+
+
+def _widened_dim(student_shape: tuple, wide_shape: tuple):
+    diff = [(d, s, w) for d, (s, w) in enumerate(zip(student_shape, wide_shape)) if s != w]
+    if len(diff) > 1:
+        raise unsupported("", None, f"an activation widened along several dims {student_shape} -> {wide_shape}")
+    return diff[0] if diff else None
 
 
 def add_noise(model: nn.Module, plan: WideningPlan, sigma: float) -> None:
@@ -72,13 +125,3 @@ def add_noise(model: nn.Module, plan: WideningPlan, sigma: float) -> None:
                 continue
             outside = ~student_block_mask(p.shape, rules).to(p.device)
             p.add_(torch.randn_like(p) * sigma * outside)
-
-
-def add_branches(model: nn.Module, kinds: tuple[str, ...], scale_init: str) -> list[str]:
-    """Replace every branchable conv by a ``MultiBranchConv2d``; returns the converted paths."""
-    if not kinds:
-        return []
-    paths = [path for path, m in model.named_modules() if branchable(m)]
-    for path in paths:
-        _set_child(model, path, MultiBranchConv2d(model.get_submodule(path), kinds, scale_init))
-    return paths

@@ -4,7 +4,8 @@
 Parameter names and shapes equal RepDistiller's ``ShuffleNetv1.py`` / ``ShuffleNetv2.py``. The
 original ``F.avg_pool2d(out, 4)`` (a 4x4 final map on 32x32 inputs) becomes a global average
 pool: same values on 32x32, any input size works. Channel shuffles and splits read the channel
-count from the tensor; only the (structural) group count is stored.
+count from the tensor; only the (structural) group count is stored. Concatenations, splits and shuffles are modules (``Concat``,
+``SplitBlock``, ``ShuffleBlock``) so that GPD's IR can follow the channel layout.
 """
 from __future__ import annotations
 
@@ -26,6 +27,14 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """[N, g*c, H, W] -> interleave the g groups channel by channel (sizes read from ``x``)."""
     n, c, h, w = x.shape
     return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class Concat(nn.Module):
+    """``torch.cat`` along the channel dim as a module, so that model surgery (GPD's IR) can see
+    and follow the channel layout of a concatenation."""
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, 1)
 
 
 class ShuffleBlock(nn.Module):
@@ -56,13 +65,14 @@ class ShuffleV1Unit(nn.Module):
         self.shortcut = nn.Sequential()
         if stride == 2:
             self.shortcut = nn.Sequential(nn.AvgPool2d(3, stride=2, padding=1))
+        self.cat = Concat()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.shuffle1(F.relu(self.bn1(self.conv1(x))))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         res = self.shortcut(x)
-        return F.relu(torch.cat([out, res], 1) if self.stride == 2 else out + res)
+        return F.relu(self.cat(out, res) if self.stride == 2 else out + res)
 
 
 class ShuffleNetV1(nn.Module):
@@ -119,6 +129,7 @@ class ShuffleV2Unit(nn.Module):
         self.bn2 = nn.BatchNorm2d(c)
         self.conv3 = nn.Conv2d(c, c, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(c)
+        self.cat = Concat()
         self.shuffle = ShuffleBlock(groups=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,7 +137,7 @@ class ShuffleV2Unit(nn.Module):
         out = F.relu(self.bn1(self.conv1(work)))
         out = self.bn2(self.conv2(out))
         out = F.relu(self.bn3(self.conv3(out)))
-        return self.shuffle(torch.cat([keep, out], 1))
+        return self.shuffle(self.cat(keep, out))
 
 
 class ShuffleV2Down(nn.Module):
@@ -146,13 +157,14 @@ class ShuffleV2Down(nn.Module):
         self.bn4 = nn.BatchNorm2d(mid)
         self.conv5 = nn.Conv2d(mid, mid, kernel_size=1, bias=False)
         self.bn5 = nn.BatchNorm2d(mid)
+        self.cat = Concat()
         self.shuffle = ShuffleBlock(groups=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         left = F.relu(self.bn2(self.conv2(self.bn1(self.conv1(x)))))
         right = F.relu(self.bn3(self.conv3(x)))
         right = F.relu(self.bn5(self.conv5(self.bn4(self.conv4(right)))))
-        return self.shuffle(torch.cat([left, right], 1))
+        return self.shuffle(self.cat(left, right))
 
 
 class ShuffleNetV2(nn.Module):
