@@ -6,7 +6,7 @@ from torch.nn import functional as F
 
 from workbench.gpd import BRANCH_KINDS, DEFAULT_BRANCHES, MultiBranchConv2d
 from workbench.gpd.branches import BRANCH_ORDER, REFERENCE_SCALES, branchable, resolve_branches
-from workbench.gpd.channels import ChannelMap, DimRule, read_scale, slice_plain, widen_tensor, wide_width
+from workbench.gpd.channels import ChannelMap, DimRule, slice_plain, undo_scale, widen_tensor, wide_width
 
 
 # ---------------------------------------------------------------- channel maps
@@ -33,16 +33,25 @@ def test_wide_width_rounds_half_up_and_never_shrinks():
 
 
 def test_widen_then_slice_times_count_is_identity_and_copies_sum_back():
+    """Both conventions on one weight, by hand. Tolerance: a float32 sum of 4 products of O(1)
+    values, 1e-6 absolute is ~10 ulps."""
     torch.manual_seed(0)
     w = torch.randn(5, 4)
     out_map, in_map = ChannelMap(5, 8), ChannelMap(4, 6)
-    rules = (DimRule(0, out_map), DimRule(1, in_map, reads=True))
+    x = torch.randn(4)
+    x_rep = x[in_map.source_index()]
+    # full scale: input dim divided; a replicated input gives the replicated output
+    rules = (DimRule(0, out_map), DimRule(1, in_map, divide=True))
     wide = widen_tensor(w, rules)
     assert wide.shape == (8, 6)
-    assert torch.allclose(slice_plain(wide, rules) * read_scale(rules, 2), w, rtol=0, atol=1e-6)
-    # a replicated input x' = x[g] read by the wide weight gives the replicated output
-    x = torch.randn(4)
-    assert torch.allclose(wide @ x[in_map.source_index()], (w @ x)[out_map.source_index()], atol=1e-6)
+    assert torch.allclose(slice_plain(wide, rules) * undo_scale(rules, 2), w, rtol=0, atol=1e-6)
+    assert torch.allclose(wide @ x_rep, (w @ x)[out_map.source_index()], atol=1e-6)
+    # reference: output dim divided; an input divided by its counts gives the output divided by its counts
+    rules = (DimRule(0, out_map, divide=True), DimRule(1, in_map))
+    wide = widen_tensor(w, rules)
+    assert torch.allclose(slice_plain(wide, rules) * undo_scale(rules, 2), w, rtol=0, atol=1e-6)
+    expected = (w @ x)[out_map.source_index()] / out_map.wide_counts()
+    assert torch.allclose(wide @ (x_rep / in_map.wide_counts()), expected, atol=1e-6)
 
 
 # ---------------------------------------------------------------- branches
@@ -71,15 +80,21 @@ def test_fold_equals_running_branches_separately(kind, groups, k):
     assert torch.allclose(conv(x), conv.explicit_forward(x), rtol=1e-10, atol=1e-10)
 
 
+def _kernel(branch, conv):
+    tensors = dict(branch.named_parameters()) | dict(branch.named_buffers())
+    return branch.kernel(tensors.__getitem__, conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.groups)
+
+
 def test_branch_kernels_by_hand():
     torch.manual_seed(2)
     base = nn.Conv2d(2, 3, 3, padding=1, bias=False)
     conv = MultiBranchConv2d(base, ["1x1", "1x1_avg", "kx1"])
     one, avg, kx1 = conv.branches
-    k1 = one.kernel()
+    k1 = _kernel(one, conv)
     assert torch.equal(k1[:, :, 1, 1], one.weight[:, :, 0, 0]) and k1.abs().sum() == one.weight.abs().sum()
-    assert torch.allclose(avg.kernel(), avg.weight.expand(-1, -1, 3, 3) / 9)
-    assert torch.equal(kx1.kernel()[:, :, :, 1], kx1.weight[:, :, :, 0]) and kx1.kernel()[:, :, :, 0].abs().sum() == 0
+    assert torch.allclose(_kernel(avg, conv), avg.weight.expand(-1, -1, 3, 3) / 9)
+    k_kx1 = _kernel(kx1, conv)
+    assert torch.equal(k_kx1[:, :, :, 1], kx1.weight[:, :, :, 0]) and k_kx1[:, :, :, 0].abs().sum() == 0
 
 
 def test_avg_branch_counts_zero_padding():
@@ -97,19 +112,41 @@ def test_avg_branch_counts_zero_padding():
 def test_one_zero_init_preserves_the_conv_exactly():
     torch.manual_seed(3)
     base = nn.Conv2d(4, 5, 3, padding=1)
-    conv = MultiBranchConv2d(base, DEFAULT_BRANCHES)
+    conv = MultiBranchConv2d(base, DEFAULT_BRANCHES, scale_init="one_zero")
     x = torch.randn(2, 4, 6, 6)
     assert torch.equal(conv(x), base(x))
     assert torch.equal(conv.folded_weight(), base.weight)
 
 
 def test_reference_scale_init_matches_the_official_table():
-    conv = MultiBranchConv2d(nn.Conv2d(4, 5, 3, padding=1), DEFAULT_BRANCHES, scale_init="reference")
+    conv = MultiBranchConv2d(nn.Conv2d(4, 5, 3, padding=1, bias=False), DEFAULT_BRANCHES)  # the default
+    assert REFERENCE_SCALES == {"origin": 0.25, "1x1_avg": 0.25, "prior": 0.0, "1x1_kxk": 0.5, "kxk": 0.05, "dws": 0.5}
     assert torch.all(conv.origin_scale == REFERENCE_SCALES["origin"])
     for b in conv.branches:
         assert torch.all(b.scale == REFERENCE_SCALES[b.kind]), b.kind
+    assert conv.bias is None  # no bias unless asked for
     x = torch.randn(1, 4, 6, 6)
-    assert not torch.allclose(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))  # not preserving
+    assert not torch.allclose(conv(x), F.conv2d(x, conv.weight, None, padding=1))  # not preserving
+
+
+def test_branch_bias_is_learnable_and_starts_at_zero_or_the_conv_bias():
+    conv = MultiBranchConv2d(nn.Conv2d(4, 5, 3, padding=1, bias=False), DEFAULT_BRANCHES, bias=True)
+    assert isinstance(conv.bias, nn.Parameter) and conv.bias.requires_grad and torch.equal(conv.bias, torch.zeros(5))
+    base = nn.Conv2d(4, 5, 3, padding=1, bias=True)
+    assert torch.equal(MultiBranchConv2d(base, DEFAULT_BRANCHES, bias=True).bias, base.bias)
+
+
+def test_fold_reads_every_tensor_through_the_getter():
+    """The same fold serves T_d's tensors and sliced ones: doubling every tensor it reads
+    through the getter changes the kernel as the branch formulas say (origin and linear
+    branches x4 -- weight x scale --, 1x1-kxk x8 -- (I + delta) x weight x scale --)."""
+    torch.manual_seed(4)
+    conv = MultiBranchConv2d(nn.Conv2d(3, 4, 3, padding=1, bias=False), ["kxk", "1x1_kxk"]).double()
+    tensors = dict(conv.named_parameters()) | dict(conv.named_buffers())
+    doubled = conv.fold(lambda n: 2 * tensors[n], 3, 4, 1)
+    origin = conv.weight * conv.origin_scale[:, None, None, None]
+    kxk, onekxk = (_kernel(b, conv) * b.scale[:, None, None, None] for b in conv.branches)
+    assert torch.allclose(doubled, 4 * origin + 4 * kxk + 8 * onekxk, rtol=1e-12, atol=1e-12)
 
 
 def test_branch_selection():

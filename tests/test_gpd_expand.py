@@ -24,7 +24,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_branch_counts_preserve_the_function(name, branches):
     torch.manual_seed(1)
     student = models.build(name, num_classes=NUM_CLASSES).eval()
-    dt = expand(student, ratio=1.5, branches=branches, noise=0.0).eval()
+    dt = expand(student, ratio=1.5, branches=branches, noise=0.0, scale_init="one_zero").eval()
     n_multi = sum(isinstance(m, MultiBranchConv2d) for m in dt.wide.modules())
     n_branchable = sum(
         type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.stride == (1, 1) for m in student.modules()
@@ -45,17 +45,25 @@ def test_wide_keeps_module_paths_and_io_widths():
     assert dt.wide.fc.in_features == 128 and dt.wide.layer1[0].conv1.out_channels == 32
 
 
-def test_vit_heads_are_duplicated_whole():
+@pytest.mark.parametrize("convention", ["reference", "full_scale"])
+def test_vit_heads_are_duplicated_whole(convention):
     torch.manual_seed(2)
     student = models.build("vit_tiny", num_classes=NUM_CLASSES, **SMALL_VIT).eval()
-    dt = expand(student, ratio=1.5, noise=0.0)
+    dt = expand(student, ratio=1.5, noise=0.0, convention=convention)
     qkv = dt.wide.blocks[0].attn.qkv
     assert qkv.in_features == 96 and qkv.out_features == 288  # 6 heads of 16
     w_s = student.blocks[0].attn.qkv.weight.detach()
-    # wide q-head 4 (rows 64..79) copies student q-head 0; columns 0..31 are read by 2 copies (/2);
-    # the wide k segment starts at row 96, its columns 64..95 copy student columns 0..31 (/2)
+    # wide q-head 4 (rows 64..79) copies student q-head 0 (rows 0..15, 2 copies each); wide
+    # columns 64..95 copy student columns 0..31 (2 copies each). Reference: the rows (outputs)
+    # are divided by their count; full scale: the columns (inputs) are
     assert torch.allclose(qkv.weight[64:80, :32] * 2, w_s[:16, :32])
-    assert torch.allclose(qkv.weight[96:112, 64:] * 2, w_s[64:80, :32])
+    if convention == "reference":
+        assert torch.allclose(qkv.weight[64:80, 64:] * 2, w_s[:16, :32])
+        assert torch.allclose(qkv.weight[32:48, :32], w_s[32:48, :32])  # rows 32..63 have one copy
+        assert torch.allclose(dt.wide.cls_token[..., :32] * 2, student.cls_token[..., :32])  # tokens divided
+    else:
+        assert torch.allclose(qkv.weight[96:112, 64:] * 2, w_s[64:80, :32])
+        assert torch.allclose(dt.wide.cls_token[..., :64], student.cls_token)
     assert dt.wide.cls_token.shape == (1, 1, 96) and dt.wide.pos_embed.shape[-1] == 96
     assert type(dt.wide.blocks[0].norm1).__name__ == "ReplicaAwareLayerNorm"  # uneven counts
     assert type(expand(student, ratio=2.0).wide.blocks[0].norm1) is nn.LayerNorm  # even: plain
@@ -106,6 +114,17 @@ class _GroupedConvNet(nn.Module):
         return self.fc(self.grouped(self.stem(x)).mean((2, 3)))
 
 
+class _TorchShuffleNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.shuffle = nn.ChannelShuffle(2)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.shuffle(self.stem(x)).mean((2, 3)))
+
+
 class _RecurrentNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -128,23 +147,30 @@ class _ConcatNet(nn.Module):
         return self.fc(self.mix(torch.cat([self.a(x), self.b(x)], 1)).mean((2, 3)))
 
 
-@pytest.mark.parametrize("model,x,pattern", [
-    (_GroupedConvNet(), None, r"'grouped' \(Conv2d\).*groups=2"),
-    (_RecurrentNet(), torch.randn(2, 3, 5), r"'rnn' \(GRU\)"),
-    (_ConcatNet(), None, r"'mix' \(Conv2d\).*concat"),
+@pytest.mark.parametrize("model,x,ratio,pattern", [
+    (_GroupedConvNet(), None, 1.5, r"'grouped' \(Conv2d\).*groups=2.*integer ratio \(got 1.5\)"),
+    (_TorchShuffleNet(), None, 2.0, r"'shuffle' \(ChannelShuffle\).*channel grouping"),
+    (_RecurrentNet(), torch.randn(2, 3, 5), 2.0, r"'rnn' \(GRU\)"),
+    (_ConcatNet(), None, 2.0, r"'mix' \(Conv2d\).*concat"),
 ])
-def test_unsupported_layers_are_named(model, x, pattern):
+def test_unsupported_layers_are_named(model, x, ratio, pattern):
     with pytest.raises(UnsupportedLayerError, match=pattern):
-        expand(model, example_input=x)
+        expand(model, ratio=ratio, example_input=x)
 
 
-@pytest.mark.parametrize("name,pattern", [
-    ("ShuffleV1", r"\(Conv2d\): grouped conv with groups=3"),
-    ("ShuffleV2", r"'layer1\.0\.shuffle'.*'layer1\.0'"),
-])
-def test_shufflenets_are_rejected(name, pattern):
-    with pytest.raises(UnsupportedLayerError, match=pattern):
-        expand(models.build(name, num_classes=NUM_CLASSES), branches=0)
+def test_grouped_conv_is_widened_group_by_group():
+    torch.manual_seed(6)
+    net = _GroupedConvNet().eval()
+    dt = expand(net, ratio=2.0, noise=0.0, branches=0).eval()
+    assert dt.wide.grouped.groups == 2 and dt.wide.grouped.in_channels == 16
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert rel_err(dt(x), net(x)) <= TOL
+
+
+def test_shufflenets_need_an_integer_ratio():
+    with pytest.raises(UnsupportedLayerError, match=r"'layer1\.0\.(conv1|shuffle1)'.*integer ratio \(got 1.5\)"):
+        expand(models.build("ShuffleV1", num_classes=NUM_CLASSES), ratio=1.5, branches=0)
 
 
 def test_unsupported_error_is_a_value_error():
@@ -155,7 +181,8 @@ def test_unsupported_error_is_a_value_error():
     (dict(ratio=0.5), "ratio must be a real number >= 1"),
     (dict(ratio="2"), "ratio must be"),
     (dict(noise=-1.0), "noise must be"),
-    (dict(scale_init="ones"), "unknown scale_init 'ones'; valid choices: one_zero, reference"),
+    (dict(scale_init="ones"), "unknown scale_init 'ones'; valid choices: reference, one_zero"),
+    (dict(convention="half"), "unknown convention 'half'; valid choices: reference, full_scale"),
     (dict(student_grad="exact"), "unknown student_grad 'exact'; valid choices: faithful, compensated"),
     (dict(branches=["1x1", "bogus"]), "unknown branch kind 'bogus'"),
 ])

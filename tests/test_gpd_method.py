@@ -89,7 +89,7 @@ def test_base_none_has_no_teacher_terms():
 def test_from_scratch_run_needs_no_teacher(fast_cfg, tmp_path):
     res = run(dict(fast_cfg, method="gpd", base="none", teacher="none", epochs=1))
     recs = read_metrics(res.run_dir)
-    assert {r["role"] for r in recs if r["kind"] == "eval"} == {"student", "dynamic_teacher"}
+    assert {r["role"] for r in recs if r["kind"] == "eval"} == {"student", "dynamic_teacher", "student_ema", "dynamic_teacher_ema"}
     assert {r["pair"] for r in recs if r["kind"] == "gap"} == {"T_d-S"}
     assert not (tmp_path / "runs" / "teachers").exists()
 

@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 from workbench import models
 from workbench.gpd import DynamicTeacher, expand, extract_student
+from workbench.gpd.channels import student_block_mask
 from workbench.models.hooks import FeatureTap
 
 TOL = 1e-5
@@ -106,7 +107,7 @@ def test_both_views_in_one_call_use_every_parameter():
     z_d, z_s = dt(x, view="both")
     (F.cross_entropy(z_d, y) + F.cross_entropy(z_s, y)).backward()
     assert all(p.grad is not None for p in dt.parameters())
-    # same values as two separate calls (the fold is shared, not changed)
+    # same values as two separate calls
     dt.eval()
     with torch.no_grad():
         z_d, z_s = dt(x, view="both")
@@ -163,12 +164,16 @@ def test_state_dict_from_another_ratio_is_refused():
         dt2.load_state_dict(dt3.state_dict())
 
 
+@pytest.mark.parametrize("convention", ["reference", "full_scale"])
 @pytest.mark.parametrize("mode", ["faithful", "compensated"])
-def test_student_gradient_scale(mode):
+def test_student_gradient_scale(mode, convention):
     """The gradient reaching a shared slice vs a standalone student's gradient: x cnt (faithful)
-    or x 1/cnt (compensated) on dims that read replicated channels; x 1 elsewhere."""
+    or x 1/cnt (compensated) on the dims IR divided -- outputs in the reference convention,
+    inputs in the full-scale one --; x 1 elsewhere. (float32 gradients of one batch; rtol 1e-4
+    covers the different summation order of wide and plain convs.)"""
     torch.manual_seed(5)
-    dt = expand(models.build("resnet20", num_classes=NUM_CLASSES), ratio=1.5, student_grad=mode).eval()
+    dt = expand(models.build("resnet20", num_classes=NUM_CLASSES), ratio=1.5, student_grad=mode,
+                convention=convention, scale_init="one_zero").eval()
     standalone = extract_student(dt).eval()
     x, y = _batch()
     F.cross_entropy(dt(x, view="student"), y).backward()
@@ -176,13 +181,117 @@ def test_student_gradient_scale(mode):
     cnt = torch.tensor([2.0] * 8 + [1.0] * 8)  # 16 -> 24 channels: the first 8 have two copies
     factor = cnt if mode == "faithful" else 1 / cnt
     conv_w = dt.wide.layer1[0].conv2.weight.grad[:16, :16]  # multi-branch conv: origin scale 1
-    assert torch.allclose(conv_w, standalone.layer1[0].conv2.weight.grad * factor[None, :, None, None], rtol=1e-4, atol=1e-9)
+    conv_factor = factor[:, None, None, None] if convention == "reference" else factor[None, :, None, None]
+    assert torch.allclose(conv_w, standalone.layer1[0].conv2.weight.grad * conv_factor, rtol=1e-4, atol=1e-9)
     fc_cnt = torch.tensor([2.0] * 32 + [1.0] * 32)
-    fc_factor = fc_cnt if mode == "faithful" else 1 / fc_cnt
+    fc_factor = torch.ones(64) if convention == "reference" else (fc_cnt if mode == "faithful" else 1 / fc_cnt)
     assert torch.allclose(dt.wide.fc.weight.grad[:, :64], standalone.fc.weight.grad * fc_factor, rtol=1e-4, atol=1e-9)
-    for name in ("bn1.weight", "fc.bias"):  # nothing read from replicas: unscaled in both modes
+    for name in ("bn1.weight", "fc.bias"):  # per-channel / not widened: unscaled in every mode
         assert torch.allclose(dt.wide.get_parameter(name).grad[: standalone.get_parameter(name).numel()],
                               standalone.get_parameter(name).grad, rtol=1e-4, atol=1e-9)
+
+
+def _student_step(dt, x, y, lr):
+    """Change of the extracted student's tensors after one SGD step of the student loss on T_d."""
+    dt = copy.deepcopy(dt)
+    before = extract_student(dt).state_dict()
+    opt = torch.optim.SGD(dt.parameters(), lr=lr)
+    F.cross_entropy(dt(x, view="student"), y).backward()
+    opt.step()
+    after = extract_student(dt).state_dict()
+    return {k: after[k] - before[k] for k in before if before[k].is_floating_point()}
+
+
+def _plain_step(model, x, y, lr):
+    model = copy.deepcopy(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    return {k: v - before[k] for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def _teacher_step(dt, x, y, lr):
+    """Change of T_d's parameters after one SGD step of T_d's own (CE) loss."""
+    dt = copy.deepcopy(dt)
+    before = {k: v.detach().clone() for k, v in dt.wide.named_parameters()}
+    opt = torch.optim.SGD(dt.parameters(), lr=lr)
+    F.cross_entropy(dt(x), y).backward()
+    opt.step()
+    return {k: v.detach() - before[k] for k, v in dt.wide.named_parameters()}
+
+
+STEP_CASES = [  # (architecture, input side, first conv, an inner conv, classifier)
+    ("resnet8", 32, "conv1.weight", "layer1.0.conv1.weight", "fc.weight"),
+    ("resnet18", 32, "conv1.weight", "layer2.0.conv2.weight", "fc.weight"),
+]
+#: measured on the official GPD code at r = 2 (spec §2): one student-loss SGD step moves the
+#: student's first conv / inner conv / BN / classifier this many times as far as a standalone
+#: student's step; one T_d-loss step moves T_d's first conv / inner conv / classifier this many
+#: times as far as in the full-scale parametrization of the same function
+REFERENCE_STUDENT_FACTORS = (4.0, 4.0, 1.0, 1.0)
+FULL_SCALE_STUDENT_FACTORS = (1.0, 4.0, 1.0, 4.0)
+REFERENCE_TEACHER_FACTORS = (2.0, 1.0, 0.5)
+#: float64 steps: the ratio of two step norms is exact to ~1e-12; 1e-9 leaves room
+STEP_RTOL = 1e-9
+
+
+@pytest.mark.parametrize("name,side,first,inner,fc", STEP_CASES, ids=[c[0] for c in STEP_CASES])
+def test_one_sgd_step_moves_each_layer_by_the_reference_factors(name, side, first, inner, fc):
+    torch.manual_seed(11)
+    student = models.build(name, num_classes=NUM_CLASSES).double().train()
+    x = torch.randn(8, 3, side, side, dtype=torch.float64)
+    y = torch.randint(0, NUM_CLASSES, (8,))
+    lr = 0.1
+    keys = (first, inner, "bn1.weight", fc)
+    steps = {}
+    for convention in ("reference", "full_scale"):
+        dt = expand(student, ratio=2.0, noise=0.0, branches=0, convention=convention,
+                    example_input=x[:2]).train()
+        d_view, d_plain = _student_step(dt, x, y, lr), _plain_step(extract_student(dt).train(), x, y, lr)
+        factors = tuple(float(d_view[k].norm() / d_plain[k].norm()) for k in keys)
+        want = REFERENCE_STUDENT_FACTORS if convention == "reference" else FULL_SCALE_STUDENT_FACTORS
+        assert factors == pytest.approx(want, rel=STEP_RTOL), convention
+        steps[convention] = _teacher_step(dt, x, y, lr)
+    teacher = tuple(float(steps["reference"][k].norm() / steps["full_scale"][k].norm()) for k in (first, inner, fc))
+    assert teacher == pytest.approx(REFERENCE_TEACHER_FACTORS, rel=STEP_RTOL)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "MobileNetV2", "wrn_16_2"])
+def test_perturbing_teacher_only_entries_leaves_the_student_unchanged(name):
+    """Slice first, then fold: every T_d entry outside the student block -- including the
+    internal channels of the 1x1->kxk and dws branches -- is invisible to the student view."""
+    torch.manual_seed(7)
+    dt = expand(models.build(name, num_classes=NUM_CLASSES), ratio=2.0).eval()
+    x, _ = _batch()
+    with torch.no_grad():
+        before, teacher_before = dt(x, view="student"), dt(x)
+        for pname, p in dt.wide.named_parameters():
+            outside = ~student_block_mask(p.shape, dt.plan.tensors[pname])
+            p.add_(torch.randn_like(p) * outside)
+        assert torch.equal(dt(x, view="student"), before)
+        assert not torch.allclose(dt(x), teacher_before)  # the perturbation was real
+
+
+def test_branch_bias_is_folded_into_the_batchnorm_that_reads_it():
+    """A branched conv's bias (zero at init, trained by the student loss in general) is part
+    of the student view; the plain extracted student holds it in the reading BN's running mean:
+    equal in eval mode, and in train mode (batch statistics cancel the constant) too."""
+    torch.manual_seed(8)
+    dt = expand(models.build("resnet8", num_classes=NUM_CLASSES), ratio=2.0, noise=0.0)
+    assert dt.bias_folds and set(dt.bias_folds) <= set(dt.branched_paths)
+    for path in dt.branched_paths:
+        bias = dt.wide.get_submodule(path).bias
+        assert isinstance(bias, nn.Parameter) and torch.equal(bias, torch.zeros_like(bias))
+    with torch.no_grad():
+        for path in dt.bias_folds:
+            dt.wide.get_submodule(path).bias.normal_()
+    x, _ = _batch()
+    for mode in ("eval", "train"):
+        dt.train(mode == "train")
+        extracted = extract_student(dt).train(mode == "train")
+        with torch.no_grad():
+            assert rel_err(extracted(x), dt(x, view="student")) <= TOL, mode
 
 
 def test_student_view_wrapper_registers_nothing_and_forwards_modes():
@@ -198,8 +307,9 @@ def test_student_view_wrapper_registers_nothing_and_forwards_modes():
     assert len(list(holder.parameters())) == len(list(dt.parameters()))
 
 
-def test_hooks_fire_on_each_view():
-    dt = expand(models.build("resnet20", num_classes=NUM_CLASSES), ratio=1.5, noise=0.0).eval()
+@pytest.mark.parametrize("convention", ["reference", "full_scale"])
+def test_hooks_fire_on_each_view(convention):
+    dt = expand(models.build("resnet20", num_classes=NUM_CLASSES), ratio=1.5, noise=0.0, convention=convention).eval()
     x = torch.randn(2, 3, 16, 16)
     with FeatureTap(dt.wide, ["penultimate", "layer2"]) as tap_d, \
             FeatureTap(dt.student_template, ["penultimate", "layer2"]) as tap_s:
@@ -207,9 +317,12 @@ def test_hooks_fire_on_each_view():
         assert "penultimate" in tap_d and "penultimate" not in tap_s
         dt(x, view="student")
     assert tap_d["penultimate"].shape == (2, 96) and tap_s["penultimate"].shape == (2, 64)
-    # full-scale copies: the wide features are replicas of the student's
-    assert torch.allclose(tap_d["layer2"][:, :32], tap_s["layer2"], atol=1e-4)
-    assert torch.allclose(tap_d["layer2"][:, 32:48], tap_s["layer2"][:, :16], atol=1e-4)
+    # wide features are copies of the student's (32 -> 48 channels: the first 16 have 2 copies),
+    # divided by the copy count in the reference convention
+    cnt = torch.tensor([2.0] * 16 + [1.0] * 16)[None, :, None, None] if convention == "reference" else 1.0
+    assert torch.allclose(tap_d["layer2"][:, :32] * cnt, tap_s["layer2"], atol=1e-4)
+    assert torch.allclose(tap_d["layer2"][:, 32:48] * 2 if convention == "reference" else tap_d["layer2"][:, 32:48],
+                          tap_s["layer2"][:, :16], atol=1e-4)
 
 
 def test_parameters_are_owned_once():

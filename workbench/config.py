@@ -25,6 +25,8 @@ METHOD_BASES = {  # valid `base` per method; the first is what `auto` means
     "ce": ("none",), "kd": ("kd",), "dkd": ("dkd",), "ctkd": ("kd", "dkd"), "gpd": ("dkd", "kd", "none"),
 }
 NEEDS_NO_TEACHER = "none"
+#: the GPD reference code's model-EMA decay per step (timm ModelEmaV2, every CNN run)
+GPD_EMA_DECAY = 0.99996
 
 
 class ConfigError(ValueError):
@@ -96,13 +98,23 @@ class RunConfig:
     branches: str = opt("default", "GPD: extra conv branches: 'default', a count (0 = channel-only), "
                         "or a comma list of branch kinds")
     noise: float = opt(-1.0, "GPD: std of the symmetry-breaking noise on copied weights (-1 = default)")
-    scale_init: str = opt("one_zero", "GPD: branch scale init", ("one_zero", "reference"))
+    scale_init: str = opt("auto", "GPD: branch scale init: auto (the reference's per-setting choice: "
+                          "one_zero when fine-tuning from init=, reference otherwise), reference "
+                          "(origin/avg/prior/1x1-kxk/kxk/dws = 0.25/0.25/0/0.5/0.05/0.5), one_zero",
+                          ("auto", "reference", "one_zero"))
+    widening: str = opt("reference", "GPD: IR convention: reference (T_d features = student features / r, "
+                        "the official code's parametrization and step sizes) or full_scale (copies)",
+                        ("reference", "full_scale"))
+    branch_bias: bool = opt(True, "GPD: a zero-initialised learnable bias on every branched conv (reference)")
     student_grad: str = opt("faithful", "GPD: gradient of the student loss into shared slices",
                             ("faithful", "compensated"))
     gpd_lambda: float = opt(3.0, "GPD: weight of SCE(student, sg(dynamic teacher))", low=0.0)
     sce_eps: float = opt(0.1, "GPD: label-smoothing eps of the SCE term", low=0.0, high=1.0)
     dt_base_weight: float = opt(1.0, "GPD: weight of L_base(T_d, T_s) in the dynamic teacher's loss "
                                 "(gap-control knob; 1 = paper)", low=0.0)
+    ema_decay: Optional[float] = opt(None, "model EMA decay per optimizer step (None = method default: "
+                                     "gpd 0.99996 as in the reference, others 0 = off); raw and EMA models "
+                                     "are both evaluated and max(raw, EMA) is reported", low=0.0, high=1.0)
     # --- probes ---------------------------------------------------------------------------------
     probe_every: int = opt(1, "gap/discriminability probes every N epochs (0 = off)", low=0)
     probe_samples: int = opt(2000, "examples whose features are kept for CKA / kNN probes", low=0)
@@ -238,6 +250,9 @@ class RunConfig:
                               f"(got augment={self.augment}, method={self.method}, base={self.resolved_base})")
         if self.method == "ctkd" and not self.ctkd:
             object.__setattr__(self, "ctkd", True)
+        if self.ema_decay is not None and self.ema_decay >= 1.0:
+            raise ConfigError(f"ema_decay: value {self.ema_decay!r} must be below 1 (0 = no EMA; the GPD "
+                              f"reference uses {GPD_EMA_DECAY})")
         if self.schedule == "multistep" and any(m <= 0 for m in self.milestones):
             raise ConfigError(f"milestones: epochs must be positive, got {list(self.milestones)}")
         if self.train_per_class is not None and self.dataset != "digits":
@@ -260,6 +275,13 @@ class RunConfig:
         if text.isdigit():
             return resolve_branches(int(text))
         return resolve_branches(tuple(k.strip() for k in text.split(",") if k.strip()))
+
+    @property
+    def resolved_ema_decay(self) -> float:
+        """The EMA decay in effect (0 = no EMA)."""
+        if self.ema_decay is not None:
+            return self.ema_decay
+        return GPD_EMA_DECAY if self.method == "gpd" else 0.0
 
     def gpd_noise(self) -> float:
         from .gpd import DEFAULT_NOISE

@@ -29,11 +29,13 @@ from . import distributed as dist
 from .callbacks import Callback, RoleOutputs
 from .checkpoint import BEST, LAST, STUDENT, CheckpointError, atomic_save, load_checkpoint, rng_state, set_rng_state
 from .device import amp_dtype, autocast, select_device, to_device, use_channels_last
+from .ema import ModelEMA
 from .metrics import MetricsLog
 from .optim import DOT, build_optimizer
 from .schedule import lr_factor
 
 TOPK = 5
+EMA_SUFFIX = "_ema"  # eval roles of the EMA model: student_ema, dynamic_teacher_ema
 SEED_STRIDE = 1_000_003  # epoch seeds: seed * SEED_STRIDE + epoch
 # Config keys that may change between a run and its resumption (they do not change what is
 # trained; device_data only changes which random crops/flips are drawn after the switch).
@@ -104,6 +106,8 @@ class Trainer:
                 raise ValueError("sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel)")
             for module in method.sync_bn_modules():
                 nn.SyncBatchNorm.convert_sync_batchnorm(module)  # replaces BN children in place
+        decay = cfg.resolved_ema_decay
+        self.ema = ModelEMA(method.trained_module(), decay) if decay > 0 else None
         self.model = dist.wrap(method, self.device)  # DDP around the method when world > 1
         if cfg.compile:
             self.model = torch.compile(self.model)
@@ -181,6 +185,8 @@ class Trainer:
                     f"stopped; the last good checkpoint is {self.run_dir / LAST} (epoch {epoch - 1}). "
                     f"Try a lower lr, grad_clip=5, or amp=off.")
             self._backward_step(loss, losses)
+            if self.ema is not None:
+                self.ema.update(self.method.trained_module())
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
@@ -243,14 +249,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def eval_models(self) -> dict[str, nn.Module]:
-        """The method's plain models by role (for probes)."""
-        return self.method.eval_models()
+        """The method's plain models by role (for probes); with EMA also ``<role>_ema``."""
+        models = self.method.eval_models()
+        if self.ema is not None:
+            models.update({r + EMA_SUFFIX: m for r, m in self.method.eval_models(self.ema.module).items()})
+        return models
 
     @torch.no_grad()
     def evaluate(self, epoch: int) -> tuple[list[dict], dict[str, RoleOutputs]]:
         """One pass over the test set for every model; returns eval records and outputs
-        (logits of all examples, features of the first ``probe_samples``) for callbacks."""
-        models = self.method.eval_models()
+        (logits of all examples, features of the first ``probe_samples``) for callbacks.
+        With EMA, each raw role's record also carries ``top1_reported`` = max(raw, EMA) top-1
+        (what the GPD reference code reports)."""
+        models = self.eval_models()
         was_training = {r: m.training for r, m in models.items()}
         for m in models.values():
             m.eval()
@@ -265,7 +276,7 @@ class Trainer:
             take = min(len(y), max(0, budget - kept))
             for role, m in models.items():
                 with autocast(self.device, self.amp):
-                    if take:
+                    if take and not role.endswith(EMA_SUFFIX):
                         with FeatureTap(m, ["penultimate"]) as tap:
                             z = m(x)
                         feats[role].append(tap["penultimate"][:take].float().cpu())
@@ -289,6 +300,7 @@ class Trainer:
                             "top1": 100.0 * (topk[:, 0] == y).float().mean().item(),
                             f"top{TOPK}": 100.0 * (topk == y[:, None]).any(1).float().mean().item(),
                             "loss": F.cross_entropy(z, y).item(), "n": len(y), "time": elapsed})
+        _add_reported(records)
         return records, outputs
 
     # ------------------------------------------------------------------ checkpoints
@@ -299,6 +311,7 @@ class Trainer:
                 "model": {k: v.detach().cpu() for k, v in student.state_dict().items()},
                 "method": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in self.method.state().items()},
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "ema": _cpu(self.ema.state_dict()) if self.ema is not None else None,
                 "rng": rng_state(), "best": dict(self.best)}
 
     def save(self, epoch: int, student_top1: float | None) -> None:
@@ -337,6 +350,11 @@ class Trainer:
         except (ValueError, RuntimeError, KeyError) as e:
             raise CheckpointError(f"checkpoint {path} does not match this model/method: {str(e)[:300]}") from None
         self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None:
+            if ckpt.get("ema") is None:
+                raise CheckpointError(f"cannot resume {path}: it has no EMA state but ema_decay="
+                                      f"{self.cfg.resolved_ema_decay} (it was written without EMA)")
+            self.ema.load_state_dict(ckpt["ema"])
         set_rng_state({k: v for k, v in ckpt["rng"].items()})
         self.best = dict(ckpt["best"])
         self.log.truncate_after(ckpt["epoch"])
@@ -371,7 +389,8 @@ class Trainer:
         self._last_eval = {r["role"]: r["top1"] for r in records}
         for cb in self.callbacks:
             self.log.append(_stamp(cb.on_eval_end(self, epoch, outputs), epoch))
-        return self._last_eval.get("student")
+        student = next((r for r in records if r["role"] == "student"), None)
+        return None if student is None else student.get("top1_reported", student["top1"])
 
     def _print_epoch(self, train: dict, student_top1) -> None:
         if not self.is_main or not self.cfg.progress:
@@ -395,16 +414,39 @@ class Trainer:
                 best = max(rs, key=lambda r: r["top1"])
                 summary[role] = {"kind": "summary", "epoch": rs[-1]["epoch"], "role": role,
                                  "best_top1": best["top1"], "best_epoch": best["epoch"], "last_top1": rs[-1]["top1"]}
+                if "top1_reported" in rs[-1]:
+                    best_rep = max(rs, key=lambda r: r["top1_reported"])
+                    summary[role].update(best_top1_reported=best_rep["top1_reported"],
+                                         best_epoch_reported=best_rep["epoch"],
+                                         last_top1_reported=rs[-1]["top1_reported"])
             self.log.append(summary.values())
-            student = self.method.deployable_student()
-            atomic_save({"model": {k: v.detach().cpu() for k, v in student.state_dict().items()},
-                         "arch": self.cfg.student, "epoch": self.epochs}, self.run_dir / STUDENT)
+            self._save_student(self.method.deployable_student(), self.run_dir / STUDENT)
+            if self.ema is not None:
+                self._save_student(self.method.deployable_student(self.ema.module), self.run_dir / STUDENT_EMA)
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         dist.barrier()
         return summary
 
+    def _save_student(self, student: nn.Module, path: Path) -> None:
+        atomic_save({"model": _cpu(student.state_dict()), "arch": self.cfg.student, "epoch": self.epochs}, path)
 
-ROLE_SHORT = {"student": "S", "teacher": "T_s", "dynamic_teacher": "T_d"}
+
+ROLE_SHORT = {"student": "S", "teacher": "T_s", "dynamic_teacher": "T_d",
+              "student" + EMA_SUFFIX: "S_ema", "dynamic_teacher" + EMA_SUFFIX: "T_d_ema"}
+STUDENT_EMA = "student_ema.pt"
+
+
+def _cpu(state: dict) -> dict:
+    return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state.items()}
+
+
+def _add_reported(records: list[dict]) -> None:
+    """``top1_reported`` = max(raw, EMA) top-1 on each raw role that has an EMA twin."""
+    by_role = {r["role"]: r for r in records}
+    for role, rec in by_role.items():
+        twin = by_role.get(role + EMA_SUFFIX)
+        if twin is not None:
+            rec["top1_reported"] = max(rec["top1"], twin["top1"])
 
 
 def _stamp(records, epoch: int):

@@ -324,14 +324,15 @@ class MultiBranchConv2d(nn.Conv2d):
             raise ValueError(unknown_choice("scale_init", scale_init, list(SCALE_INITS)))
         super().__init__(
             conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-            conv.dilation, conv.groups, bias or conv.bias is not None, conv.padding_mode,
+            conv.dilation, conv.groups, False, conv.padding_mode,
             device=conv.weight.device, dtype=conv.weight.dtype,
         )
         self.depthwise = conv.groups > 1
         with torch.no_grad():
             self.weight.copy_(conv.weight)
-            if self.bias is not None:
-                self.bias.copy_(conv.bias if conv.bias is not None else torch.zeros_like(self.bias))
+        if bias or conv.bias is not None:  # registered by hand: random draws do not depend on it
+            start = conv.bias.detach().clone() if conv.bias is not None else torch.zeros_like(self.weight[:, 0, 0, 0])
+            self.bias = nn.Parameter(start)
         k = conv.kernel_size[0]
         self.kinds = tuple(kinds)
         self.branches = nn.ModuleList(

@@ -123,6 +123,8 @@ def expand(
 def _bias_folds(model: nn.Module, x: torch.Tensor) -> dict[str, str]:
     """Branchable bias-free convs read by a single BatchNorm with running statistics."""
     paths = [p for p, m in model.named_modules() if branchable(m) and m.bias is None]
+    if not paths:
+        return {}
     found = bn_readers(copy.deepcopy(model), x, paths)
     return {c: b for c, b in found.items() if model.get_submodule(b).running_mean is not None}
 

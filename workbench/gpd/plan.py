@@ -181,11 +181,7 @@ def trace_io(model: nn.Module, x: torch.Tensor) -> tuple[set[str], set[str], dic
         handles.append(m.register_forward_pre_hook(pre(path)))
         handles.append(m.register_forward_hook(post(path)))
     try:
-        with torch.enable_grad():
-            out = model(x)
-    except Exception as exc:  # noqa: BLE001 -- the model cannot run this input at all
-        raise ValueError(f"the student failed on the example input {tuple(x.shape)}: {exc}; "
-                         f"pass example_input= shaped like real inputs") from exc
+        out = run_example(model, x)
     finally:
         for h in handles:
             h.remove()
@@ -205,6 +201,16 @@ def trace_io(model: nn.Module, x: torch.Tensor) -> tuple[set[str], set[str], dic
                 continue
         todo.extend(n for n, _ in node.next_functions)
     return reads, writes, shapes
+
+
+def run_example(model: nn.Module, x: torch.Tensor):
+    """``model(x)`` with autograd on; a failure is reported as a bad example input."""
+    try:
+        with torch.enable_grad():
+            return model(x)
+    except Exception as exc:  # noqa: BLE001 -- the model cannot run this input at all
+        raise ValueError(f"the student failed on the example input {tuple(x.shape)}: {exc}; "
+                         f"pass example_input= shaped like real inputs") from exc
 
 
 def _shapes(obj) -> tuple:
@@ -371,8 +377,7 @@ def bn_readers(model: nn.Module, x: torch.Tensor, paths: list[str]) -> dict[str,
     handles = [modules[p].register_forward_hook(conv_hook(p)) for p in paths]
     handles += [m.register_forward_hook(bn_hook(p)) for p, m in modules.items() if type(m) in BATCHNORMS]
     try:
-        with torch.enable_grad():
-            out = model(x.detach().clone().requires_grad_(True))
+        out = run_example(model, x.detach().clone().requires_grad_(True))
     finally:
         for h in handles:
             h.remove()

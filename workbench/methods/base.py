@@ -109,16 +109,18 @@ class Distiller(nn.Module):
             if m is not self and hasattr(m, "set_epoch"):
                 m.set_epoch(epoch, epochs)
 
-    def eval_models(self) -> dict[str, nn.Module]:
-        """Plain callable models to evaluate, by role (see ``engine.callbacks.ROLES``)."""
-        models = {"student": self.student}
-        if self.teacher is not None:
+    def eval_models(self, trained: nn.Module | None = None) -> dict[str, nn.Module]:
+        """Plain callable models to evaluate, by role (see ``engine.callbacks.ROLES``), read
+        from ``trained`` (default: the live ``trained_module()``; the engine passes its EMA copy)."""
+        models = {"student": self.deployable_student(trained)}
+        if self.teacher is not None and trained is None:
             models["teacher"] = self.teacher
         return models
 
-    def deployable_student(self) -> nn.Module:
-        """The plain student model (saved as the checkpoint's ``model`` entry)."""
-        return self.student
+    def deployable_student(self, trained: nn.Module | None = None) -> nn.Module:
+        """The plain student model (saved as the checkpoint's ``model`` entry), read from
+        ``trained`` (default: the live ``trained_module()``)."""
+        return self.student if trained is None else trained
 
     def trained_module(self) -> nn.Module:
         """The module whose parameters are optimised (and wrapped by DDP)."""

@@ -12,6 +12,14 @@ and one optimizer step on T_d's parameters for L_D + L_S. L_base is the base met
 scratch, no static teacher); CE weights are the base method's (KD 0.1, DKD 1.0, none 1.0), so
 "GPD on X" is X on both views plus the SCE term. SCE: eps 0.1, T 1, lambda 3 (reference).
 Fine-tuning = the student passed in already holds pre-trained weights (``init=``).
+
+Reference defaults (spec §2-§4; the surgery's guarantees are in ``workbench.gpd``): branches
+on the student widened by IR in the output-side convention (``widening=reference``), branch
+scales per setting (``scale_init=auto``: the reference vector for distillation and from-scratch
+runs, one/zero when fine-tuning from ``init=``), a zero-initialised bias per branched conv,
+slice-then-fold CBR, gradient clipping at 5, model EMA of T_d (decay 0.99996 per step, the
+engine evaluates raw and EMA and reports max(raw, EMA)) and fp32. Today's earlier conventions
+stay available as options: ``widening=full_scale``, ``scale_init=one_zero``, ``student_grad``.
 """
 from __future__ import annotations
 
@@ -46,16 +54,17 @@ class GPD(Distiller):
         losses["loss_sce"] = self.lam * sce_loss(zs, zd.detach(), self.eps)
         return zs, losses
 
-    def eval_models(self) -> dict[str, nn.Module]:
+    def eval_models(self, trained: surgery.DynamicTeacher | None = None) -> dict[str, nn.Module]:
         # The extracted student equals the student view exactly (same weights, same BN stats)
         # and is a plain zoo model, so feature hooks and probes treat it like any student.
-        models = {"student": surgery.extract_student(self.dt), "dynamic_teacher": self.dt.wide}
-        if self.teacher is not None:
+        dt = self.dt if trained is None else trained
+        models = {"student": surgery.extract_student(dt), "dynamic_teacher": dt.wide}
+        if self.teacher is not None and trained is None:
             models["teacher"] = self.teacher
         return models
 
-    def deployable_student(self) -> nn.Module:
-        return surgery.extract_student(self.dt)
+    def deployable_student(self, trained: surgery.DynamicTeacher | None = None) -> nn.Module:
+        return surgery.extract_student(self.dt if trained is None else trained)
 
     def sync_bn_modules(self) -> list[nn.Module]:
         # T_d's BatchNorms only: the student view runs its template through functional_call
@@ -66,8 +75,16 @@ class GPD(Distiller):
 
 def expand_student(cfg, student: nn.Module, example_input=None) -> surgery.DynamicTeacher:
     return surgery.expand(student, ratio=cfg.ratio, branches=cfg.gpd_branches(), noise=cfg.gpd_noise(),
-                          scale_init=cfg.scale_init, student_grad=cfg.student_grad,
-                          example_input=example_input)
+                          scale_init=resolved_scale_init(cfg), student_grad=cfg.student_grad,
+                          convention=cfg.widening, branch_bias=cfg.branch_bias, example_input=example_input)
+
+
+def resolved_scale_init(cfg) -> str:
+    """``auto``: the reference's per-setting init -- one/zero when fine-tuning a pre-trained
+    student (``init=``), the reference scale vector otherwise."""
+    if cfg.scale_init != "auto":
+        return cfg.scale_init
+    return "one_zero" if cfg.init else "reference"
 
 
 @METHODS.register("gpd", needs_teacher=None)  # needs one unless base=none
