@@ -121,10 +121,10 @@ Runs on a laptop CPU in about a minute (the digits teacher is trained once and c
 Four ideas, each shown in code:
 
 1. **Inverse Reparameterization (IR)**: widen the student into a dynamic teacher T_d *without
-   changing its function* (channel copies + extra conv branches with zero scale).
-2. **Channel-Branch Reparameterization (CBR)**: fold the branches back and slice the first C
-   channels -> the student again, exactly. In GPD the student *is* this slice of T_d (hard
-   parameter sharing).
+   changing its function* (extra conv branches, then channel copies).
+2. **Channel-Branch Reparameterization (CBR)**: slice the first C channels of every tensor and
+   fold the branches back -> the student again, exactly. In GPD the student *is* this slice of
+   T_d (hard parameter sharing).
 3. **Training**: T_d learns from labels + the static teacher T_s; the student learns from labels,
    T_s and T_d.
 4. **The gap**: T_s is far ahead of the student; T_d starts level with it and stays close.
@@ -152,13 +152,16 @@ print(f"student parameters: {nb.param_count(student):,}")
 """),
         md("""
 ## 2. IR: expand the student into T_d
-Every hidden width C becomes round(r * C): new channels copy existing ones, and the layer reading
-them divides the copied weights by the copy count, so the sum is unchanged. Each 3x3 stride-1
-conv gets extra branches whose per-channel scale starts at 0. With symmetry-breaking noise 0
-the logits of T_d and the student are equal (relative difference ~1e-7, float32 rounding).
+Each 3x3 stride-1 conv of the student first becomes a multi-branch conv (extra branches whose
+per-channel scale starts at 0 here: the reference code's init for a pre-trained student; from
+scratch it uses non-zero scales, and T_d still equals the student view). Then every hidden width
+C becomes round(r * C): new channels copy existing ones and each copy is divided by its count
+(the reference convention: T_d's features are the student's divided by r), so the next layer's
+sum reads back the original. With symmetry-breaking noise 0 the logits of T_d and the student are
+equal (relative difference ~1e-7, float32 rounding).
 """),
         code("""
-dt = gpd.expand(student, ratio=cfg.ratio, branches=int(cfg.branches), noise=0.0).eval()
+dt = gpd.expand(student, ratio=cfg.ratio, branches=int(cfg.branches), noise=0.0, scale_init="one_zero").eval()
 print(f"T_d parameters: {nb.param_count(dt):,}  (ratio {cfg.ratio}, {cfg.branches} extra branches per conv)")
 print(f"max |T_d(x) - S(x)| / max |S(x)| = {nb.max_logit_diff(student, dt, x):.2e}")
 nb.surgery_table(dt, student)
