@@ -97,7 +97,7 @@ class RunConfig:
     ctkd_t_start: float = opt(1.0, "CTKD: T = t_start + t_end * sigmoid(theta)", low=0.0)
     ctkd_t_end: float = opt(20.0, "CTKD: see ctkd_t_start", low=0.0)
     ctkd_lambda_min: float = opt(0.0, "CTKD: gradient-reversal strength the cosine curriculum starts from "
-                                 "(at epoch 0; epoch 1 already has 0.0245 of the range)", low=0.0)
+                                 "(at epoch 0, so epoch 1 is already above it: 0.0245 of the range with 10 loops)", low=0.0)
     ctkd_lambda_max: float = opt(1.0, "CTKD: gradient-reversal strength from epoch ctkd_loops on", low=0.0)
     ctkd_loops: int = opt(10, "CTKD: epochs of the cosine easy-to-hard curriculum", low=1)
     ctkd_lr: float = opt(0.0, "CTKD: temperature learning rate (0 = same as lr)", low=0.0)
