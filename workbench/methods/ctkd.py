@@ -9,10 +9,11 @@ to lambda_max over ``loops`` epochs and then staying there:
     lambda(e) = l_min + (l_max - l_min) * (1 + cos(pi * (1 + min(e, loops) / loops))) / 2
 
 with e the 1-based epoch, so with the defaults (0, 1, 10 loops) lambda = 0.0245 in epoch 1 and
-1.0 from epoch 10 on. This is exactly the public code's schedule (zhengli97/CTKD,
-``train_student.py``: ``CosineDecay(max_value=0, min_value=-1, num_loops=10).get_value(epoch)``
-falls from 0 to -1 and the reversal layer multiplies theta's gradient by that value, i.e.
-reverses it with strength (1 - cos(pi * e / loops)) / 2), which has the paper's direction too.
+1.0 from epoch 10 on. This is exactly the public code's schedule (zhengli97/CTKD: in
+``train_student.py``, ``CosineDecay(decay_max, decay_min, decay_loops).get_value(epoch)`` with
+``scripts/run_cifar_distill.sh``'s 0, -1, 10 falls from 0 to -1, and the reversal layer
+multiplies theta's gradient by that value, i.e. reverses it with strength
+(1 - cos(pi * e / loops)) / 2), which has the paper's direction too.
 Under CTKD the DKD loss has no warm-up by default (``RunConfig.resolved_dkd_warmup``), as in
 the public code. ``apply_ctkd`` works on any criterion, so CTKD also composes with GPD.
 """
