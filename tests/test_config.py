@@ -81,3 +81,55 @@ def test_round_trip_through_dict():
     c = cfg(method="gpd", base="kd", ratio=1.5, branches="2", milestones="5,8")
     assert RunConfig.from_dict(c.to_dict()) == c
     assert c.gpd_branches() == ("1x1_avg", "prior")
+
+
+# --- method defaults: keys left at None/auto resolve in RunConfig.resolved_* (one place) ----------
+
+@pytest.mark.parametrize("kw, clip", [
+    (dict(method="gpd"), 5.0),                       # every GPD run clips at 5 (reference)
+    (dict(method="gpd", base="none", teacher="none"), 5.0),
+    (dict(method="kd"), 0.0), (dict(method="ce"), 0.0), (dict(method="ctkd"), 0.0),
+    (dict(method="gpd", grad_clip=0), 0.0),          # explicit values win, 0 turns clipping off
+    (dict(method="kd", grad_clip=2.5), 2.5),
+    (dict(method="gpd", grad_clip="none"), 5.0),     # the CLI spelling of "method default"
+])
+def test_grad_clip_defaults_to_the_methods(kw, clip):
+    assert cfg(**kw).resolved_grad_clip == clip
+
+
+def test_grad_clip_default_on_the_command_line_and_in_keys():
+    c = RunConfig.from_dict(parse_overrides(["method=gpd"]))
+    assert c.grad_clip is None and c.resolved_grad_clip == 5.0
+    text = help_text()
+    assert "  grad_clip=None\n" in text and "gpd 5" in text
+    assert "method=gpd: off" in text  # amp's help says what auto means for GPD
+
+
+@pytest.mark.parametrize("kw, amp", [
+    (dict(method="gpd"), "off"), (dict(method="gpd", amp="bf16"), "bf16"), (dict(method="gpd", amp="fp16"), "fp16"),
+    (dict(method="kd"), "auto"), (dict(method="dkd", amp="off"), "off"),
+])
+def test_amp_auto_is_fp32_for_gpd_only(kw, amp):
+    assert cfg(**kw).resolved_amp == amp
+
+
+@pytest.mark.parametrize("kw, warmup", [
+    (dict(method="dkd"), 20.0), (dict(method="gpd", base="dkd"), 20.0),
+    (dict(method="ctkd", base="dkd"), 0.0),          # the public CTKD code's DKD has no warm-up
+    (dict(method="dkd", ctkd=True), 0.0), (dict(method="gpd", base="dkd", ctkd=True), 0.0),
+    (dict(method="ctkd", base="dkd", dkd_warmup=5), 5.0), (dict(method="dkd", dkd_warmup=0), 0.0),
+])
+def test_dkd_warmup_defaults_to_none_under_ctkd(kw, warmup):
+    c = cfg(**kw)
+    assert c.resolved_dkd_warmup == warmup
+    from workbench.methods.dkd import dkd_criterion
+
+    assert dkd_criterion(c).warmup == warmup  # what the loss actually uses
+
+
+def test_teacher_trained_on_the_fly_drops_the_students_method_settings():
+    from workbench.experiment import teacher_config
+
+    student = cfg(method="gpd", grad_clip=5.0, ctkd=True, dot=True)
+    teacher = teacher_config(student, "resnet32x4")
+    assert (teacher.method, teacher.ctkd, teacher.dot, teacher.resolved_grad_clip) == ("ce", False, False, 0.0)

@@ -1,11 +1,14 @@
 """The zoo reproduces RepDistiller's CIFAR models (parameter counts, state-dict names/shapes,
-pooling equivalences) and every registered model runs on 32x32x3 and 8x8x1 inputs."""
+pooling equivalences), the community MobileNetV1 for ImageNet, and every registered model runs
+on 32x32x3 and 8x8x1 inputs."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from workbench import models
 from workbench.models import vit as vit_mod
+from workbench.models.hooks import FeatureTap
 
 torch.set_num_threads(1)
 
@@ -14,11 +17,16 @@ REPDISTILLER_PARAMS = {
     "resnet8": 83_892, "resnet20": 278_324, "resnet56": 861_620, "resnet110": 1_736_564,
     "resnet8x4": 1_233_540, "resnet32x4": 7_433_860, "wrn_16_2": 703_284, "wrn_40_1": 569_780,
     "wrn_40_2": 2_255_156, "vgg8": 3_965_028, "vgg13": 9_462_180, "MobileNetV2": 812_836,
-    "ShuffleV1": 949_258, "ShuffleV2": 1_355_528, "ResNet50": 23_705_252,
+    "ShuffleV1": 949_258, "ShuffleV2": 1_355_528, "ResNet18": 11_220_132, "ResNet34": 21_328_292,
+    "ResNet50": 23_705_252,
 }
+# the standard MobileNetV1 with BN at 1000 classes (GPD's CNN/models/mobilenet.py, mdistiller's
+# imagenet/mobilenetv1.py): convs 3,185,088 + BN 21,888 + fc 1,025,000
+MOBILENET_V1_PARAMS = 4_231_976
 LITERATURE_NAMES = (
     "resnet8 resnet14 resnet20 resnet32 resnet44 resnet56 resnet110 resnet8x4 resnet32x4 wrn_16_1 "
-    "wrn_16_2 wrn_40_1 wrn_40_2 vgg8 vgg11 vgg13 vgg16 vgg19 MobileNetV2 ShuffleV1 ShuffleV2 ResNet50"
+    "wrn_16_2 wrn_40_1 wrn_40_2 vgg8 vgg11 vgg13 vgg16 vgg19 MobileNetV2 ShuffleV1 ShuffleV2 ResNet18 "
+    "ResNet34 ResNet50"
 ).split()
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -31,7 +39,7 @@ def test_registry_names_and_families():
     names = models.available()
     for name in LITERATURE_NAMES:
         assert name in names and models.family(name) == "cifar"
-    for name in ("resnet18", "resnet34", "resnet50", "mobilenet_v2"):
+    for name in ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v1"):
         assert models.family(name) == "imagenet"
     assert models.family("vit_tiny") == "vit"
     assert "mobile_half" not in names and "mobile_half" in models.available(include_aliases=True)
@@ -45,6 +53,37 @@ def test_parameter_counts_match_repdistiller(name):
 
 def test_torchvision_resnet18_parameter_count():
     assert n_params(models.build("resnet18", 1000)) == 11_689_512
+
+
+def test_capitalised_resnet18_is_the_cifar_one_and_lowercase_is_torchvisions():
+    cifar, tv = models.build("ResNet18", 100), models.build("resnet18", 100)
+    assert models.family("ResNet18") == "cifar" and models.family("resnet18") == "imagenet"
+    assert cifar.conv1.kernel_size == (3, 3) and cifar.conv1.stride == (1, 1)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in cifar.modules())
+    assert tv.conv1.kernel_size == (7, 7) and isinstance(tv.maxpool, nn.MaxPool2d)
+    assert n_params(tv) == 11_227_812  # torchvision's at 100 classes: not the zoo's 11,220,132
+    final_maps = []
+    for model in (cifar, tv):  # the CIFAR stem keeps the resolution: 32x32 -> 4x4, not 1x1
+        with FeatureTap(model, ["layer4"]) as tap, torch.no_grad():
+            model.eval()(torch.randn(1, 3, 32, 32))
+        final_maps.append(tuple(tap["layer4"].shape))
+    assert final_maps == [(1, 512, 4, 4), (1, 512, 1, 1)]
+
+
+def test_mobilenet_v1_parameter_count_and_plain_layers():
+    model = models.build("mobilenet_v1", 1000)
+    assert n_params(model) == MOBILENET_V1_PARAMS
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    depthwise = [m for m in convs if m.groups > 1]
+    assert len(convs) == 1 + 2 * 13 and len(depthwise) == 13
+    assert all(m.groups == m.in_channels == m.out_channels and m.kernel_size == (3, 3) for m in depthwise)
+    assert [m.out_channels for m in convs if m.kernel_size == (1, 1)] == [
+        64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024]
+    assert convs[0].stride == (2, 2) and convs[0].out_channels == 32
+    assert sum(m.stride == (2, 2) for m in convs) == 5  # 224 -> 7
+    leaf_types = {type(m) for m in model.modules() if not list(m.children())}
+    assert leaf_types == {nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.AdaptiveAvgPool2d, nn.Linear}
+    assert model.fc.weight.shape == (1000, 1024)
 
 
 @pytest.mark.parametrize("name", models.available())
@@ -138,6 +177,91 @@ def test_mobilenetv2_shufflenet_resnet50_keys():
     r50 = models.build("ResNet50", 100).state_dict()
     assert r50["layer1.0.shortcut.0.weight"].shape == (256, 64, 1, 1) and "layer1.1.shortcut.0.weight" not in r50
     assert r50["linear.weight"].shape == (100, 2048)
+
+
+# --- state dicts built the reference way load strictly and give the reference's logits ---------
+# The walkers below are written from the community definitions (RepDistiller/mdistiller
+# resnetv2.py; GPD/mdistiller mobilenet v1), not from our modules: each run both declares the
+# reference's tensors by name and shape (creating random ones on first use) and computes the
+# reference's eval-mode logits with them.
+
+class ReferenceTensors:
+    """Named tensors created on first use, in the layout of the reference file."""
+
+    def __init__(self, seed: int = 0):
+        self.g = torch.Generator().manual_seed(seed)
+        self.state: dict[str, torch.Tensor] = {}
+
+    def _get(self, name, make):
+        if name not in self.state:
+            self.state[name] = make()
+        return self.state[name]
+
+    def conv(self, x, name, c_out, k, stride=1, groups=1):
+        fan_in = x.shape[1] // groups * k * k
+        w = self._get(f"{name}.weight", lambda: torch.randn(
+            c_out, x.shape[1] // groups, k, k, generator=self.g) * (2.0 / fan_in) ** 0.5)
+        return F.conv2d(x, w, stride=stride, padding=k // 2, groups=groups)
+
+    def bn(self, x, name):
+        c = x.shape[1]
+        stats = {"weight": lambda: 1 + 0.2 * torch.randn(c, generator=self.g),
+                 "bias": lambda: 0.1 * torch.randn(c, generator=self.g),
+                 "running_mean": lambda: 0.1 * torch.randn(c, generator=self.g),
+                 "running_var": lambda: 0.5 + torch.rand(c, generator=self.g),
+                 "num_batches_tracked": lambda: torch.tensor(7)}
+        t = {k: self._get(f"{name}.{k}", make) for k, make in stats.items()}
+        return F.batch_norm(x, t["running_mean"], t["running_var"], t["weight"], t["bias"], False, 0.0, 1e-5)
+
+    def linear(self, x, name, c_out):
+        w = self._get(f"{name}.weight", lambda: torch.randn(c_out, x.shape[1], generator=self.g) / x.shape[1] ** 0.5)
+        b = self._get(f"{name}.bias", lambda: 0.1 * torch.randn(c_out, generator=self.g))
+        return F.linear(x, w, b)
+
+
+def resnetv2_basic_reference(ref, x, num_blocks, num_classes):
+    """resnetv2.py ResNet(BasicBlock, num_blocks): relu(bn1(conv1)); per block relu(bn1(conv1)),
+    bn2(conv2), + shortcut (conv 1x1 + BN iff stride != 1 or in_planes != planes); relu; pool; linear."""
+    out = F.relu(ref.bn(ref.conv(x, "conv1", 64, 3), "bn1"))
+    in_planes = 64
+    for i, (planes, n, stride) in enumerate(zip((64, 128, 256, 512), num_blocks, (1, 2, 2, 2)), start=1):
+        for j, s in enumerate([stride] + [1] * (n - 1)):
+            p = f"layer{i}.{j}"
+            h = F.relu(ref.bn(ref.conv(out, f"{p}.conv1", planes, 3, s), f"{p}.bn1"))
+            h = ref.bn(ref.conv(h, f"{p}.conv2", planes, 3), f"{p}.bn2")
+            if s != 1 or in_planes != planes:
+                out = ref.bn(ref.conv(out, f"{p}.shortcut.0", planes, 1, s), f"{p}.shortcut.1")
+            out, in_planes = F.relu(h + out), planes
+    return ref.linear(out.mean((2, 3)), "linear", num_classes)
+
+
+def mobilenet_v1_reference(ref, x, num_classes):
+    """model.0 = conv_bn(3, 32, 2); model.1..13 = conv_dw(inp, oup, stride) (depthwise 3x3 at
+    indices 0-2, pointwise 1x1 at 3-5); model.14 = average pool; fc."""
+    out = F.relu(ref.bn(ref.conv(x, "model.0.0", 32, 3, 2), "model.0.1"))
+    cfg = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
+    for i, (oup, stride) in enumerate(cfg, start=1):
+        inp = out.shape[1]
+        out = F.relu(ref.bn(ref.conv(out, f"model.{i}.0", inp, 3, stride, groups=inp), f"model.{i}.1"))
+        out = F.relu(ref.bn(ref.conv(out, f"model.{i}.3", oup, 1), f"model.{i}.4"))
+    return ref.linear(out.mean((2, 3)), "fc", num_classes)
+
+
+@pytest.mark.parametrize("name, reference, size", [
+    ("ResNet18", lambda ref, x: resnetv2_basic_reference(ref, x, (2, 2, 2, 2), 100), 32),
+    ("ResNet34", lambda ref, x: resnetv2_basic_reference(ref, x, (3, 4, 6, 3), 100), 32),
+    ("mobilenet_v1", lambda ref, x: mobilenet_v1_reference(ref, x, 100), 64),
+])
+def test_reference_layout_loads_strictly_with_reference_logits(name, reference, size):
+    ref = ReferenceTensors()
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    expected = reference(ref, x)
+    model = models.build(name, 100).eval()
+    model.load_state_dict(ref.state, strict=True)  # same names, same shapes, nothing missing or extra
+    with torch.no_grad():
+        ours = model(x)
+    # the same float32 kernels; only the global pool's summation order may differ (~1e-7 relative)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
 
 
 # --- the parameter-free replacements give the original's logits on 32x32 -----------------------

@@ -12,7 +12,8 @@ torch.set_num_threads(1)
 EXPECTED_CLASSIFIER = {
     "resnet8": "fc", "resnet8x4": "fc", "wrn_16_1": "fc", "vgg8": "classifier",
     "MobileNetV2": "classifier.0", "ShuffleV1": "linear", "ShuffleV2": "linear", "ResNet50": "linear",
-    "resnet18": "fc", "mobilenet_v2": "classifier.1", "vit_tiny": "head",
+    "ResNet18": "linear", "resnet18": "fc", "mobilenet_v2": "classifier.1", "mobilenet_v1": "fc",
+    "vit_tiny": "head",
 }
 
 

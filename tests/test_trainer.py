@@ -69,6 +69,29 @@ def test_static_teacher_is_frozen_in_eval_mode(fast_cfg):
     assert not any(id(p) in {id(q) for g in trainer.optimizer.param_groups for q in g["params"]} for p in teacher.parameters())
 
 
+@pytest.mark.parametrize("method, clip", [("kd", None), ("gpd", 5.0)])
+def test_trainer_clips_at_the_methods_default(fast_cfg, monkeypatch, method, clip):
+    """No grad_clip given: GPD's steps clip the gradient norm at 5, other methods' do not clip."""
+    from workbench import data
+    from workbench.methods import build_method
+
+    seen, real = [], torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(params, max_norm, *args, **kwargs):
+        seen.append(max_norm)
+        return real(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    cfg = RunConfig.from_dict(dict(fast_cfg, method=method, base="kd", epochs=1, branches=0, train_per_class=2))
+    train, test = (data.build("digits", split, train_per_class=2) for split in ("train", "test"))
+    method_ = build_method(cfg, models.build("resnet8", 10, 1), models.build("resnet8", 10, 1),
+                           example_input=train[0][0][None])
+    trainer = Trainer(cfg, method_, train, test, Path(fast_cfg["out_dir"]) / method)
+    trainer.model.train()
+    trainer.train_epoch(1)
+    assert set(seen) == ({clip} if clip else set())
+
+
 def _cli(args, **kw):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "workbench", "train", *args], cwd=ROOT, env=env,

@@ -21,6 +21,14 @@ from .registry import unknown_choice
 
 METHODS = ("ce", "kd", "dkd", "ctkd", "gpd")
 BASES = ("auto", "none", "kd", "dkd")
+#: method defaults of keys left at None/auto, resolved by the ``RunConfig.resolved_*`` properties:
+#: GPD clips the gradient norm at 5 (its reference train_dkd.py: --clip-grad-norm 5) and trains
+#: in fp32 (no AMP in the reference runs); DKD warms its weight up over 20 epochs (mdistiller's
+#: CIFAR DKD.WARMUP), but not under CTKD (the public CTKD code's DKD loss has no warm-up).
+GPD_GRAD_CLIP = 5.0
+DKD_WARMUP_EPOCHS = 20.0
+CTKD_DKD_WARMUP_EPOCHS = 0.0
+GPD_AMP = "off"
 METHOD_BASES = {  # valid `base` per method; the first is what `auto` means
     "ce": ("none",), "kd": ("kd",), "dkd": ("dkd",), "ctkd": ("kd", "dkd"), "gpd": ("dkd", "kd", "none"),
 }
@@ -74,7 +82,8 @@ class RunConfig:
     milestones: tuple = opt((150, 180, 210), "multistep: epochs at which lr is multiplied by lr_decay")
     lr_decay: float = opt(0.1, "multistep: lr factor at each milestone", low=0.0, high=1.0)
     warmup_epochs: float = opt(0.0, "linear lr warm-up length in epochs (per iteration)", low=0.0)
-    grad_clip: float = opt(0.0, "clip the gradient norm to this value (0 = off; GPD default 5)", low=0.0)
+    grad_clip: Optional[float] = opt(None, "clip the gradient norm to this value (None = method default: "
+                                     "gpd 5 as in the reference, others 0 = off)", low=0.0)
     # --- loss weights --------------------------------------------------------------------------
     ce_weight: Optional[float] = opt(None, "cross-entropy weight (None = method default: kd 0.1, else 1.0)", low=0.0)
     kd_weight: Optional[float] = opt(None, "KD term weight (None = method default: kd 0.9)", low=0.0)
@@ -82,13 +91,16 @@ class RunConfig:
     dkd_alpha: float = opt(1.0, "DKD: TCKD weight", low=0.0)
     dkd_beta: float = opt(8.0, "DKD: NCKD weight", low=0.0)
     dkd_T: float = opt(4.0, "DKD temperature", low=1e-6)
-    dkd_warmup: float = opt(20.0, "DKD: epochs of linear warm-up of the distillation weight", low=0.0)
+    dkd_warmup: Optional[float] = opt(None, "DKD: epochs of linear warm-up of the distillation weight "
+                                      "(None = method default: 20 as in mdistiller's CIFAR DKD, 0 under "
+                                      "CTKD as in the public CTKD code; 0 = none)", low=0.0)
     # --- CTKD (learnable temperature), DOT (optimizer) -----------------------------------------
     ctkd: bool = opt(False, "CTKD: learn the temperature adversarially (wraps the base loss)")
     ctkd_t_start: float = opt(1.0, "CTKD: T = t_start + t_end * sigmoid(theta)", low=0.0)
     ctkd_t_end: float = opt(20.0, "CTKD: see ctkd_t_start", low=0.0)
-    ctkd_lambda_min: float = opt(0.0, "CTKD: gradient-reversal strength at the start", low=0.0)
-    ctkd_lambda_max: float = opt(1.0, "CTKD: gradient-reversal strength after ctkd_loops epochs", low=0.0)
+    ctkd_lambda_min: float = opt(0.0, "CTKD: gradient-reversal strength the cosine curriculum starts from "
+                                 "(at epoch 0, so epoch 1 is already above it: 0.0245 of the range with 10 loops)", low=0.0)
+    ctkd_lambda_max: float = opt(1.0, "CTKD: gradient-reversal strength from epoch ctkd_loops on", low=0.0)
     ctkd_loops: int = opt(10, "CTKD: epochs of the cosine easy-to-hard curriculum", low=1)
     ctkd_lr: float = opt(0.0, "CTKD: temperature learning rate (0 = same as lr)", low=0.0)
     dot: bool = opt(False, "DOT: separate momentum for task (CE) and distillation gradients")
@@ -124,8 +136,8 @@ class RunConfig:
     # --- runtime --------------------------------------------------------------------------------
     seed: int = opt(0, "training seed", low=0)
     device: str = opt("auto", "device: auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
-    amp: str = opt("auto", "mixed precision: auto (bf16 on CUDA if supported, else fp16), off, bf16, fp16",
-                   ("auto", "off", "bf16", "fp16"))
+    amp: str = opt("auto", "mixed precision: auto (method=gpd: off, fp32 as in the GPD reference; others: "
+                   "bf16 on CUDA if supported, else fp16), off, bf16, fp16", ("auto", "off", "bf16", "fp16"))
     channels_last: str = opt("auto", "channels_last memory format (auto = on for CUDA)", ("auto", "on", "off"))
     compile: bool = opt(False, "torch.compile the trained model (CUDA)")
     device_data: str = opt("auto", "keep the whole dataset on the device and augment there (cifar10/100, "
@@ -186,6 +198,25 @@ class RunConfig:
     @property
     def uses_teacher(self) -> bool:
         return self.method != "ce" and self.resolved_base != "none"
+
+    @property
+    def resolved_grad_clip(self) -> float:
+        """The gradient-norm clip in effect (0 = off)."""
+        if self.grad_clip is not None:
+            return self.grad_clip
+        return GPD_GRAD_CLIP if self.method == "gpd" else 0.0
+
+    @property
+    def resolved_amp(self) -> str:
+        """``amp`` with ``auto`` resolved to fp32 (``off``) for GPD; any other value as given."""
+        return GPD_AMP if self.amp == "auto" and self.method == "gpd" else self.amp
+
+    @property
+    def resolved_dkd_warmup(self) -> float:
+        """DKD warm-up epochs in effect (0 = none)."""
+        if self.dkd_warmup is not None:
+            return self.dkd_warmup
+        return CTKD_DKD_WARMUP_EPOCHS if self.ctkd or self.method == "ctkd" else DKD_WARMUP_EPOCHS
 
     def dataset_options(self) -> dict[str, Any]:
         """Options for :func:`workbench.data.build` from the flat config keys."""

@@ -80,7 +80,7 @@ def _check_device(cfg: RunConfig) -> None:
     except ValueError as e:
         raise ConfigError(f"device: {e}") from None
     try:
-        amp_dtype(device, cfg.amp)
+        amp_dtype(device, cfg.resolved_amp)
     except ValueError as e:
         raise ConfigError(f"amp: {e}") from None
 
@@ -155,12 +155,13 @@ def prepare(cfg: RunConfig) -> Prepared:
 
 
 def teacher_config(cfg: RunConfig, arch: str) -> RunConfig:
-    """The CE run that trains (and caches) a teacher of ``arch`` under the student's protocol."""
+    """The CE run that trains (and caches) a teacher of ``arch`` under the student's protocol
+    (the method's own settings -- CTKD, DOT, CE weight, GPD's default grad clip -- reset)."""
     epochs = cfg.teacher_epochs or cfg.epochs
     aug = "" if cfg.augment else "_noaug"  # the teacher trains under the student's augmentation setting
     name = f"{cfg.dataset}{_data_key(cfg)}_{arch}_ce_s{TEACHER_SEED}_e{epochs}{aug}"
     return cfg.replace(method="ce", base="auto", student=arch, teacher="none", init="", epochs=epochs,
-                       seed=TEACHER_SEED, dot=False, ctkd=False, ce_weight=None, name=name, probe_every=0,
+                       seed=TEACHER_SEED, dot=False, ctkd=False, ce_weight=None, grad_clip=None, name=name, probe_every=0,
                        cache_teacher=False,
                        out_dir=str(Path(cfg.out_dir or paths.runs_root()) / TEACHERS_DIR), resume=True)
 

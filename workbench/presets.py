@@ -1,23 +1,47 @@
 """Named presets: a screenful of config overrides per experiment (applied on top of the
 defaults in :mod:`workbench.config`, under the user's own keys).
 
-Naming: ``<dataset>/<pair>/<method>``. CIFAR-100 pairs follow the RepDistiller/mdistiller
-protocol (240 epochs, SGD lr 0.05 — 0.01 for MobileNet/ShuffleNet students — momentum 0.9,
-wd 5e-4, batch 64, x0.1 at 150/180/210); DKD betas are mdistiller's per pair. ImageNet presets
-follow the GPD paper's recipes (spec §4). ``digits/...`` presets are the CPU demo settings.
+Naming: ``<dataset>/<pair>/<method>``. Where each value comes from:
+
+- CIFAR-100 (``cifar100/<pair>/...``): the RepDistiller/mdistiller protocol (240 epochs, SGD
+  momentum 0.9, wd 5e-4, batch 64, x0.1 at 150/180/210 -- our config defaults); per pair the lr
+  and the DKD beta of mdistiller's ``configs/cifar100/dkd/<pair>.yaml`` (``SOLVER.LR``: 0.05,
+  0.01 for MobileNet/ShuffleNet students; ``DKD.BETA``, mdistiller's default 8.0 where a file
+  sets none). DKD warms up over 20 epochs (mdistiller's CIFAR default) except under CTKD (the
+  public CTKD code's DKD has no warm-up). There are no published CIFAR GPD recipes: GPD presets
+  use the pair's protocol plus GPD's reference settings (grad clip 5, fp32).
+- ImageNet DKD baselines: mdistiller's ``configs/imagenet/{r34_r18,r50_mv1}/dkd.yaml`` (lr 0.2,
+  beta 0.5 / 2.0, T 1, ``WARMUP: 1``, which with mdistiller's 1-based ``min(epoch / warmup, 1)``
+  is no warm-up: our ``dkd_warmup=0``).
+- ImageNet GPD (spec gpd.md §4): the official code's ``CNN/train_dkd.py`` defaults and README
+  commands (r 2, 6 branches, lambda 3, lr 0.1, batch 512, wd 1e-4, 100 epochs, x0.1 at 30/60/90,
+  ``--clip-grad-norm 5``, DKD alpha 1, T 1, beta 0.5 for ResNet18 / 2.0 for MobileNet, no DKD
+  warm-up, no AMP). Fine-tuning: the README's ``--epoch_init 50 --learning_rate 0.01`` (its
+  30/60/90 steps leave x0.1 at 30 within 50 epochs) from a pre-trained student (``init``).
+- ``digits/...``: the CPU demo settings (measured, see below).
+
+``CIFAR_METHODS`` (method name -> method keys) is also read by the bench scripts and notebooks.
 """
 from __future__ import annotations
 
+from .config import CTKD_DKD_WARMUP_EPOCHS, GPD_AMP, GPD_GRAD_CLIP
 from .registry import unknown_choice
 
-CIFAR_PAIRS = {  # name: (teacher, student, dkd beta, student lr)
-    "r32x4_r8x4": ("resnet32x4", "resnet8x4", 8.0, 0.05),
-    "wrn40_2_wrn16_2": ("wrn_40_2", "wrn_16_2", 6.0, 0.05),
-    "r56_r20": ("resnet56", "resnet20", 2.0, 0.05),
-    "vgg13_vgg8": ("vgg13", "vgg8", 6.0, 0.05),
-    "r110_r32": ("resnet110", "resnet32", 2.0, 0.05),
-    "r32x4_shv2": ("resnet32x4", "ShuffleV2", 8.0, 0.01),
-    "vgg13_mv2": ("vgg13", "MobileNetV2", 6.0, 0.01),
+#: mdistiller configs/cifar100/dkd/*.yaml: SOLVER.LR per student kind, default DKD.BETA
+CIFAR_LR, CIFAR_LIGHT_STUDENT_LR = 0.05, 0.01
+MDISTILLER_DEFAULT_BETA = 8.0
+CIFAR_PAIRS = {  # name: (teacher, student, dkd beta, student lr)      mdistiller config file
+    "r32x4_r8x4": ("resnet32x4", "resnet8x4", MDISTILLER_DEFAULT_BETA, CIFAR_LR),  # res32x4_res8x4
+    "wrn40_2_wrn16_2": ("wrn_40_2", "wrn_16_2", 6.0, CIFAR_LR),  # wrn40_2_wrn_16_2
+    "wrn40_2_wrn40_1": ("wrn_40_2", "wrn_40_1", 6.0, CIFAR_LR),  # wrn40_2_wrn_40_1
+    "r56_r20": ("resnet56", "resnet20", 2.0, CIFAR_LR),  # res56_res20
+    "vgg13_vgg8": ("vgg13", "vgg8", 6.0, CIFAR_LR),  # vgg13_vgg8
+    "r110_r32": ("resnet110", "resnet32", 2.0, CIFAR_LR),  # res110_res32
+    "r32x4_shv1": ("resnet32x4", "ShuffleV1", MDISTILLER_DEFAULT_BETA, CIFAR_LIGHT_STUDENT_LR),  # res32x4_shuv1
+    "r32x4_shv2": ("resnet32x4", "ShuffleV2", MDISTILLER_DEFAULT_BETA, CIFAR_LIGHT_STUDENT_LR),  # res32x4_shuv2
+    "wrn40_2_shv1": ("wrn_40_2", "ShuffleV1", MDISTILLER_DEFAULT_BETA, CIFAR_LIGHT_STUDENT_LR),  # wrn40_2_shuv1
+    "vgg13_mv2": ("vgg13", "MobileNetV2", 6.0, CIFAR_LIGHT_STUDENT_LR),  # vgg13_mv2
+    "r50_mv2": ("ResNet50", "MobileNetV2", MDISTILLER_DEFAULT_BETA, CIFAR_LIGHT_STUDENT_LR),  # res50_mv2
 }
 CIFAR_METHODS = {
     "ce": dict(method="ce"),
@@ -26,35 +50,61 @@ CIFAR_METHODS = {
     "kd_dot": dict(method="kd", dot=True),
     "dkd_dot": dict(method="dkd", dot=True),
     "kd_ctkd": dict(method="ctkd", base="kd"),
-    "dkd_ctkd": dict(method="ctkd", base="dkd"),
-    "gpd_kd": dict(method="gpd", base="kd", grad_clip=5.0),
-    "gpd_dkd": dict(method="gpd", base="dkd", grad_clip=5.0),
-    "gpd_scratch": dict(method="gpd", base="none", grad_clip=5.0),
+    "dkd_ctkd": dict(method="ctkd", base="dkd", dkd_warmup=CTKD_DKD_WARMUP_EPOCHS),
+    "gpd_kd": dict(method="gpd", base="kd", grad_clip=GPD_GRAD_CLIP),
+    "gpd_dkd": dict(method="gpd", base="dkd", grad_clip=GPD_GRAD_CLIP),
+    "gpd_scratch": dict(method="gpd", base="none", grad_clip=GPD_GRAD_CLIP),
 }
+#: keys every GPD preset sets (fp32 as the reference; not in CIFAR_METHODS so that a notebook's
+#: own ``amp`` parameter is not overridden by a method entry)
+GPD_PRESET_KEYS = dict(amp=GPD_AMP)
+
 IMAGENET = dict(dataset="imagefolder", epochs=100, batch_size=512, lr=0.1, weight_decay=1e-4,
                 milestones=(30, 60, 90), eval_batch_size=256, image_size=224)
-GPD_IMAGENET = dict(method="gpd", ratio=2.0, branches="default", gpd_lambda=3.0, grad_clip=5.0,
-                    dkd_alpha=1.0, dkd_T=1.0, kd_T=1.0)
+NO_WARMUP = 0.0  # mdistiller's ImageNet WARMUP 1 / the GPD code's DKD: full weight from epoch 1
+IMAGENET_PAIRS = {  # name: (teacher, student, dkd beta)
+    "r34_r18": ("resnet34", "resnet18", 0.5),
+    "r50_mbv1": ("resnet50", "mobilenet_v1", 2.0),
+}
+IMAGENET_STUDENTS = {"r18": "resnet18", "mbv1": "mobilenet_v1"}
+DKD_IMAGENET = dict(method="dkd", lr=0.2, dkd_T=1.0, dkd_warmup=NO_WARMUP)
+GPD_IMAGENET = dict(method="gpd", ratio=2.0, branches="default", gpd_lambda=3.0, grad_clip=GPD_GRAD_CLIP,
+                    dkd_alpha=1.0, dkd_T=1.0, kd_T=1.0, dkd_warmup=NO_WARMUP, **GPD_PRESET_KEYS)
+FINETUNE = dict(epochs=50, lr=0.01, milestones=(30,))
+#: pre-trained students the fine-tuning presets start from (the GPD README's files in its
+#: ``pretrained/`` folder: torchvision's ResNet18, the authors' MobileNet); override with init=
+FINETUNE_INIT = {"resnet18": "pretrained/resnet18-f37072fd.pth",
+                 "mobilenet_v1": "pretrained/mobilenet_sgd_68.848.pth.tar"}
+
+
+def _method(name: str) -> dict:
+    """A ``CIFAR_METHODS`` entry plus the keys every preset of its method sets."""
+    m = CIFAR_METHODS[name]
+    return dict(m, **(GPD_PRESET_KEYS if m["method"] == "gpd" else {}))
+
+
+def _cifar(pair: str, method: str) -> dict:
+    teacher, student, beta, lr = CIFAR_PAIRS[pair]
+    return dict(dataset="cifar100", teacher=teacher, student=student, lr=lr, dkd_beta=beta, **_method(method))
+
+
+def _imagenet() -> dict[str, dict]:
+    presets = {}
+    for pair, (teacher, student, beta) in IMAGENET_PAIRS.items():
+        presets[f"imagenet/{pair}/dkd"] = dict(IMAGENET, **DKD_IMAGENET, teacher=teacher, student=student,
+                                               dkd_beta=beta)
+        presets[f"imagenet/{pair}/gpd_dkd"] = dict(IMAGENET, **GPD_IMAGENET, base="dkd", teacher=teacher,
+                                                   student=student, dkd_beta=beta)
+    for short, student in IMAGENET_STUDENTS.items():
+        scratch = dict(IMAGENET, **GPD_IMAGENET, base="none", teacher="none", student=student)
+        presets[f"imagenet/{short}/gpd_scratch"] = scratch
+        presets[f"imagenet/{short}/gpd_finetune"] = dict(scratch, **FINETUNE, init=FINETUNE_INIT[student])
+    return presets
 
 
 def _build() -> dict[str, dict]:
-    presets: dict[str, dict] = {}
-    for pair, (teacher, student, beta, lr) in CIFAR_PAIRS.items():
-        for mname, m in CIFAR_METHODS.items():
-            presets[f"cifar100/{pair}/{mname}"] = dict(
-                dataset="cifar100", teacher=teacher, student=student, lr=lr, dkd_beta=beta, **m)
-    presets.update({
-        "imagenet/r34_r18/dkd": dict(IMAGENET, method="dkd", teacher="resnet34", student="resnet18",
-                                     dkd_beta=0.5, dkd_T=1.0),
-        "imagenet/r34_r18/gpd_dkd": dict(IMAGENET, **GPD_IMAGENET, base="dkd", teacher="resnet34",
-                                         student="resnet18", dkd_beta=0.5),
-        "imagenet/r50_mbv2/gpd_dkd": dict(IMAGENET, **GPD_IMAGENET, base="dkd", teacher="resnet50",
-                                          student="mobilenet_v2", dkd_beta=2.0),
-        "imagenet/r18/gpd_scratch": dict(IMAGENET, **GPD_IMAGENET, base="none", student="resnet18",
-                                         teacher="none"),
-        "imagenet/r18/gpd_finetune": dict(IMAGENET, **GPD_IMAGENET, base="none", student="resnet18",
-                                          teacher="none", lr=0.01),
-    })
+    presets = {f"cifar100/{pair}/{m}": _cifar(pair, m) for pair in CIFAR_PAIRS for m in CIFAR_METHODS}
+    presets.update(_imagenet())
     # CPU demo on the embedded dataset: 30 training images per class, the rest (~1500) as test
     # set; a resnet8x4 teacher measurably stronger than a thin resnet8 student (README).
     # Measured (3 seeds): with 15 images/class the resnet8x4 teacher (96.7 %) is clearly stronger
@@ -63,7 +113,7 @@ def _build() -> dict[str, dict]:
                   epochs=60, teacher_epochs=60, batch_size=64, lr=0.05, schedule="cosine",
                   eval_batch_size=512, probe_samples=500)
     for mname in ("ce", "kd", "dkd", "kd_dot", "kd_ctkd", "gpd_kd", "gpd_dkd", "gpd_scratch"):
-        presets[f"digits/demo/{mname}"] = dict(digits, **CIFAR_METHODS[mname])
+        presets[f"digits/demo/{mname}"] = dict(digits, **_method(mname))
     return presets
 
 

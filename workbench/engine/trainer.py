@@ -83,7 +83,7 @@ class Trainer:
         self.rank, self.world = dist.rank(), dist.world_size()
         self.is_main = self.rank == 0
         self.device = device or dist.local_device(select_device(cfg.device))
-        self.amp = amp_dtype(self.device, cfg.amp)
+        self.amp = amp_dtype(self.device, cfg.resolved_amp)
         self.channels_last = use_channels_last(self.device, cfg.channels_last)
         self.log = MetricsLog(self.run_dir, enabled=self.is_main)
         self.best = {"top1": -1.0, "epoch": 0}
@@ -224,14 +224,14 @@ class Trainer:
                 opt.set_distill_grads(torch.autograd.grad(distill, params, retain_graph=True, allow_unused=True))
                 task.backward()
             dist.all_reduce_grads(params, opt.distill_grads())
-            if self.cfg.grad_clip > 0:
+            if self.cfg.resolved_grad_clip > 0:
                 self._clip_dot(params)
             opt.step()
             return
         self.scaler.scale(loss).backward()
-        if self.cfg.grad_clip > 0:
+        if self.cfg.resolved_grad_clip > 0:
             self.scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(self._params(), self.cfg.grad_clip)
+            nn.utils.clip_grad_norm_(self._params(), self.cfg.resolved_grad_clip)
         self.scaler.step(opt)
         self.scaler.update()
 
@@ -240,7 +240,7 @@ class Trainer:
         kd = self.optimizer.distill_grads()
         total = [(p.grad if p.grad is not None else 0) + kd.get(p, 0) for p in params]
         norm = torch.norm(torch.stack([torch.norm(t) for t in total if torch.is_tensor(t)]))
-        factor = torch.clamp(self.cfg.grad_clip / (norm + 1e-6), max=1.0)
+        factor = torch.clamp(self.cfg.resolved_grad_clip / (norm + 1e-6), max=1.0)
         for p in params:
             if p.grad is not None:
                 p.grad.mul_(factor)

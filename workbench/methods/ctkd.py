@@ -3,14 +3,19 @@
 The temperature is learnable, T = t_start + t_end * sigmoid(theta) (1 and 20; theta starts at 1
 as in the reference code's global temperature), and reaches theta through a gradient-reversal
 layer: the temperature *maximises* the distillation loss that the student minimises.
-The reversal strength lambda follows the paper's easy-to-hard cosine curriculum, RISING from
-lambda_min to lambda_max over ``loops`` epochs and then staying there:
+The reversal strength lambda follows an easy-to-hard cosine curriculum, RISING from lambda_min
+to lambda_max over ``loops`` epochs and then staying there:
 
     lambda(e) = l_min + (l_max - l_min) * (1 + cos(pi * (1 + min(e, loops) / loops))) / 2
 
-(e = completed epochs, so the first epoch uses l_min). The public code appears to run it the
-other way; we follow the paper (tests check the direction). ``apply_ctkd`` works on any
-criterion, so CTKD also composes with GPD.
+with e the 1-based epoch, so with the defaults (0, 1, 10 loops) lambda = 0.0245 in epoch 1 and
+1.0 from epoch 10 on. This is exactly the public code's schedule (zhengli97/CTKD: in
+``train_student.py``, ``CosineDecay(decay_max, decay_min, decay_loops).get_value(epoch)`` with
+``scripts/run_cifar_distill.sh``'s 0, -1, 10 falls from 0 to -1, and the reversal layer
+multiplies theta's gradient by that value, i.e. reverses it with strength
+(1 - cos(pi * e / loops)) / 2), which has the paper's direction too.
+Under CTKD the DKD loss has no warm-up by default (``RunConfig.resolved_dkd_warmup``), as in
+the public code. ``apply_ctkd`` works on any criterion, so CTKD also composes with GPD.
 """
 from __future__ import annotations
 
@@ -27,9 +32,10 @@ THETA_INIT = 1.0
 
 
 def curriculum_lambda(epoch: int, loops: int, lam_min: float = 0.0, lam_max: float = 1.0) -> float:
-    """The reversal strength for 1-based ``epoch`` (rises from lam_min to lam_max)."""
-    done = min(max(epoch - 1, 0), loops)
-    return lam_min + 0.5 * (lam_max - lam_min) * (1.0 + math.cos(math.pi * (1.0 + done / loops)))
+    """The reversal strength in 1-based ``epoch``: rises from lam_min (reached at epoch 0, i.e.
+    never in training) to lam_max at epoch ``loops`` and stays there."""
+    e = min(max(epoch, 0), loops)
+    return lam_min + 0.5 * (lam_max - lam_min) * (1.0 + math.cos(math.pi * (1.0 + e / loops)))
 
 
 class _ReverseGrad(torch.autograd.Function):

@@ -1,12 +1,15 @@
 """``dkd``: Decoupled KD (Zhao et al., CVPR 2022). loss = CE + w(epoch) * (alpha * TCKD +
 beta * NCKD) * T^2 with w rising linearly to 1 over ``warmup`` epochs (w = min(epoch/warmup, 1),
-epochs 1-based, as in mdistiller); defaults alpha 1, beta 8, T 4, warm-up 20."""
+epochs 1-based, as in mdistiller: its ImageNet configs' ``WARMUP: 1`` is therefore the same as
+our 0 = no warm-up); defaults alpha 1, beta 8, T 4, warm-up 20 (0 under CTKD, see
+``RunConfig.resolved_dkd_warmup``)."""
+from ..config import DKD_WARMUP_EPOCHS
 from ..losses import dkd_loss
 from .base import METHODS, Criterion, Distiller
 
 
 class DKDLoss(Criterion):
-    def __init__(self, alpha=1.0, beta=8.0, temperature=4.0, warmup=20.0):
+    def __init__(self, alpha=1.0, beta=8.0, temperature=4.0, warmup=DKD_WARMUP_EPOCHS):
         super().__init__(temperature)
         self.alpha, self.beta, self.warmup = alpha, beta, warmup
 
@@ -19,7 +22,7 @@ class DKDLoss(Criterion):
 
 
 def dkd_criterion(cfg) -> DKDLoss:
-    return DKDLoss(cfg.dkd_alpha, cfg.dkd_beta, cfg.dkd_T, cfg.dkd_warmup)
+    return DKDLoss(cfg.dkd_alpha, cfg.dkd_beta, cfg.dkd_T, cfg.resolved_dkd_warmup)
 
 
 @METHODS.register("dkd", needs_teacher=True)

@@ -7,10 +7,12 @@
 
 Names follow the literature (RepDistiller's ``model_dict``): ``resnet8 resnet14 resnet20 resnet32
 resnet44 resnet56 resnet110 resnet8x4 resnet32x4 wrn_16_1 wrn_16_2 wrn_40_1 wrn_40_2 vgg8 vgg11
-vgg13 vgg16 vgg19 MobileNetV2 ShuffleV1 ShuffleV2 ResNet50`` (family ``"cifar"``; ``vgg*`` are the
-BN variants; ``ResNet50`` is the CIFAR ResNet50 of RepDistiller's resnetv2.py), torchvision's
-``resnet18 resnet34 resnet50 mobilenet_v2`` (``"imagenet"``) and ``vit_tiny vit_small``
-(``"vit"``). Alias: ``mobile_half`` = ``MobileNetV2`` (the key used by later RepDistiller forks).
+vgg13 vgg16 vgg19 MobileNetV2 ShuffleV1 ShuffleV2 ResNet18 ResNet34 ResNet50`` (family
+``"cifar"``; ``vgg*`` are the BN variants; the capitalised ``ResNet18/34/50`` are the CIFAR
+ResNets of RepDistiller's resnetv2.py: 3x3 stride-1 stem, no max-pool), torchvision's ImageNet
+``resnet18 resnet34 resnet50 mobilenet_v2`` (lowercase) and the community ``mobilenet_v1``
+(``"imagenet"``), and ``vit_nano vit_tiny vit_small`` (``"vit"``). Alias: ``mobile_half`` =
+``MobileNetV2`` (the key used by later RepDistiller forks).
 
 Every model's ``forward(x)`` returns logits only; features come from ``models.hooks``.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import cifar_resnet, mobilenetv2, shufflenet, tv, vgg, vit, wrn  # noqa: F401  (registration)
+from . import cifar_resnet, mobilenetv1, mobilenetv2, shufflenet, tv, vgg, vit, wrn  # noqa: F401  (registration)
 from ._registry import MODELS
 from .checkpoint import load_into, read_state_dict
 from .hooks import FeatureTap, classifier_path, penultimate, stage_paths

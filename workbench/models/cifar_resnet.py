@@ -1,5 +1,7 @@
 """CIFAR ResNets of the RepDistiller zoo (``resnet8`` ... ``resnet110``, ``resnet8x4``,
-``resnet32x4``) and the CIFAR ``ResNet50`` of RepDistiller's ``resnetv2.py``.
+``resnet32x4``) and the CIFAR ``ResNet18``, ``ResNet34``, ``ResNet50`` of RepDistiller's
+``resnetv2.py`` (also mdistiller's; capitalised names, unlike torchvision's ImageNet ``resnet18``
+etc. in :mod:`workbench.models.tv`).
 
 Guarantees (checked in ``tests/test_models.py``):
 - parameter names and shapes equal RepDistiller's, so its ``ckpt_epoch_240.pth`` files load with
@@ -30,6 +32,13 @@ def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
+def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    """The residual path: empty (identity) while the shape is kept, else 1x1 conv (strided) + BN."""
+    if stride == 1 and c_in == c_out:
+        return nn.Sequential()
+    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+
 class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN plus the (optionally projected) input, then ReLU."""
 
@@ -44,11 +53,13 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
 
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.downsample is None else self.downsample(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
+        return self.relu(out + self.residual(x))
 
 
 class CifarResNet(nn.Module):
@@ -83,11 +94,7 @@ class CifarResNet(nn.Module):
 
 def _stage(c_in: int, planes: int, blocks: int, stride: int) -> tuple[nn.Sequential, int]:
     """``blocks`` basic blocks; the first one strides and projects when the shape changes."""
-    downsample = None
-    if stride != 1 or c_in != planes:
-        downsample = nn.Sequential(
-            nn.Conv2d(c_in, planes, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(planes)
-        )
+    downsample = None if stride == 1 and c_in == planes else _shortcut(c_in, planes, stride)
     layers = [BasicBlock(c_in, planes, stride, downsample)]
     layers += [BasicBlock(planes, planes) for _ in range(blocks - 1)]
     return nn.Sequential(*layers), planes
@@ -118,7 +125,22 @@ register("resnet8x4", family="cifar")(_resnet_factory(8, X4_WIDTHS))
 register("resnet32x4", family="cifar")(_resnet_factory(32, X4_WIDTHS))
 
 
-# --- ResNet50 of RepDistiller's resnetv2.py (ImageNet-style stages on a CIFAR stem) -------------
+# --- ResNet18/34/50 of RepDistiller's resnetv2.py (ImageNet-style stages on a CIFAR stem) --------
+# Not torchvision's ImageNet ResNets (7x7 stride-2 stem + max-pool, ``fc``; registered in
+# lowercase as ``resnet18`` ...): these keep the 32x32 resolution in the stem and name the
+# classifier ``linear``, as in RepDistiller/mdistiller's ``resnetv2.py``.
+
+
+class ShortcutBasicBlock(BasicBlock):
+    """resnetv2.py's basic block: the map of :class:`BasicBlock` with the projection named
+    ``shortcut`` (an empty ``nn.Sequential`` = identity) instead of resnet.py's ``downsample``."""
+
+    def __init__(self, c_in: int, planes: int, stride: int = 1):
+        super().__init__(c_in, planes, stride)
+        self.shortcut = _shortcut(c_in, planes * self.expansion, stride)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shortcut(x)
 
 
 class Bottleneck(nn.Module):
@@ -136,11 +158,7 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, c_out, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(c_out)
         self.relu = nn.ReLU()
-        self.shortcut = nn.Sequential()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(c_in, c_out, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
-            )
+        self.shortcut = _shortcut(c_in, c_out, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -149,28 +167,36 @@ class Bottleneck(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-#: (planes, blocks, stride) of the four ResNet50 stages
-RESNET50_STAGES = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))
-RESNET50_STEM = 64
+#: planes and first-block strides of resnetv2.py's four stages, and its stem width
+RESNETV2_PLANES = (64, 128, 256, 512)
+RESNETV2_STRIDES = (1, 2, 2, 2)
+RESNETV2_STEM = 64
+#: name -> (block, blocks per stage), as in resnetv2.py's ResNet18 / ResNet34 / ResNet50
+RESNETV2_DEPTHS = {
+    "ResNet18": (ShortcutBasicBlock, (2, 2, 2, 2)),
+    "ResNet34": (ShortcutBasicBlock, (3, 4, 6, 3)),
+    "ResNet50": (Bottleneck, (3, 4, 6, 3)),
+}
 
 
 class CifarResNetV2(nn.Module):
-    """RepDistiller's CIFAR ``ResNet50``: 3x3 stride-1 stem, four bottleneck stages, ``linear``."""
+    """RepDistiller's CIFAR ``ResNet18/34/50``: 3x3 stride-1 stem (no max-pool), four stages of
+    basic or bottleneck blocks (64-128-256-512 planes), global pool, ``linear``."""
 
     classifier_name = "linear"
     stage_names = ("layer1", "layer2", "layer3", "layer4")
 
-    def __init__(self, num_classes: int = 100, in_channels: int = 3):
+    def __init__(self, block: type[nn.Module], blocks: Sequence[int], num_classes: int = 100, in_channels: int = 3):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, RESNET50_STEM, kernel_size=3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(RESNET50_STEM)
+        self.conv1 = nn.Conv2d(in_channels, RESNETV2_STEM, kernel_size=3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(RESNETV2_STEM)
         self.relu = nn.ReLU()
-        c = RESNET50_STEM
-        for i, (planes, blocks, stride) in enumerate(RESNET50_STAGES, start=1):
+        c = RESNETV2_STEM
+        for i, (planes, n, stride) in enumerate(zip(RESNETV2_PLANES, blocks, RESNETV2_STRIDES), start=1):
             layers = []
-            for s in [stride] + [1] * (blocks - 1):
-                layers.append(Bottleneck(c, planes, s))
-                c = planes * Bottleneck.expansion
+            for s in [stride] + [1] * (n - 1):
+                layers.append(block(c, planes, s))
+                c = planes * block.expansion
             self.add_module(f"layer{i}", nn.Sequential(*layers))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(c, num_classes)
@@ -182,6 +208,12 @@ class CifarResNetV2(nn.Module):
         return self.linear(self.avgpool(x).flatten(1))
 
 
-@register("ResNet50", family="cifar")
-def resnet50_cifar(num_classes: int, in_channels: int = 3, image_size=None) -> CifarResNetV2:
-    return CifarResNetV2(num_classes, in_channels)
+def _resnetv2_factory(block: type[nn.Module], blocks: Sequence[int]):
+    def factory(num_classes: int, in_channels: int = 3, image_size=None) -> CifarResNetV2:
+        return CifarResNetV2(block, blocks, num_classes, in_channels)
+
+    return factory
+
+
+for _name, (_block, _blocks) in RESNETV2_DEPTHS.items():
+    register(_name, family="cifar")(_resnetv2_factory(_block, _blocks))

@@ -1,0 +1,106 @@
+"""Presets carry the published recipes: mdistiller's CIFAR-100 lr/beta per pair, the ImageNet DKD
+baselines, GPD's reference settings (clip 5, fp32, no DKD warm-up, fine-tuning schedule), CTKD's
+DKD without warm-up; ``python -m workbench presets`` lists them."""
+import pytest
+
+from workbench import models
+from workbench.cli import main
+from workbench.config import RunConfig
+from workbench.engine.schedule import lr_factor
+from workbench.presets import CIFAR_METHODS, PRESETS
+
+# (teacher, student, SOLVER.LR, DKD.BETA) as written in mdistiller's configs/cifar100/dkd/*.yaml
+# (beta 8.0 = mdistiller's CFG.DKD.BETA default where the file sets none)
+MDISTILLER_CIFAR = {
+    "r32x4_r8x4": ("resnet32x4", "resnet8x4", 0.05, 8.0),
+    "wrn40_2_wrn16_2": ("wrn_40_2", "wrn_16_2", 0.05, 6.0),
+    "wrn40_2_wrn40_1": ("wrn_40_2", "wrn_40_1", 0.05, 6.0),
+    "r56_r20": ("resnet56", "resnet20", 0.05, 2.0),
+    "vgg13_vgg8": ("vgg13", "vgg8", 0.05, 6.0),
+    "r110_r32": ("resnet110", "resnet32", 0.05, 2.0),
+    "r32x4_shv1": ("resnet32x4", "ShuffleV1", 0.01, 8.0),
+    "r32x4_shv2": ("resnet32x4", "ShuffleV2", 0.01, 8.0),
+    "wrn40_2_shv1": ("wrn_40_2", "ShuffleV1", 0.01, 8.0),
+    "vgg13_mv2": ("vgg13", "MobileNetV2", 0.01, 6.0),
+    "r50_mv2": ("ResNet50", "MobileNetV2", 0.01, 8.0),
+}
+
+
+def preset(name: str) -> RunConfig:
+    return RunConfig.from_dict({"preset": name})
+
+
+@pytest.mark.parametrize("pair", sorted(MDISTILLER_CIFAR))
+def test_cifar_pairs_use_mdistillers_lr_and_beta_for_every_method(pair):
+    teacher, student, lr, beta = MDISTILLER_CIFAR[pair]
+    for method in CIFAR_METHODS:
+        c = preset(f"cifar100/{pair}/{method}")
+        assert (c.teacher, c.student, c.lr, c.dkd_beta) == (teacher, student, lr, beta)
+        assert (c.epochs, c.batch_size, c.milestones, c.weight_decay) == (240, 64, (150, 180, 210), 5e-4)
+
+
+def test_every_preset_names_registered_models():
+    for name, values in PRESETS.items():
+        for key in ("teacher", "student"):
+            if values.get(key, "none") != "none":
+                assert values[key] in models.MODELS, (name, key, values[key])
+
+
+def test_cifar_methods_keep_their_shape():
+    """Bench scripts and notebooks read these entries: method name -> dict of config keys."""
+    assert set(CIFAR_METHODS) == {"ce", "kd", "dkd", "kd_dot", "dkd_dot", "kd_ctkd", "dkd_ctkd",
+                                  "gpd_kd", "gpd_dkd", "gpd_scratch"}
+    assert all(isinstance(m, dict) and "method" in m for m in CIFAR_METHODS.values())
+
+
+def test_gpd_presets_clip_at_5_in_fp32_and_others_keep_the_defaults():
+    for name in PRESETS:
+        c = preset(name)
+        if c.method == "gpd":
+            assert (c.resolved_grad_clip, c.amp, c.resolved_amp) == (5.0, "off", "off"), name
+        else:
+            assert (c.resolved_grad_clip, c.amp) == (0.0, "auto"), name
+
+
+def test_dkd_warmup_20_on_cifar_none_under_ctkd_and_on_imagenet():
+    assert preset("cifar100/r32x4_r8x4/dkd").resolved_dkd_warmup == 20.0
+    assert preset("cifar100/r32x4_r8x4/gpd_dkd").resolved_dkd_warmup == 20.0
+    for name in PRESETS:
+        c = preset(name)
+        if c.ctkd:
+            assert c.resolved_dkd_warmup == 0.0, name
+        if name.startswith("imagenet/"):
+            assert c.resolved_dkd_warmup == 0.0, name
+
+
+@pytest.mark.parametrize("pair, teacher, student, beta", [
+    ("r34_r18", "resnet34", "resnet18", 0.5), ("r50_mbv1", "resnet50", "mobilenet_v1", 2.0)])
+def test_imagenet_pairs(pair, teacher, student, beta):
+    dkd, gpd = preset(f"imagenet/{pair}/dkd"), preset(f"imagenet/{pair}/gpd_dkd")
+    for c in (dkd, gpd):
+        assert (c.teacher, c.student, c.dkd_beta, c.dkd_T, c.dkd_alpha) == (teacher, student, beta, 1.0, 1.0)
+        assert (c.epochs, c.batch_size, c.weight_decay, c.milestones) == (100, 512, 1e-4, (30, 60, 90))
+    assert (dkd.method, dkd.lr) == ("dkd", 0.2)  # mdistiller configs/imagenet/*/dkd.yaml
+    assert (gpd.method, gpd.resolved_base, gpd.lr, gpd.ratio, gpd.gpd_lambda) == ("gpd", "dkd", 0.1, 2.0, 3.0)
+    assert "imagenet/r50_mbv2/gpd_dkd" not in PRESETS  # the paper's MobileNet is V1
+
+
+@pytest.mark.parametrize("short, student", [("r18", "resnet18"), ("mbv1", "mobilenet_v1")])
+def test_imagenet_scratch_and_finetune(short, student):
+    scratch, ft = preset(f"imagenet/{short}/gpd_scratch"), preset(f"imagenet/{short}/gpd_finetune")
+    for c in (scratch, ft):
+        assert (c.method, c.resolved_base, c.student, c.uses_teacher) == ("gpd", "none", student, False)
+    assert (scratch.epochs, scratch.lr, scratch.init) == (100, 0.1, "")
+    assert (ft.epochs, ft.lr) == (50, 0.01) and ft.init.endswith((".pth", ".pth.tar"))
+    # lr x0.1 at 30 and never again within the 50 epochs (0-based epoch index, as in the GPD code)
+    factors = [lr_factor(ft.schedule, e, ft.epochs, ft.milestones, ft.lr_decay) for e in range(ft.epochs)]
+    assert factors[:30] == [1.0] * 30 and factors[30:] == pytest.approx([0.1] * 20)
+
+
+def test_presets_command_lists_them(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert set(lines) == set(PRESETS)
+    assert "student=mobilenet_v1" in lines["imagenet/r50_mbv1/gpd_dkd"] and "amp=off" in lines["imagenet/r50_mbv1/gpd_dkd"]
+    assert "lr=0.01" in lines["cifar100/wrn40_2_shv1/dkd"] and "dkd_beta=6.0" in lines["cifar100/wrn40_2_wrn40_1/kd"]
