@@ -182,7 +182,9 @@ class AvgBranch(Branch):
 
 def cosine_prior(out_ch: int, k: int) -> torch.Tensor:
     """Fixed (out_ch, k, k) patterns: the first half of the channels vary along rows with
-    frequency (o + 1) / k, the second half along columns (OREPA's frequency prior)."""
+    frequency (o + 1) / k, the second half along columns (OREPA's frequency prior). Returned in
+    float64; the conv that owns the branch casts it to its own dtype (a float64 model keeps the
+    exact pattern)."""
     half = out_ch / 2
     pos = (torch.arange(k, dtype=torch.float64) + 0.5) * math.pi / k
     rows = []
@@ -190,7 +192,7 @@ def cosine_prior(out_ch: int, k: int) -> torch.Tensor:
         freq = o + 1 if o < half else o + 1 - half
         wave = torch.cos(pos * freq)
         rows.append(wave[:, None].expand(k, k) if o < half else wave[None, :].expand(k, k))
-    return torch.stack(rows).float()
+    return torch.stack(rows)
 
 
 @BRANCHES.register("prior")
