@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import json
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -25,6 +24,12 @@ METHOD_BASES = {  # valid `base` per method; the first is what `auto` means
     "ce": ("none",), "kd": ("kd",), "dkd": ("dkd",), "ctkd": ("kd", "dkd"), "gpd": ("dkd", "kd", "none"),
 }
 NEEDS_NO_TEACHER = "none"
+# Keys that may change between a run and its resumption: they do not change what is trained
+# (device_data only changes which random crops/flips are drawn after the switch). They are left
+# out of the config comparison on resume and out of the default run name's hash.
+RUNTIME_KEYS = frozenset({"device", "workers", "progress", "resume", "out_dir", "name", "probe_every",
+                          "probe_samples", "transfer", "eval_batch_size", "compile", "preset",
+                          "device_data", "cache_teacher", "download"})
 
 
 class ConfigError(ValueError):
@@ -198,11 +203,11 @@ class RunConfig:
         return root / (self.name or self.default_name())
 
     def default_name(self) -> str:
-        method = self.method if self.resolved_base in ("none",) + (self.method,) else f"{self.method}-{self.resolved_base}"
-        extras = "".join(s for s, on in (("+ctkd", self.ctkd), ("+dot", self.dot)) if on)
-        teacher = Path(self.teacher).stem if os.sep in self.teacher else self.teacher
-        pair = f"{teacher}-{self.student}" if self.uses_teacher else self.student
-        return f"{self.dataset}_{pair}_{method}{extras}_s{self.seed}"
+        """Readable prefix (dataset, resolved teacher architecture, student, method, seed) plus a
+        short hash of every setting that changes what is trained (:mod:`workbench.naming`)."""
+        from .naming import default_name
+
+        return default_name(self)
 
     # --- validation -------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -249,6 +254,10 @@ class RunConfig:
                 self.gpd_branches()
             except ValueError as e:
                 raise ConfigError(f"branches: {e}") from None
+        if self.name:
+            from .naming import check_name
+
+            check_name(self.name)
 
     def gpd_branches(self) -> tuple[str, ...]:
         """``branches`` as the tuple of kinds :func:`workbench.gpd.expand` takes."""
@@ -257,7 +266,10 @@ class RunConfig:
         text = self.branches.strip()
         if text == "default":
             return tuple(DEFAULT_BRANCHES)
-        if text.isdigit():
+        if text.lstrip("+-").isdigit():
+            if int(text) < 0:
+                raise ValueError(f"{text!r} is a negative count; use 'default', a count >= 0 (0 = channel-only) "
+                                 f"or a comma list of branch kinds")
             return resolve_branches(int(text))
         return resolve_branches(tuple(k.strip() for k in text.split(",") if k.strip()))
 
