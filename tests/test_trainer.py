@@ -135,23 +135,24 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(fast_cfg, 
 
 
 def test_corrupt_truncated_and_mismatched_checkpoints_give_clear_errors(fast_cfg):
-    res = run(dict(fast_cfg, method="ce", epochs=1))
+    cfg = dict(fast_cfg, method="ce", epochs=1, name="fixed")  # a fixed name: default names differ per config
+    res = run(cfg)
     last = res.run_dir / LAST
     blob = last.read_bytes()
     last.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
-        run(dict(fast_cfg, method="ce", epochs=1))
+        run(cfg)
     last.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
-        run(dict(fast_cfg, method="ce", epochs=1))
+        run(cfg)
     last.write_bytes(blob)
     with pytest.raises(CheckpointError, match=r"different config \(lr: saved 0.05 vs now 0.1"):
-        run(dict(fast_cfg, method="ce", epochs=1, lr=0.1))
+        run(dict(cfg, lr=0.1))
     with pytest.raises(CheckpointError, match="resume=true"):
-        run(dict(fast_cfg, method="ce", epochs=1, resume=False))
+        run(dict(cfg, resume=False))
     torch.save({"model": {}}, last)
     with pytest.raises(CheckpointError, match="not a workbench checkpoint"):
-        run(dict(fast_cfg, method="ce", epochs=1))
+        run(cfg)
 
 
 def test_finished_run_is_not_retrained(fast_cfg):

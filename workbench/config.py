@@ -139,6 +139,11 @@ class RunConfig:
         return [f.name for f in fields(cls)]
 
     @classmethod
+    def default(cls, key: str) -> Any:
+        f = _FIELDS[key]
+        return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
         """Build from a mapping of (possibly string) values; presets first, then the values."""
         values = dict(values)
@@ -280,6 +285,11 @@ class RunConfig:
 
 
 _FIELDS = {f.name: f for f in fields(RunConfig)}
+
+
+def fields_by_name() -> dict[str, dataclasses.Field]:
+    """Every config key's dataclass field (type, help text, choices), in declaration order."""
+    return dict(_FIELDS)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -297,7 +307,7 @@ def parse_int_list(key: str, value) -> tuple[int, ...]:
 def convert(key: str, value: Any) -> Any:
     """Convert ``value`` (a CLI string or a Python value from a notebook) to ``key``'s type."""
     f = _FIELDS[key]
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    default = RunConfig.default(key)
     want = type(default) if default is not None else int if "Optional[int]" in str(f.type) else float
     if f.type in ("Optional[int]", "Optional[float]"):
         want = int if "int" in f.type else float
@@ -354,7 +364,7 @@ def help_text() -> str:
     """Every key with its default, choices and help (the CLI's --help)."""
     lines = []
     for f in fields(RunConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = RunConfig.default(f.name)
         choices = f.metadata.get("choices")
         extra = f" {{{'|'.join(choices)}}}" if choices else ""
         lines.append(f"  {f.name}={_fmt(default)}{extra}\n      {f.metadata['help']}")
