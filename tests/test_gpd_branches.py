@@ -39,10 +39,10 @@ def test_widen_then_slice_times_count_is_identity_and_copies_sum_back():
     rules = (DimRule(0, out_map), DimRule(1, in_map, reads=True))
     wide = widen_tensor(w, rules)
     assert wide.shape == (8, 6)
-    assert torch.allclose(slice_plain(wide, rules) * read_scale(rules, 2), w, rtol=0, atol=1e-6)
+    assert torch.allclose(slice_plain(wide, rules) * read_scale(rules, 2), w, rtol=0, atol=1e-6)  # float32 w/k*k: 2 roundings of |w| < 5
     # a replicated input x' = x[g] read by the wide weight gives the replicated output
     x = torch.randn(4)
-    assert torch.allclose(wide @ x[in_map.source_index()], (w @ x)[out_map.source_index()], atol=1e-6)
+    assert torch.allclose(wide @ x[in_map.source_index()], (w @ x)[out_map.source_index()], atol=1e-6)  # float32 6- vs 4-term dot products of O(1) values
 
 
 # ---------------------------------------------------------------- branches
@@ -68,7 +68,7 @@ def test_fold_equals_running_branches_separately(kind, groups, k):
     conv = MultiBranchConv2d(base, [kind, "kxk"]).double()
     _randomise_scales(conv)
     x = torch.randn(2, c_in, 7, 9, dtype=torch.float64)
-    assert torch.allclose(conv(x), conv.explicit_forward(x), rtol=1e-10, atol=1e-10)
+    assert torch.allclose(conv(x), conv.explicit_forward(x), rtol=1e-10, atol=1e-10)  # float64 convs of <= 9*c_in terms: ~1e-14
 
 
 def test_branch_kernels_by_hand():
@@ -78,7 +78,7 @@ def test_branch_kernels_by_hand():
     one, avg, kx1 = conv.branches
     k1 = one.kernel()
     assert torch.equal(k1[:, :, 1, 1], one.weight[:, :, 0, 0]) and k1.abs().sum() == one.weight.abs().sum()
-    assert torch.allclose(avg.kernel(), avg.weight.expand(-1, -1, 3, 3) / 9)
+    assert torch.allclose(avg.kernel(), avg.weight.expand(-1, -1, 3, 3) / 9)  # float32 division, one rounding: allclose defaults
     assert torch.equal(kx1.kernel()[:, :, :, 1], kx1.weight[:, :, :, 0]) and kx1.kernel()[:, :, :, 0].abs().sum() == 0
 
 
@@ -91,7 +91,7 @@ def test_avg_branch_counts_zero_padding():
         conv.branches[0].scale.fill_(1.0)
         conv.branches[0].weight.fill_(1.0)
     x = torch.ones(1, 1, 4, 4)
-    assert conv(x)[0, 0, 0, 0].item() == pytest.approx(4 / 9)
+    assert conv(x)[0, 0, 0, 0].item() == pytest.approx(4 / 9)  # float32 sum of 4 ninths: ~5e-7 relative < approx's 1e-6
 
 
 def test_one_zero_init_preserves_the_conv_exactly():
