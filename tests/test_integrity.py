@@ -125,6 +125,22 @@ def test_1_a_teacher_being_trained_into_the_cache_is_locked_too(fast_cfg):
         _kill(holder)
 
 
+def test_1_under_ddp_rank_0_holds_the_lock_and_every_rank_stops_on_refusal(tmp_path):
+    """torchrun with 2 processes on a folder held by this process: rank 0 finds the lock taken,
+    broadcasts the refusal, both ranks exit with the one line (no rank waits forever)."""
+    run_dir = tmp_path / "ddp"
+    args = [f"{k}={v}" for k, v in dict(method="ce", dataset="digits", train_per_class=4, student="resnet8",
+                                       epochs=1, batch_size=20, progress="false", probe_every=0,
+                                       out_dir=tmp_path, name="ddp").items()]
+    with RunLock(run_dir):
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               "-m", "workbench", "train", *args], cwd=ROOT, env=_env(), capture_output=True,
+                              text=True, timeout=SUBPROCESS_TIMEOUT)
+        assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]  # nothing written by either rank
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and out.count(f"in use by process {os.getpid()}") == 2, out[-3000:]
+
+
 def test_1_lock_is_exclusive_within_a_process_and_released():
     """Two holders of one folder never coexist, even in one process; release frees it."""
     import tempfile
