@@ -410,7 +410,6 @@ _EMBED = [
 ]
 
 
-
 def papermill_help(text: str) -> str:
     """A help text papermill can show: it drops any parameter line holding a second '='."""
     return re.sub(r"\s*=\s*", ": ", text)
@@ -424,10 +423,10 @@ def every_other_run_key(listed: list[tuple[str, Any, str]]) -> list[tuple[str, A
     for name, f in fields_by_name().items():
         if name not in have:
             choices = f.metadata.get("choices")
-            help = f.metadata["help"]
-            if choices and not all(c in help for c in choices):
-                help += f" ({', '.join(choices)})"
-            out.append((name, RunConfig.default(name), papermill_help(help)))
+            text = f.metadata["help"]
+            if choices and not all(c in text for c in choices):
+                text += f" ({', '.join(choices)})"
+            out.append((name, RunConfig.default(name), papermill_help(text)))
     return out
 
 

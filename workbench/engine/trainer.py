@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import RUNTIME_KEYS  # noqa: F401  (re-exported: what may change on resume)
 from ..data.device import DEVICE_DATASETS, DeviceLoader, Indexed, device_tensors
 from ..methods import TASK_PREFIX, Distiller
 from ..models.hooks import FeatureTap
