@@ -13,6 +13,7 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from workbench.config import fields_by_name
 from workbench.notebook import PARAMETERS
 
 HERE = Path(__file__).resolve().parent
@@ -27,9 +28,10 @@ def code(text: str):
     return new_code_cell(text.strip("\n"))
 
 
-def annotation(default) -> str:
-    """The type papermill shows with --help-notebook (a string annotation for None defaults)."""
-    return '"Optional[int]"' if default is None else type(default).__name__
+def annotation(name: str, default) -> str:
+    """The type papermill shows with --help-notebook (the config's string annotation, e.g.
+    "Optional[float]", for None defaults)."""
+    return f'"{fields_by_name()[name].type}"' if default is None else type(default).__name__
 
 
 def parameters(notebook: str, intro: str):
@@ -37,7 +39,7 @@ def parameters(notebook: str, intro: str):
     for name, default, help in PARAMETERS[notebook]:
         if "=" in help:  # papermill skips any parameter line holding two '=' (no help then)
             raise ValueError(f"help text of {notebook}:{name} must not contain '=': {help!r}")
-        lines.append(f"{name}: {annotation(default)} = {default!r}  # {help}")
+        lines.append(f"{name}: {annotation(name, default)} = {default!r}  # {help}")
     cell = code("\n".join(lines))
     cell.metadata["tags"] = ["parameters"]
     return cell

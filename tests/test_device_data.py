@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import float_tol
 from workbench.config import ConfigError, RunConfig
 from workbench.data import cifar
 from workbench.data.device import DeviceLoader, augment_batch, device_tensors
@@ -31,7 +32,9 @@ def test_cached_teacher_logits_give_the_same_run(fast_cfg):
     quick = dict(fast_cfg, method="kd", epochs=1, probe_every=0, augment=False)
     a = run(dict(quick, name="live")).run_dir
     b = run(dict(quick, cache_teacher=True, name="cached")).run_dir
-    assert _max_diff(_weights(a), _weights(b)) < 1e-5  # teacher batches differ in size only
+    # teacher batches differ in size only: float32 logits that differ in the last bits (kernels are
+    # chosen per batch size) move 4 SGD steps of O(1) weights by ~1e-7; 1e-5 is ~100 ulp of them
+    assert _max_diff(_weights(a), _weights(b)) < 1e-5
 
 
 def test_cache_teacher_needs_unaugmented_inputs():
@@ -71,7 +74,8 @@ def test_cifar_on_the_device_equals_the_torchvision_pipeline():
     x, y = next(iter(loader))
     tf = cifar.transforms("cifar100", train=False)
     ref = torch.stack([tf(Image.fromarray(img)) for img in ds.data])
-    assert torch.allclose(x, ref, atol=1e-6) and y.tolist() == ds.targets
+    # float32 (x / 255 - mean) / std, |x| < 3: a few roundings of 1.2e-7 each (no reduction)
+    assert torch.allclose(x, ref, rtol=0, atol=float_tol(torch.float32, terms=3) * 3) and y.tolist() == ds.targets
 
 
 def test_device_data_on_refuses_unsupported_datasets(fast_cfg):

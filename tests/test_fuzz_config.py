@@ -112,6 +112,7 @@ def test_every_valid_cli_string_is_accepted_and_converted(item):
     name, _, expected, text = item
     cfg = RunConfig.from_dict(parse_overrides([f"{name}={text}"]))
     got = getattr(cfg, name)
+    # float64 parsing of repr() / %.17g round-trips exactly; 1e-15 allows for the last ulp (2.2e-16)
     assert got == expected or (isinstance(expected, float) and math.isclose(got, expected, rel_tol=1e-15))
 
 
@@ -240,7 +241,7 @@ def test_valid_cli_runs_reach_training_with_the_typed_config(pairs, capsys, monk
     assert cli.main(["train", *args]) == 0, capsys.readouterr().err
     for name, _, expected in pairs:
         got = getattr(_no_training.cfg, name)
-        assert got == expected or math.isclose(got, expected, rel_tol=1e-15)
+        assert got == expected or math.isclose(got, expected, rel_tol=1e-15)  # float64 round trip, last ulp
 
 
 # ------------------------------------------------------------------------------ interactions

@@ -77,7 +77,7 @@ def test_fold_equals_running_branches_separately(kind, groups, k):
     conv = MultiBranchConv2d(base, [kind, "kxk"]).double()
     _randomise_scales(conv)
     x = torch.randn(2, c_in, 7, 9, dtype=torch.float64)
-    assert torch.allclose(conv(x), conv.explicit_forward(x), rtol=1e-10, atol=1e-10)
+    assert torch.allclose(conv(x), conv.explicit_forward(x), rtol=1e-10, atol=1e-10)  # float64 convs of <= 9*c_in terms: ~1e-14
 
 
 def _kernel(branch, conv):
@@ -92,7 +92,7 @@ def test_branch_kernels_by_hand():
     one, avg, kx1 = conv.branches
     k1 = _kernel(one, conv)
     assert torch.equal(k1[:, :, 1, 1], one.weight[:, :, 0, 0]) and k1.abs().sum() == one.weight.abs().sum()
-    assert torch.allclose(_kernel(avg, conv), avg.weight.expand(-1, -1, 3, 3) / 9)
+    assert torch.allclose(_kernel(avg, conv), avg.weight.expand(-1, -1, 3, 3) / 9)  # float32 division, one rounding: allclose defaults
     k_kx1 = _kernel(kx1, conv)
     assert torch.equal(k_kx1[:, :, :, 1], kx1.weight[:, :, :, 0]) and k_kx1[:, :, :, 0].abs().sum() == 0
 
@@ -106,7 +106,7 @@ def test_avg_branch_counts_zero_padding():
         conv.branches[0].scale.fill_(1.0)
         conv.branches[0].weight.fill_(1.0)
     x = torch.ones(1, 1, 4, 4)
-    assert conv(x)[0, 0, 0, 0].item() == pytest.approx(4 / 9)
+    assert conv(x)[0, 0, 0, 0].item() == pytest.approx(4 / 9)  # float32 sum of 4 ninths: ~5e-7 relative < approx's 1e-6
 
 
 def test_one_zero_init_preserves_the_conv_exactly():
@@ -146,7 +146,7 @@ def test_fold_reads_every_tensor_through_the_getter():
     doubled = conv.fold(lambda n: 2 * tensors[n], 3, 4, 1)
     origin = conv.weight * conv.origin_scale[:, None, None, None]
     kxk, onekxk = (_kernel(b, conv) * b.scale[:, None, None, None] for b in conv.branches)
-    assert torch.allclose(doubled, 4 * origin + 4 * kxk + 8 * onekxk, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(doubled, 4 * origin + 4 * kxk + 8 * onekxk, rtol=1e-12, atol=1e-12)  # float64, a few ops
 
 
 def test_branch_selection():

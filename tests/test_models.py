@@ -300,7 +300,7 @@ def test_adaptive_pools_equal_original_fixed_pools_on_32x32(name, path, original
             setattr(model, path, original())
         theirs = model(x)
     # same values up to float summation order
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)  # float32, identical layers summed in another order
 
 
 def test_vgg_pools_keep_a_1x1_map():
@@ -353,7 +353,7 @@ def test_vit_attention_layout_matches_per_head_reference():
         weights = torch.softmax(q @ k.transpose(1, 2) / head_dim ** 0.5, dim=-1)
         heads.append(weights @ v)
     expected = attn.proj(torch.cat(heads, dim=-1))
-    torch.testing.assert_close(attn(x), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(attn(x), expected, rtol=1e-5, atol=1e-6)  # float32 attention: dot products of head_dim terms
 
 
 def test_vit_attention_heads_follow_the_input_width():

@@ -51,7 +51,7 @@ def test_stage_paths_resolve_and_penultimate_is_classifier_input(name):
     head = model.get_submodule(classifier_path(model))
     assert feat.ndim == 2 and feat.shape == (2, head.in_features)
     with torch.no_grad():
-        torch.testing.assert_close(head(feat), logits, rtol=0, atol=0)
+        torch.testing.assert_close(head(feat), logits, rtol=0, atol=0)  # the very same operations: bit-identical
     assert all(tap[p].shape[0] == 2 for p in paths)
 
 
@@ -73,7 +73,7 @@ def test_capture_is_not_changed_by_later_inplace_ops():
     blk = model.layer1[0]
     with torch.no_grad():
         expected = blk.bn2(blk.conv2(torch.relu(blk.bn1(blk.conv1(tap["maxpool"])))))
-    torch.testing.assert_close(tap["layer1.0.bn2"], expected)
+    torch.testing.assert_close(tap["layer1.0.bn2"], expected)  # same ops re-run; float32 defaults (1.3e-6, 1e-5)
 
 
 def test_detach_flag_and_penultimate_helper():
@@ -81,7 +81,7 @@ def test_detach_flag_and_penultimate_helper():
     x = torch.randn(2, 3, 32, 32)
     logits, feat = penultimate(model, x)
     assert not feat.requires_grad and feat.shape == (2, 64)
-    torch.testing.assert_close(model.fc(feat), logits)
+    torch.testing.assert_close(model.fc(feat), logits)  # same ops re-run; float32 defaults
     logits, feat = penultimate(model, x, detach=False)
     assert feat.requires_grad
     feat.pow(2).sum().backward()

@@ -66,13 +66,15 @@ def test_pca_matches_sklearn_up_to_sign_and_fixes_signs_by_loadings():
     X, _ = blobs()
     Z = E.pca(X)
     ref = PCA(n_components=2, svd_solver="full").fit_transform(X.astype(np.float64))
+    # float32 features vs scikit-learn's float64 SVD: coordinates are sums of D=10 products of
+    # float32 inputs (~6e-8 relative each) of O(1-10) values
     np.testing.assert_allclose(np.abs(Z), np.abs(ref), rtol=1e-5, atol=1e-5)
     Xc = X - X.mean(0)
     loadings = np.linalg.pinv(Xc) @ Z  # (D, 2): Z = Xc @ loadings
     for k in range(2):
         assert loadings[np.abs(loadings[:, k]).argmax(), k] > 0
     # the rule depends on the directions, not on the data's orientation: -X gives -Z exactly
-    np.testing.assert_allclose(E.pca(-X), -Z, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(E.pca(-X), -Z, rtol=1e-5, atol=1e-5)  # same float32 bound as above
     assert Z[:, 0].var() >= Z[:, 1].var()
 
 
@@ -82,9 +84,9 @@ def test_procrustes_recovers_a_rotated_reflected_copy():
     th = 0.7
     R = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]]) @ np.diag([1, -1])
     moved = Z @ R + 5.0
-    np.testing.assert_allclose(E.procrustes_align(moved, Z), Z, atol=1e-9)
+    np.testing.assert_allclose(E.procrustes_align(moved, Z), Z, atol=1e-9)  # float64 2x2 SVD of 160-point sums: ~1e-13
     d = lambda A: np.linalg.norm(A[:, None] - A[None], axis=-1)  # noqa: E731
-    np.testing.assert_allclose(d(E.procrustes_align(moved * 2, Z)), d(moved * 2), atol=1e-9)
+    np.testing.assert_allclose(d(E.procrustes_align(moved * 2, Z)), d(moved * 2), atol=1e-9)  # float64, as above
 
 
 def test_feature_maps_panels_are_aligned_and_carry_quality():
@@ -94,7 +96,7 @@ def test_feature_maps_panels_are_aligned_and_carry_quality():
     recs = E.feature_maps(sets, method="pca", cache_dir=False)
     assert [r["panel"] for r in recs] == ["A", "B"]
     # B's features are a rotation of A's, so after alignment the two maps coincide
-    np.testing.assert_allclose(recs[1]["coords"], recs[0]["coords"], atol=1e-4)
+    np.testing.assert_allclose(recs[1]["coords"], recs[0]["coords"], atol=1e-4)  # float32 rotation of D=10 features, then PCA
     np.testing.assert_array_equal(recs[1]["predictions"], (y + 1) % K)
     q = recs[0]["quality"]
     assert set(q) == {"knn_features", "knn_embedding", "trustworthiness"}
@@ -111,7 +113,7 @@ def test_panels_share_one_initial_layout_unless_asked_not_to(monkeypatch):
     E.feature_maps({"A": X, "B": other}, labels=y, method="tsne", cache_dir=False, quality_k=0)
     (_, init_a), (_, init_b) = counter.calls
     np.testing.assert_array_equal(init_a, init_b)
-    np.testing.assert_allclose(init_a, E._scale_init(E.pca(X), "tsne"), rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(init_a, E._scale_init(E.pca(X), "tsne"), rtol=1e-4, atol=1e-9)  # float32 PCA, rescaled
     E.feature_maps({"A": X, "B": other}, labels=y, method="tsne", cache_dir=False, quality_k=0, init="own")
     (_, own_a), (_, own_b) = counter.calls[2:]
     np.testing.assert_array_equal(own_a, init_a)
@@ -138,7 +140,7 @@ def test_aligned_embeddings_warm_start_from_previous_frame(monkeypatch):
     # frame t's initialisation is frame t-1's map (rescaled to the t-SNE convention)
     for (_, init), prev in zip(counter.calls[1:], recs[:-1]):
         expected = E._scale_init(prev["coords"], "tsne")
-        np.testing.assert_allclose(init, expected, rtol=1e-4, atol=1e-9)
+        np.testing.assert_allclose(init, expected, rtol=1e-4, atol=1e-9)  # float32 map rescaled: a std over 160 points
     # consecutive frames of nearly identical features stay close after alignment
     spread = np.ptp(recs[0]["coords"], axis=0).max()
     assert np.abs(recs[1]["coords"] - recs[0]["coords"]).mean() < 0.1 * spread

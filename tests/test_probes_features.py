@@ -44,6 +44,8 @@ def test_penultimate_values_match_manual_forward_and_state_is_untouched(source):
     m.eval()
     with torch.no_grad():
         feats = m[:5](x)
+        # float32, batches of 16 vs one batch of 50: per-example sums (9-term convs, 6-term linear)
+        # in kernels picked per batch size
         np.testing.assert_allclose(fs.features, feats.numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(fs.logits, m(x).numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(fs.labels, [int(source[i][1]) for i in range(50)])
@@ -56,7 +58,7 @@ def test_other_layers_are_pooled_and_bad_layer_names_raise(source):
     x = torch.stack([source[i][0] for i in range(20)])
     with torch.no_grad():
         expected = m.eval()[:2](x).mean(dim=(2, 3))
-    np.testing.assert_allclose(fs.features, expected.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fs.features, expected.numpy(), rtol=1e-5, atol=1e-6)  # float32 mean of 8x8 maps, other batching
     with pytest.raises(ValueError, match="layer7|valid choices"):
         extract_features(m, source, layer="layer7", max_samples=4, cache_dir=False)
 
@@ -68,7 +70,7 @@ def test_real_zoo_model_and_checkpoint_path(tmp_path, source):
     a = extract_features(m, source, max_samples=12, cache_dir=False)
     b = extract_features(ckpt, source, max_samples=12, cache_dir=False, arch="resnet8", num_classes=5, in_channels=1)
     assert a.features.shape == (12, 64)
-    np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=1e-6)  # float32, same model reloaded: same sums
     with pytest.raises(ValueError, match="arch="):
         extract_features(ckpt, source, max_samples=4, cache_dir=False)
 

@@ -135,6 +135,7 @@ def test_discriminability_records_by_hand():
     outs = {"student": RoleOutputs(logits, y, feats), "teacher": RoleOutputs(logits, y, None)}
     recs = discriminability_records(outs, epoch=2, k=1)
     by = {(r["role"], r["metric"]): r["value"] for r in recs}
+    # percentages of 4 or 8 examples and a float64 ratio: approx default 1e-6 (these four checks)
     assert by[("student", "top1")] == pytest.approx(75.0)
     assert by[("student", "knn_top1")] == pytest.approx(100.0)
     assert by[("student", "separability")] == pytest.approx(M.separability_ratio(feats, y[:6]))

@@ -167,7 +167,7 @@ def finished_run(tmp_path_factory):
     from conftest import FAST
 
     out = tmp_path_factory.mktemp("ckpt")
-    cfg = dict(FAST, method="ce", epochs=1, probe_every=0, out_dir=str(out / "runs"))
+    cfg = dict(FAST, method="ce", epochs=1, probe_every=0, out_dir=str(out / "runs"), name="finished")
     res = run(cfg, log=lambda *_: None)
     return cfg, res.run_dir
 

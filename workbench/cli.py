@@ -7,7 +7,8 @@ Commands
   models    list the model zoo
   keys      list every config key with its default, choices and help (same as ``train --help``)
 
-Bad keys or values stop with a one-line error (exit code 2) before any work starts.
+Bad keys or values stop with a one-line error (exit code 2) before any work starts; a run that
+diverges exits with 3; Ctrl-C stops with one line (exit code 130): rerun the same command to resume.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import sys
 from .config import ConfigError, RunConfig, help_text, parse_overrides
 
 USAGE = __doc__
+INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 
 def _train(args: list[str]) -> int:
@@ -32,6 +34,9 @@ def _train(args: list[str]) -> int:
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return INTERRUPTED
     from .engine import distributed as dist
 
     if dist.rank() != 0:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import json
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -37,6 +36,12 @@ NEEDS_NO_TEACHER = "none"
 GPD_EMA_DECAY = 0.99996
 #: an EMA decay must stay below 1 (1 would freeze the average at the initial weights)
 MAX_EMA_DECAY = 1.0 - 1e-9
+# Keys that may change between a run and its resumption: they do not change what is trained
+# (device_data only changes which random crops/flips are drawn after the switch). They are left
+# out of the config comparison on resume and out of the default run name's hash.
+RUNTIME_KEYS = frozenset({"device", "workers", "progress", "resume", "out_dir", "name", "probe_every",
+                          "probe_samples", "transfer", "eval_batch_size", "compile", "preset",
+                          "device_data", "cache_teacher", "download"})
 
 
 class ConfigError(ValueError):
@@ -160,6 +165,11 @@ class RunConfig:
         return [f.name for f in fields(cls)]
 
     @classmethod
+    def default(cls, key: str) -> Any:
+        f = _FIELDS[key]
+        return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
         """Build from a mapping of (possibly string) values; presets first, then the values."""
         values = dict(values)
@@ -243,11 +253,11 @@ class RunConfig:
         return root / (self.name or self.default_name())
 
     def default_name(self) -> str:
-        method = self.method if self.resolved_base in ("none",) + (self.method,) else f"{self.method}-{self.resolved_base}"
-        extras = "".join(s for s, on in (("+ctkd", self.ctkd), ("+dot", self.dot)) if on)
-        teacher = Path(self.teacher).stem if os.sep in self.teacher else self.teacher
-        pair = f"{teacher}-{self.student}" if self.uses_teacher else self.student
-        return f"{self.dataset}_{pair}_{method}{extras}_s{self.seed}"
+        """Readable prefix (dataset, resolved teacher architecture, student, method, seed) plus a
+        short hash of every setting that changes what is trained (:mod:`workbench.naming`)."""
+        from .naming import default_name
+
+        return default_name(self)
 
     # --- validation -------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -294,6 +304,10 @@ class RunConfig:
                 self.gpd_branches()
             except ValueError as e:
                 raise ConfigError(f"branches: {e}") from None
+        if self.name:
+            from .naming import check_name
+
+            check_name(self.name)
 
     def gpd_branches(self) -> tuple[str, ...]:
         """``branches`` as the tuple of kinds :func:`workbench.gpd.expand` takes."""
@@ -302,7 +316,10 @@ class RunConfig:
         text = self.branches.strip()
         if text == "default":
             return tuple(DEFAULT_BRANCHES)
-        if text.isdigit():
+        if text.lstrip("+-").isdigit():
+            if int(text) < 0:
+                raise ValueError(f"{text!r} is a negative count; use 'default', a count >= 0 (0 = channel-only) "
+                                 f"or a comma list of branch kinds")
             return resolve_branches(int(text))
         return resolve_branches(tuple(k.strip() for k in text.split(",") if k.strip()))
 
@@ -320,6 +337,11 @@ class RunConfig:
 
 
 _FIELDS = {f.name: f for f in fields(RunConfig)}
+
+
+def fields_by_name() -> dict[str, dataclasses.Field]:
+    """Every config key's dataclass field (type, help text, choices), in declaration order."""
+    return dict(_FIELDS)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -337,7 +359,7 @@ def parse_int_list(key: str, value) -> tuple[int, ...]:
 def convert(key: str, value: Any) -> Any:
     """Convert ``value`` (a CLI string or a Python value from a notebook) to ``key``'s type."""
     f = _FIELDS[key]
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    default = RunConfig.default(key)
     want = type(default) if default is not None else int if "Optional[int]" in str(f.type) else float
     if f.type in ("Optional[int]", "Optional[float]"):
         want = int if "int" in f.type else float
@@ -394,7 +416,7 @@ def help_text() -> str:
     """Every key with its default, choices and help (the CLI's --help)."""
     lines = []
     for f in fields(RunConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = RunConfig.default(f.name)
         choices = f.metadata.get("choices")
         extra = f" {{{'|'.join(choices)}}}" if choices else ""
         lines.append(f"  {f.name}={_fmt(default)}{extra}\n      {f.metadata['help']}")

@@ -2,11 +2,14 @@
 and cached), method, probes, trainer. The CLI, the notebooks and the tests all call
 :func:`run` (or :func:`prepare` to check everything cheap first).
 
-Order matters: everything that can fail cheaply (names, dataset files, checkpoint files and
-their compatibility, output folder writable) is checked in :func:`prepare` before any training.
+Order matters: everything that can fail cheaply (names, dataset files, teacher and checkpoint
+files and their compatibility with an existing run, output folder writable) is checked in
+:func:`prepare` before any training, without creating anything. :func:`run` then holds the run
+folder's lock (:mod:`workbench.engine.lock`) from before the teacher phase to the end.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,14 +23,23 @@ from . import data, models, paths
 from .config import ConfigError, RunConfig
 from .engine import Trainer
 from .engine.trainer import seed_everything
-from .engine.checkpoint import STUDENT
+from .engine.checkpoint import STUDENT, verify_archive
+from .engine.lock import run_lock
 from .engine.metrics import read_metrics
+from .engine.resume import config_diff, describe_diff, resume_checkpoint
 from .methods import METHODS, build_method
 from .data.device import DEVICE_DATASETS
 from .registry import unknown_choice
 
 TEACHERS_DIR = "teachers"
-TEACHER_SEED = 0  # one cached teacher per (dataset, split, arch, epochs) serves every student seed
+TEACHER_SEED = 0  # one cached teacher per training protocol serves every student seed and method
+# What a cached teacher inherits from the student's config (its data and training protocol);
+# every other key keeps its default, so students that differ only in method settings share it.
+TEACHER_INHERITS = ("dataset", "data_root", "download", "image_size", "train_per_class", "split_seed",
+                    "augment", "source_classes", "batch_size", "optimizer", "lr", "momentum",
+                    "weight_decay", "schedule", "milestones", "lr_decay", "warmup_epochs", "grad_clip",
+                    "device", "amp", "channels_last", "compile", "device_data", "sync_bn", "workers",
+                    "progress", "eval_batch_size")
 
 
 @dataclass
@@ -93,7 +105,7 @@ def _check_model(key: str, name: str) -> None:
 def _check_space(run_dir: Path, needed: int) -> None:
     import shutil
 
-    free = shutil.disk_usage(run_dir).free
+    free = shutil.disk_usage(_existing_ancestor(run_dir)).free
     if free < needed:
         raise ConfigError(f"out_dir: only {free / 2**20:.1f} MiB free space at {run_dir}, a run needs about "
                           f"{needed / 2**20:.1f} MiB for its checkpoints; free some space or choose another out_dir=...")
@@ -110,10 +122,20 @@ def estimate_checkpoint_bytes(cfg: RunConfig, info) -> int:
 MIN_FREE_BYTES = 16 * 2**20
 
 
+def _existing_ancestor(path: Path) -> Path:
+    """``path`` or its nearest existing parent (checks must not create folders)."""
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def _check_writable(run_dir: Path) -> None:
+    base = _existing_ancestor(run_dir)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write_test{os.getpid()}"
+        if not base.is_dir():
+            raise NotADirectoryError(f"{base} is a file")
+        probe = base / f".write_test{os.getpid()}"
         probe.write_bytes(b"0" * 1024)
         probe.unlink()
     except OSError as e:
@@ -148,29 +170,70 @@ def prepare(cfg: RunConfig) -> Prepared:
             source, arch = "arch", cfg.teacher
     if cfg.init and not Path(cfg.init).is_file():
         raise ConfigError(f"init: student checkpoint {cfg.init} does not exist")
-    run_dir = cfg.run_dir()
-    _check_writable(run_dir)
-    _check_space(run_dir, estimate_checkpoint_bytes(cfg, info))
-    return Prepared(cfg, info, source, arch, run_dir)
+    prep = Prepared(cfg, info, source, arch, cfg.run_dir())
+    teacher_file = _teacher_file(prep)
+    if teacher_file is not None:
+        _teacher_model(prep, teacher_file)  # wrong classes/architecture/damaged: one line now
+    _check_writable(prep.run_dir)
+    _check_space(prep.run_dir, estimate_checkpoint_bytes(cfg, info))
+    resume_checkpoint(prep.run_dir, cfg)  # a run this config may not continue: refused now
+    return prep
 
 
 def teacher_config(cfg: RunConfig, arch: str) -> RunConfig:
-    """The CE run that trains (and caches) a teacher of ``arch`` under the student's protocol
-    (the method's own settings -- CTKD, DOT, CE weight, GPD's default grad clip -- reset)."""
-    epochs = cfg.teacher_epochs or cfg.epochs
-    aug = "" if cfg.augment else "_noaug"  # the teacher trains under the student's augmentation setting
-    name = f"{cfg.dataset}{_data_key(cfg)}_{arch}_ce_s{TEACHER_SEED}_e{epochs}{aug}"
-    return cfg.replace(method="ce", base="auto", student=arch, teacher="none", init="", epochs=epochs,
-                       seed=TEACHER_SEED, dot=False, ctkd=False, ce_weight=None, grad_clip=None, name=name, probe_every=0,
-                       cache_teacher=False,
-                       out_dir=str(Path(cfg.out_dir or paths.runs_root()) / TEACHERS_DIR), resume=True)
+    """The CE run that trains (and caches) a teacher of ``arch`` under the student's data and
+    training protocol (:data:`TEACHER_INHERITS`). Its folder is named by the hash of that
+    config, with the dataset root resolved, so any change trains (and caches) another teacher."""
+    inherited = {k: getattr(cfg, k) for k in TEACHER_INHERITS}
+    root = data.resolved_root(cfg.dataset, cfg.data_root or None)
+    return RunConfig(**inherited).replace(
+        method="ce", student=arch, teacher="none", epochs=cfg.teacher_epochs or cfg.epochs, seed=TEACHER_SEED,
+        probe_every=0, data_root=str(root.resolve()) if root is not None else "",
+        out_dir=str(Path(cfg.out_dir or paths.runs_root()) / TEACHERS_DIR), resume=True)
 
 
-def _data_key(cfg: RunConfig) -> str:
-    parts = [f"{k}{v}" for k, v in (("n", cfg.train_per_class), ("split", cfg.split_seed if cfg.dataset == "digits" else None),
-                                     ("px", cfg.image_size or None), ("cls", cfg.source_classes.replace(",", "") or None))
-             if v is not None]
-    return ("_" + "_".join(parts)) if parts else ""
+def _teacher_file(prep: Prepared) -> Optional[Path]:
+    """The static teacher's weights file: the given checkpoint, the cached teacher (checked
+    against the config it was trained with), or None while no teacher is cached yet."""
+    if prep.teacher_source == "file":
+        return Path(prep.cfg.teacher)
+    if prep.teacher_source == "arch":
+        return cached_teacher(teacher_config(prep.cfg, prep.teacher_arch))
+    return None
+
+
+def cached_teacher(tcfg: RunConfig) -> Optional[Path]:
+    """The finished teacher of ``tcfg`` in the cache, or None if it is not cached yet. Refuses a
+    cached teacher whose recorded config differs from ``tcfg`` or whose file is unreadable."""
+    run_dir = tcfg.run_dir()
+    path, recorded = run_dir / STUDENT, run_dir / "config.json"
+    if not path.exists():
+        return None
+    redo = f"delete {run_dir} to train it again"
+    try:
+        saved = json.loads(recorded.read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"teacher: the cached teacher {path} has no readable {recorded.name}, so the settings "
+                          f"it was trained with cannot be checked; {redo}") from None
+    diff = config_diff(saved, tcfg.to_dict())
+    if diff:
+        raise ConfigError(f"teacher: the cached teacher {path} was trained with other settings "
+                          f"({describe_diff(diff)}); {redo} under this run's settings")
+    try:
+        verify_archive(path)
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for damaged files
+        raise ConfigError(f"teacher: the cached teacher {path} is corrupt or truncated "
+                          f"({type(e).__name__}); {redo}") from None
+    return path
+
+
+def _teacher_model(prep: Prepared, path: Path) -> nn.Module:
+    info = prep.info
+    try:
+        return models.load(prep.teacher_arch, path, info.num_classes, info.in_channels, image_size=info.image_size)
+    except ValueError as e:
+        raise ConfigError(f"teacher: {e}") from None
 
 
 def build_student(prep: Prepared) -> nn.Module:
@@ -181,24 +244,20 @@ def build_student(prep: Prepared) -> nn.Module:
 
 
 def load_teacher(prep: Prepared, log=print) -> Optional[nn.Module]:
-    cfg, info = prep.cfg, prep.info
+    cfg = prep.cfg
     if prep.teacher_source is None:
         return None
-    if prep.teacher_source == "file":
-        path = cfg.teacher
-    else:
+    path = _teacher_file(prep)
+    if prep.teacher_source == "arch":
         tcfg = teacher_config(cfg, prep.teacher_arch)
-        path = tcfg.run_dir() / STUDENT
-        if not path.exists():
+        if path is None:
             log(f"[workbench] training teacher {prep.teacher_arch} on {cfg.dataset} for {tcfg.epochs} epochs "
                 f"(cached in {tcfg.run_dir()})")
-            run(tcfg)
+            run(tcfg, log=log)
+            path = cached_teacher(tcfg)
         else:
             log(f"[workbench] using cached teacher {path}")
-    try:
-        return models.load(prep.teacher_arch, path, info.num_classes, info.in_channels, image_size=info.image_size)
-    except ValueError as e:
-        raise ConfigError(f"teacher: {e}") from None
+    return _teacher_model(prep, path)
 
 
 def default_callbacks(cfg: RunConfig, info: data.DatasetInfo) -> list:
@@ -250,17 +309,19 @@ def run(cfg: RunConfig | dict, callbacks: Optional[list] = None, log=print,
 
     dist.init_from_env()
     prep = prepare(cfg)
-    teacher = load_teacher(prep, log)
-    opts = cfg.dataset_options()
-    train_set, test_set = data.build(cfg.dataset, "train", **opts), data.build(cfg.dataset, "test", **opts)
-    seed_everything(cfg.seed)  # initial weights (and GPD's IR noise) depend on the seed only
-    student = build_student(prep)
-    example = torch.stack([train_set[i][0] for i in range(min(2, len(train_set)))])
-    method = build_method(cfg, student, teacher, example_input=example)
-    if callbacks is None:
-        callbacks = default_callbacks(cfg, prep.info)
-    callbacks = list(callbacks) + list(extra_callbacks or [])
-    trainer = Trainer(cfg, method, train_set, test_set, prep.run_dir, callbacks)
-    summary = trainer.fit()
-    records = read_metrics(prep.run_dir) if (prep.run_dir / "metrics.jsonl").exists() else []
+    with run_lock(prep.run_dir):  # held from before the teacher phase to the end
+        resume_checkpoint(prep.run_dir, cfg)  # again, now that nobody else can change the folder
+        teacher = load_teacher(prep, log)
+        opts = cfg.dataset_options()
+        train_set, test_set = data.build(cfg.dataset, "train", **opts), data.build(cfg.dataset, "test", **opts)
+        seed_everything(cfg.seed)  # initial weights (and GPD's IR noise) depend on the seed only
+        student = build_student(prep)
+        example = torch.stack([train_set[i][0] for i in range(min(2, len(train_set)))])
+        method = build_method(cfg, student, teacher, example_input=example)
+        if callbacks is None:
+            callbacks = default_callbacks(cfg, prep.info)
+        callbacks = list(callbacks) + list(extra_callbacks or [])
+        trainer = Trainer(cfg, method, train_set, test_set, prep.run_dir, callbacks, log=log)
+        summary = trainer.fit()
+        records = read_metrics(prep.run_dir) if (prep.run_dir / "metrics.jsonl").exists() else []
     return RunResult(prep.run_dir, summary, records)

@@ -12,17 +12,24 @@ Guarantees:
 - ``preset="auto"`` on ``dataset="digits"``: every parameter still at its notebook default takes
   the measured CPU demo value (:mod:`workbench.presets`, ``digits/demo/...``); parameters the
   caller changed always win. Other presets are applied the same way.
+- A name passed with ``papermill -p`` that is not a parameter of the notebook stops the
+  validation cell with one line and a did-you-mean (:func:`params_from` reads the names of
+  papermill's injected-parameters cell from the kernel's input history).
+- Failures while training (a run folder in use, a refused resume, divergence, Ctrl-C) are
+  shown as one line too (:class:`RunError`).
 """
 from __future__ import annotations
 
+import ast
 import html
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from . import experiment, presets
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, fields_by_name
 from .data import DatasetNotFoundError
 from .engine.callbacks import PAIRS, Callback
 from .registry import Registry, unknown_choice
@@ -45,11 +52,19 @@ for _name, _key in (("ce", "ce"), ("kd", "kd"), ("dkd", "dkd"), ("kd+dot", "kd_d
     COMPARE_METHODS.register(_name, presets.CIFAR_METHODS[_key])
 
 
-class ParameterError(ConfigError):
-    """A bad notebook parameter. Shown by IPython as one clear line (no traceback)."""
+class OneLine:
+    """Mixin: IPython shows the exception as one line ``<class name>: <message>`` (no traceback)."""
 
     def _render_traceback_(self) -> list[str]:
-        return [f"ParameterError: {self}"]
+        return [f"{type(self).__name__}: {self}"]
+
+
+class ParameterError(OneLine, ConfigError):
+    """A bad notebook parameter. Shown by IPython as one clear line (no traceback)."""
+
+
+class RunError(OneLine, RuntimeError):
+    """A run that stopped for a reason its message states (shown as one line)."""
 
 
 # ------------------------------------------------------------------------- notebook-only checks
@@ -208,13 +223,20 @@ def train(cfg: RunConfig, nproc: int = 1, extra_callbacks: Sequence = (), echo=p
     """Run (or resume) ``cfg``: in this process for ``nproc == 1`` (models captured for feature
     maps), under torchrun otherwise. Returns ``(RunResult, {role: module})`` -- the dict is
     empty for multi-process runs (the models live in the torchrun workers)."""
-    if nproc > 1:
-        from .launch import run_distributed
+    from .engine import CheckpointError, NonFiniteLossError
 
-        return run_distributed(cfg, nproc, echo=echo), {}
-    cap = CaptureModels()
-    result = experiment.run(cfg, extra_callbacks=[cap, *extra_callbacks], log=echo)
-    return result, cap.models
+    try:
+        if nproc > 1:
+            from .launch import run_distributed
+
+            return run_distributed(cfg, nproc, echo=echo), {}
+        cap = CaptureModels()
+        result = experiment.run(cfg, extra_callbacks=[cap, *extra_callbacks], log=echo)
+        return result, cap.models
+    except (ConfigError, CheckpointError, DatasetNotFoundError, NonFiniteLossError) as e:
+        raise RunError(str(e)) from None
+    except KeyboardInterrupt:
+        raise RunError("interrupted; rerun the same command to resume") from None
 
 
 def test_set(cfg: RunConfig):
@@ -361,8 +383,10 @@ class LiveCurves(Callback):
 # (name, default, help) -- the help becomes the inline comment papermill shows with --help-notebook.
 _RUN = [  # shared by gpd.ipynb and compare.ipynb; CIFAR-100 protocol defaults for a GPU run
     ("dataset", "cifar100", "dataset: cifar100 (downloaded into datasets/) or digits (embedded, offline CPU demo)"),
+    ("data_root", "", "dataset folder ('' means $WORKBENCH_DATA, else datasets/ of the checkout)"),
     ("preset", AUTO, "auto: on digits, parameters left at their default take the measured CPU demo values; '' turns this off; or a preset name"),
     ("teacher", "resnet32x4", "static teacher: a zoo architecture (trained once and cached under runs/teachers/) or a checkpoint path"),
+    ("teacher_arch", "", "architecture of a teacher checkpoint file when neither the file nor its folder name tells it"),
     ("teacher_epochs", 0, "epochs when the teacher is trained here (0: same as epochs)"),
     ("student", "resnet8x4", "student architecture (zoo name)"),
 ]
@@ -384,17 +408,41 @@ _EMBED = [
     ("embed_method", "tsne", "feature-map embedding: tsne (openTSNE), pca (instant), umap (~20 s JIT first call)"),
     ("embed_points", 2000, "test examples shown in the feature maps"),
 ]
+
+
+def papermill_help(text: str) -> str:
+    """A help text papermill can show: it drops any parameter line holding a second '='."""
+    return re.sub(r"\s*=\s*", ": ", text)
+
+
+def every_other_run_key(listed: list[tuple[str, Any, str]]) -> list[tuple[str, Any, str]]:
+    """``(key, default, help)`` of every run config key not in ``listed``, with the CLI's
+    default and help: every key ``python -m workbench train`` accepts is a notebook parameter."""
+    have = {k for k, _, _ in listed}
+    out = []
+    for name, f in fields_by_name().items():
+        if name not in have:
+            choices = f.metadata.get("choices")
+            text = f.metadata["help"]
+            if choices and not all(c in text for c in choices):
+                text += f" ({', '.join(choices)})"
+            out.append((name, RunConfig.default(name), papermill_help(text)))
+    return out
+
+
+_GPD = _RUN + [
+    ("method", "gpd", "method: gpd (this notebook's subject); ce, kd, dkd or ctkd run without a dynamic teacher"),
+    ("base", AUTO, "base distiller: auto (follows the method; for gpd: dkd), dkd, kd, or none (GPD from scratch, no static teacher)"),
+] + _OPTIM + [
+    ("ratio", 2.0, "GPD: channel expansion ratio r of the dynamic teacher (any r, at least 1)"),
+    ("branches", "default", "GPD: extra conv branches: default, a count (0: channel-only) or a comma list of kinds"),
+    ("gpd_lambda", 3.0, "GPD: weight of SCE(student, stop-grad(dynamic teacher))"),
+    ("grad_clip", 5.0, "gradient-norm clip (GPD reference: 5)"),
+    ("seed", 0, "training seed"),
+    ("name", "", "run folder under out_dir ('' means derived: teacher-student, method, seed and a hash of the settings)"),
+] + _RUNTIME + _EMBED
 PARAMETERS: dict[str, list[tuple[str, Any, str]]] = {
-    "gpd": _RUN + [
-        ("method", "gpd", "method: gpd (this notebook's subject); ce, kd, dkd or ctkd run without a dynamic teacher"),
-        ("base", "dkd", "GPD base distiller: dkd, kd, or none (GPD from scratch, no static teacher)"),
-    ] + _OPTIM + [
-        ("ratio", 2.0, "GPD: channel expansion ratio r of the dynamic teacher (any r, at least 1)"),
-        ("branches", "default", "GPD: extra conv branches: default, a count (0: channel-only) or a comma list of kinds"),
-        ("gpd_lambda", 3.0, "GPD: weight of SCE(student, stop-grad(dynamic teacher))"),
-        ("grad_clip", 5.0, "gradient-norm clip (GPD reference: 5)"),
-        ("seed", 0, "training seed"),
-    ] + _RUNTIME + _EMBED,
+    "gpd": _GPD + every_other_run_key(_GPD),
     "compare": _RUN + [
         ("methods", "ce,kd,dkd,kd+dot,kd+ctkd,gpd+kd,gpd+dkd,gpd-scratch", "comma list of: "
          + ", ".join(COMPARE_METHODS.names())),
@@ -424,9 +472,33 @@ def defaults(notebook: str) -> dict:
     return {k: v for k, v, _ in PARAMETERS[notebook]}
 
 
+INJECTED_HEADER = "# Parameters\n"  # first line of the cell papermill injects after the parameters cell
+
+
+def injected_names(namespace: dict) -> list[str]:
+    """Names assigned by papermill's injected-parameters cell, from IPython's input history
+    (``In``) in ``namespace``: the latest executed cell that starts like papermill's. Empty
+    outside papermill (nothing was injected)."""
+    for source in reversed(list(namespace.get("In", []))):
+        if isinstance(source, str) and source.startswith(INJECTED_HEADER):
+            try:
+                tree = ast.parse(source)
+            except SyntaxError:
+                return []
+            return [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                    for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                    if isinstance(t, ast.Name)]
+    return []
+
+
 def params_from(namespace: dict, notebook: str) -> dict:
-    """The current values of ``notebook``'s parameters from a namespace (``globals()``)."""
-    return {k: namespace[k] for k in defaults(notebook)}
+    """The current values of ``notebook``'s parameters from a namespace (``globals()``); a name
+    injected with ``papermill -p`` that is not one of them raises :class:`ParameterError`."""
+    known = defaults(notebook)
+    for name in injected_names(namespace):
+        if name not in known:
+            raise ParameterError(f"papermill -p {name}: " + unknown_choice(f"{notebook}.ipynb parameter", name, list(known)))
+    return {k: namespace[k] for k in known}
 
 
 def init_plotly() -> None:

@@ -15,7 +15,7 @@ def test_setup_converts_papermill_strings_and_keeps_cifar_defaults(tmp_path):
     su = nb.setup(gpd_params(epochs="3", ratio="1.5", nproc="2", out_dir=str(tmp_path)), nb.defaults("gpd"),
                   check_files=False)
     assert (su.cfg.epochs, su.cfg.ratio, su.options["nproc"]) == (3, 1.5, 2)
-    assert (su.cfg.dataset, su.cfg.teacher, su.cfg.student, su.cfg.base) == ("cifar100", "resnet32x4", "resnet8x4", "dkd")
+    assert (su.cfg.dataset, su.cfg.teacher, su.cfg.student, su.cfg.resolved_base) == ("cifar100", "resnet32x4", "resnet8x4", "dkd")
     assert su.preset == ""  # auto preset only on digits
 
 
@@ -55,7 +55,7 @@ def test_digits_auto_preset_fills_untouched_defaults_and_explicit_values_win(tmp
         assert getattr(su.cfg, k) == preset[k], k
     assert su.options["embed_points"] == nb.DIGITS_EXTRAS["embed_points"]
     # the method keys never come from a preset
-    assert (su.cfg.method, su.cfg.base, su.cfg.grad_clip) == ("gpd", "dkd", d["grad_clip"])
+    assert (su.cfg.method, su.cfg.resolved_base, su.cfg.grad_clip) == ("gpd", "dkd", d["grad_clip"])
 
 
 @pytest.mark.parametrize("params, name", [
@@ -153,3 +153,74 @@ def test_defaults_rejects_unknown_notebook():
     with pytest.raises(ValueError, match="unknown notebook 'gdp'.*did you mean 'gpd'"):
         nb.defaults("gdp")
     assert math.isclose(nb.defaults("gpd")["gpd_lambda"], 3.0)
+
+
+# ------------------------------------------------------------------ issue 11, cases 8, 9 and 11
+def test_every_run_key_is_a_gpd_notebook_parameter():
+    """Everything `python -m workbench train` accepts can be passed to gpd.ipynb with -p (case 8)."""
+    from workbench.config import RunConfig
+
+    assert set(RunConfig.keys()) <= set(nb.defaults("gpd"))
+    assert {"data_root", "teacher_arch", "teacher_epochs"} <= set(nb.defaults("compare"))
+
+
+def _namespace(injected: str, notebook="gpd"):
+    """A kernel namespace after the parameters cell and papermill's injected cell ran."""
+    return dict(nb.defaults(notebook), In=["", "dataset = 'cifar100'\n", injected])
+
+
+def test_unknown_papermill_name_stops_with_did_you_mean():
+    """`-p epoch 3` (typo) was a papermill warning and the run went on with defaults (case 8)."""
+    with pytest.raises(nb.ParameterError, match=r"papermill -p epoch: unknown gpd.ipynb parameter 'epoch'.*did you mean 'epochs'"):
+        nb.params_from(_namespace("# Parameters\nepoch = 3\n"), "gpd")
+    params = nb.params_from(dict(_namespace("# Parameters\nepochs = 3\nkd_T = 2.0\n"), epochs=3, kd_T=2.0), "gpd")
+    assert params["epochs"] == 3 and params["kd_T"] == 2.0
+    assert nb.injected_names({"In": ["x = 1"]}) == []  # interactive session: nothing injected, nothing checked
+
+
+def _teacher_file(tmp_path, num_classes):
+    import torch
+
+    from workbench import models
+
+    path = tmp_path / "save" / "models" / "resnet8_vanilla" / "ckpt_epoch_240.pth"
+    path.parent.mkdir(parents=True)
+    torch.save({"model": models.build("resnet8", num_classes, 1).state_dict()}, path)
+    return path
+
+
+def test_wrong_teacher_file_fails_in_the_validation_cell(tmp_path):
+    """A teacher file of the wrong class count used to fail with a traceback in step 2 (case 9)."""
+    path = _teacher_file(tmp_path, num_classes=100)
+    with pytest.raises(nb.ParameterError, match=r"teacher: .*100.*10"):
+        nb.setup(gpd_params(dataset="digits", teacher=str(path), out_dir=str(tmp_path / "runs")), nb.defaults("gpd"))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_refused_resume_fails_in_the_validation_cell(tmp_path):
+    """A run folder holding a run of other settings is refused by setup, before any training (case 9)."""
+    from workbench.experiment import run
+
+    fast = dict(dataset="digits", method="ce", student="resnet8", train_per_class=5, epochs=1, probe_every=0,
+                progress=False, out_dir=str(tmp_path), name="mine", preset="")
+    run(fast, log=lambda *_: None)
+    with pytest.raises(nb.ParameterError, match=r"different config \(lr: saved 0.05 vs now 0.1"):
+        nb.setup(dict(fast, lr=0.1))
+
+
+def test_method_kd_alone_works_in_the_gpd_notebook(tmp_path):
+    """The notebook's base follows the method unless given: `-p method kd` alone is valid (case 11)."""
+    su = nb.setup(gpd_params(method="kd", out_dir=str(tmp_path)), nb.defaults("gpd"), check_files=False)
+    assert (su.cfg.method, su.cfg.resolved_base) == ("kd", "kd")
+
+
+def test_training_failures_show_as_one_line(tmp_path):
+    """A refusal raised while training (here: the run folder is in use) renders as one line."""
+    from workbench.engine.lock import RunLock
+
+    cfg = nb.setup(dict(dataset="digits", method="ce", student="resnet8", train_per_class=5, epochs=1,
+                        probe_every=0, progress=False, out_dir=str(tmp_path), name="busy")).cfg
+    with RunLock(tmp_path / "busy"):
+        with pytest.raises(nb.RunError) as e:
+            nb.train(cfg)
+    assert e.value._render_traceback_() == [f"RunError: {e.value}"] and "in use by process" in str(e.value)

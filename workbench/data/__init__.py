@@ -44,9 +44,15 @@ def check_available(name: str, **options) -> None:
     _entry(name).check_available(**options)
 
 
+def resolved_root(name: str, root=None):
+    """The folder ``name`` is read from given ``root`` (None: the default), or None for
+    datasets that are not read from a folder (digits, synthetic)."""
+    return _entry(name).resolved_root(root)
+
+
 def option_names(name: str) -> list[str]:
     return list(_entry(name).OPTIONS)
 
 
 __all__ = ["DATASETS", "DatasetInfo", "DatasetNotFoundError", "available", "build", "info",
-           "check_available", "option_names"]
+           "check_available", "option_names", "resolved_root"]

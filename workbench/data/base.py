@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..registry import unknown_choice
 
@@ -12,9 +13,17 @@ class DatasetNotFoundError(FileNotFoundError):
     """The dataset's files are absent (and could not be downloaded)."""
 
 
-def not_found(name: str, where: str, how: str) -> DatasetNotFoundError:
+def looked_for(root: Path) -> str:
+    """Where data is looked for and how to point elsewhere (part of every not-found message)."""
+    return (f"Data is looked for under {root} (data_root=<folder> if given, else $WORKBENCH_DATA, else "
+            f"datasets/ of the checkout); pass data_root=<folder> (papermill: -p data_root <folder>) or set "
+            f"WORKBENCH_DATA to use another folder.")
+
+
+def not_found(name: str, where: str, how: str, root: Path | None = None) -> DatasetNotFoundError:
+    where_text = f" {looked_for(root)}" if root is not None else ""
     return DatasetNotFoundError(
-        f"dataset {name!r} not found at {where}. {how} "
+        f"dataset {name!r} not found at {where}. {how}{where_text} "
         f"Offline, use the embedded dataset instead: dataset=digits "
         f"(papermill: -p dataset digits)."
     )
@@ -41,9 +50,16 @@ class DatasetEntry:
     """What the registry stores per dataset: option names plus build/info/availability functions.
     Unknown options are rejected here, once, for every dataset."""
 
-    def __init__(self, name: str, options, build, info, check_available=None):
+    def __init__(self, name: str, options, build, info, check_available=None, default_root=None):
         self.name, self.OPTIONS = name, tuple(options)
         self._build, self._info, self._check = build, info, check_available
+        self._default_root = default_root  # callable -> Path, for datasets read from a folder
+
+    def resolved_root(self, root=None) -> Path | None:
+        """The folder the data is read from (``root`` or the default), or None if the dataset has none."""
+        if self._default_root is None:
+            return None
+        return Path(root) if root else self._default_root()
 
     def build(self, split: str, **options):
         check_options(self.name, options, self.OPTIONS)

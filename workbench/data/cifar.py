@@ -4,6 +4,10 @@ horizontal flip on the train split, per-channel normalisation on both splits.
 
 Options: ``root`` (default :func:`workbench.paths.data_root`), ``download`` (default True:
 fetch into ``root`` when absent; offline this fails with a clear message), ``augment``.
+
+The up-front check verifies every file of the extracted folder against the MD5 sums torchvision
+ships (what is missing or damaged is named); a verified folder is remembered by file sizes and
+modification times, so the hashing (~1 s) happens once per process.
 """
 from __future__ import annotations
 
@@ -30,21 +34,64 @@ def _tv_class(name):
     return tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
 
 
+def default_root() -> Path:
+    return paths.data_root()
+
+
+_VERIFIED: set = set()  # (file, size, mtime_ns) already checked in this process
+
+
+def _expected_files(name: str) -> list[tuple[str, str]]:
+    """(file name, md5) of every file torchvision reads from the extracted folder."""
+    tv = _tv_class(name)
+    return [*tv.train_list, *tv.test_list, (tv.meta["filename"], tv.meta["md5"])]
+
+
+def problems(name: str, root: Path) -> str:
+    """What is wrong with ``root``'s extracted CIFAR folder ('' if every file checks out)."""
+    from torchvision.datasets.utils import check_integrity
+
+    folder = root / FOLDER[name]
+    if not folder.is_dir():
+        return f"folder {folder} does not exist"
+    missing, damaged = [], []
+    for fname, md5 in _expected_files(name):
+        path = folder / fname
+        if not path.is_file():
+            missing.append(fname)
+            continue
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _VERIFIED:
+            if not check_integrity(str(path), md5):
+                damaged.append(fname)
+                continue
+            _VERIFIED.add(key)
+    parts = ([f"missing {', '.join(missing)}"] if missing else []) + \
+            ([f"wrong checksum (damaged or not the original file): {', '.join(damaged)}"] if damaged else [])
+    return f"folder {folder} is incomplete or damaged: " + "; ".join(parts) if parts else ""
+
+
 def _ensure(name: str, root, download: bool) -> Path:
-    root = Path(root) if root is not None else paths.data_root()
-    if (root / FOLDER[name]).is_dir():
+    root = Path(root) if root is not None else default_root()
+    problem = problems(name, root)
+    if not problem:
         return root
     how = (f"Download it on a machine with internet (it is fetched automatically into {root} "
            f"when download=True), or place the extracted '{FOLDER[name]}' folder from "
-           f"https://www.cs.toronto.edu/~kriz/cifar.html inside {root}.")
+           f"https://www.cs.toronto.edu/~kriz/cifar.html inside {root} (delete a damaged folder first).")
     if not download:
-        raise not_found(name, root / FOLDER[name], how)
+        raise not_found(name, root / FOLDER[name], f"The {problem}. {how}", root)
     try:
         root.mkdir(parents=True, exist_ok=True)
         _tv_class(name)(root=str(root), train=True, download=True)
         _tv_class(name)(root=str(root), train=False, download=True)
     except Exception as e:  # no network, DNS failure, permission error, ...
-        raise not_found(name, root / FOLDER[name], f"Automatic download failed ({type(e).__name__}: {e}). " + how) from e
+        raise not_found(name, root / FOLDER[name], f"The {problem}; automatic download failed "
+                        f"({type(e).__name__}: {e}). {how}", root) from e
+    problem = problems(name, root)
+    if problem:
+        raise not_found(name, root / FOLDER[name], f"After downloading, the {problem}. {how}", root)
     return root
 
 
@@ -71,7 +118,7 @@ def _register(name: str):
     def check(root=None, download=True, augment=None):
         _ensure(name, root, download)
 
-    DATASETS.register(name, DatasetEntry(name, OPTIONS, build, info, check))
+    DATASETS.register(name, DatasetEntry(name, OPTIONS, build, info, check, default_root))
 
 
 for _name in NUM_CLASSES:

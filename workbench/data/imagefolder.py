@@ -3,6 +3,10 @@
 Standard pipeline: RandomResizedCrop(image_size) + horizontal flip for training;
 Resize(image_size / 0.875) + CenterCrop(image_size) for evaluation; ImageNet normalisation.
 Options: ``root`` (default ``<data root>/imagenet``), ``image_size`` (224), ``augment``.
+
+Labels: one class index for both splits, from the ``train`` class folders (sorted names). The
+``val`` folders must name the same classes; otherwise every label after a missing folder would
+shift, so a mismatch is an error naming the missing and extra folders.
 """
 from __future__ import annotations
 
@@ -20,14 +24,50 @@ SPLIT_DIRS = {"train": "train", "test": "val"}
 OPTIONS = ("root", "image_size", "augment")
 
 
+def default_root() -> Path:
+    return paths.data_root() / "imagenet"
+
+
 def _root(root) -> Path:
-    root = Path(root) if root is not None else paths.data_root() / "imagenet"
+    root = Path(root) if root is not None else default_root()
     missing = [d for d in SPLIT_DIRS.values() if not (root / d).is_dir()]
     if missing:
         raise not_found(NAME, root, f"Expected class sub-folders under {root}/train and {root}/val "
                         f"(missing: {', '.join(missing)}); for ImageNet, extract ILSVRC2012 there "
-                        f"with the validation images sorted into class folders.")
+                        f"with the validation images sorted into class folders.", root)
     return root
+
+
+def _folders(path: Path) -> list[str]:
+    return sorted(d.name for d in path.iterdir() if d.is_dir())
+
+
+def class_index(root: Path) -> dict[str, int]:
+    """``{class folder: label}`` shared by every split, from ``train``; raises if a split's class
+    folders differ from train's (naming the missing and extra ones)."""
+    classes = _folders(root / SPLIT_DIRS["train"])
+    if not classes:
+        raise ValueError(f"imagefolder: no class folders under {root / SPLIT_DIRS['train']}")
+    for split_dir in SPLIT_DIRS.values():
+        have = set(_folders(root / split_dir))
+        missing, extra = sorted(set(classes) - have), sorted(have - set(classes))
+        if missing or extra:
+            raise ValueError(f"imagefolder: the class folders of {root / split_dir} differ from those of "
+                             f"{root / SPLIT_DIRS['train']} (labels would not match): "
+                             f"missing {missing or 'none'}, extra {extra or 'none'}; every split needs the "
+                             f"same class folders")
+    return {c: i for i, c in enumerate(classes)}
+
+
+def _dataset(path: Path, class_to_idx: dict[str, int], transform):
+    """torchvision's ImageFolder with the shared class index instead of the split's own."""
+    import torchvision.datasets as tvd
+
+    class SharedIndexFolder(tvd.ImageFolder):
+        def find_classes(self, directory):
+            return list(class_to_idx), dict(class_to_idx)
+
+    return SharedIndexFolder(str(path), transform=transform)
 
 
 def transforms(image_size: int, train: bool):
@@ -41,17 +81,17 @@ def transforms(image_size: int, train: bool):
 
 
 def build(split, root=None, image_size=DEFAULT_SIZE, augment=None):
-    import torchvision.datasets as tvd
-
     root = _root(root)
     augment = (split == "train") if augment is None else bool(augment)
-    return tvd.ImageFolder(str(root / SPLIT_DIRS[split]), transform=transforms(int(image_size), augment))
+    return _dataset(root / SPLIT_DIRS[split], class_index(root), transforms(int(image_size), augment))
 
 
 def info(root=None, image_size=DEFAULT_SIZE, augment=None):
-    root = _root(root)
-    classes = [d for d in (root / "train").iterdir() if d.is_dir()]
-    return DatasetInfo(NAME, len(classes), 3, int(image_size))
+    return DatasetInfo(NAME, len(class_index(_root(root))), 3, int(image_size))
 
 
-DATASETS.register(NAME, DatasetEntry(NAME, OPTIONS, build, info))
+def check(root=None, image_size=DEFAULT_SIZE, augment=None):
+    class_index(_root(root))
+
+
+DATASETS.register(NAME, DatasetEntry(NAME, OPTIONS, build, info, check, default_root))

@@ -1,8 +1,9 @@
 """The training engine: one ``Trainer`` loop, callbacks, checkpoints, metrics, device/AMP/DDP."""
 from .callbacks import PAIRS, ROLES, Callback, RoleOutputs
 from .checkpoint import CheckpointError, load_checkpoint
-from .metrics import MetricsLog, read_metrics
+from .lock import RunLockedError
+from .metrics import MetricsError, MetricsLog, read_metrics
 from .trainer import NonFiniteLossError, Trainer
 
 __all__ = ["Trainer", "Callback", "RoleOutputs", "ROLES", "PAIRS", "CheckpointError", "load_checkpoint",
-           "MetricsLog", "read_metrics", "NonFiniteLossError"]
+           "MetricsLog", "MetricsError", "read_metrics", "NonFiniteLossError", "RunLockedError"]

@@ -11,6 +11,7 @@ Everything is plain Python/tensors so files load with ``weights_only=True``.
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 import random
 from pathlib import Path
@@ -23,7 +24,32 @@ LAST, BEST, STUDENT = "last.pt", "best.pt", "student.pt"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: corrupt, truncated, wrong format or incompatible."""
+    """A run file (checkpoint, metrics log, run folder) that cannot be used or written: corrupt,
+    truncated, wrong format, incompatible, or a failed write."""
+
+
+TEMP_NAME = re.compile(r"^\..+\.tmp\d+$")  # what temp_path() makes: .<name>.tmp<pid>
+
+
+def temp_path(path: Path) -> Path:
+    """The temporary sibling an atomic write goes through (unique per process)."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete temporary files left by a writer that was killed mid-write. Only safe while the
+    run folder's lock is held (nobody else is writing); returns what was removed."""
+    stale = [p for p in Path(run_dir).iterdir() if TEMP_NAME.match(p.name) and p.is_file()]
+    for p in stale:
+        p.unlink()
+    return stale
+
+
+def write_failed(path: Path, err: OSError, kept: bool) -> CheckpointError:
+    """The one error for a failed write of any run file (checkpoint or metrics)."""
+    note = " (the previous contents are kept intact)" if kept else ""
+    return CheckpointError(f"could not write {path}{note}: {err.strerror or err}. "
+                           f"Free disk space or choose another out_dir=, then rerun to resume.")
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
@@ -31,7 +57,7 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
     reader (or a crash) never sees a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -39,9 +65,7 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        kept = " (the previous file is kept intact)" if path.exists() else ""
-        raise CheckpointError(f"could not write checkpoint {path}{kept}: {e.strerror or e}. "
-                              f"Free disk space or choose another out_dir=, then rerun to resume.") from None
+        raise write_failed(path, e, kept=path.exists()) from None
     finally:
         if tmp.exists():
             tmp.unlink()

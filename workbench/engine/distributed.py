@@ -155,6 +155,15 @@ def gather_cat(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank (picklable; one process: ``obj`` itself)."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=0, device=_comm_device())
+    return box[0]
+
+
 def barrier() -> None:
     if is_dist():
         tdist.barrier()

@@ -20,13 +20,20 @@ Readers (notebooks, figures, tests) use :func:`read_metrics` and filter on ``kin
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
+
+from .checkpoint import CheckpointError, temp_path, write_failed
 
 METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsError(CheckpointError):
+    """A metrics log that is missing, damaged, or could not be written."""
 
 
 def _clean(value):
@@ -38,8 +45,19 @@ def _clean(value):
     return value
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class MetricsLog:
-    """Append-only JSON-lines writer. ``enabled=False`` (non-zero DDP ranks) writes nothing."""
+    """Append-only JSON-lines writer. ``enabled=False`` (non-zero DDP ranks) writes nothing.
+
+    Each :meth:`append` is all-or-nothing: if the write fails (disk full ...) the file is cut
+    back to its previous length and a :class:`MetricsError` says to free space and rerun. A
+    record counts only once its newline is on disk, so a crash mid-write leaves at most an
+    unterminated tail, which readers skip and :meth:`truncate_after` (resume) removes."""
 
     def __init__(self, run_dir: str | os.PathLike, enabled: bool = True):
         self.path = Path(run_dir) / METRICS_FILE
@@ -48,38 +66,75 @@ class MetricsLog:
     def append(self, records: Iterable[dict]) -> None:
         if not self.enabled:
             return
-        lines = [json.dumps({k: _clean(v) for k, v in r.items()}) for r in records]
-        if not lines:
+        data = "".join(json.dumps({k: _clean(v) for k, v in r.items()}) + "\n" for r in records).encode()
+        if not data:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise write_failed(self.path, e, kept=self.path.exists()) from None
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            except OSError as e:
+                with contextlib.suppress(OSError):  # shrinking frees space: works on a full disk
+                    os.ftruncate(fd, size)
+                raise write_failed(self.path, e, kept=True) from None
+        finally:
+            os.close(fd)
 
-    def truncate_after(self, epoch: int) -> None:
-        """Drop records of epochs > ``epoch`` (used on resume so a re-run epoch is not logged twice)."""
+    def truncate_after(self, epoch: int, note: Callable[[str], None] = print) -> None:
+        """Drop records of epochs > ``epoch`` and summaries (used on resume so a re-run epoch is
+        not logged twice); a torn last line left by a crash is dropped with a ``note``."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [r for r in read_metrics(self.path) if r.get("epoch", 0) <= epoch and r.get("kind") != "summary"]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        records, torn = _parse(self.path)
+        if torn:
+            note(f"[workbench] note: dropped an incomplete last line of {self.path} (a write cut short by a crash)")
+        kept = [r for r in records if r.get("epoch", 0) <= epoch and r.get("kind") != "summary"]
+        tmp = temp_path(self.path)
+        try:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, self.path)
+        except OSError as e:
+            raise write_failed(self.path, e, kept=True) from None
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def _parse(path: Path) -> tuple[list[dict], bool]:
+    """Records of a metrics file and whether it ended in an unterminated (torn) line. A damaged
+    complete line raises :class:`MetricsError` naming the file and the line number."""
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        raise MetricsError(f"no metrics file at {path}") from None
+    lines = text.split("\n")
+    torn = lines.pop() != ""  # text after the last newline: a record whose write never completed
+    out = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            raise MetricsError(f"{path} line {number} is damaged (not a JSON record: {line[:60]!r}); "
+                               f"restore the file, or delete the run folder to start afresh")
+        out.append(record)
+    return out, torn
 
 
 def read_metrics(path: str | os.PathLike, kind: str | None = None) -> list[dict]:
-    """Read a run's records (``path`` is the run directory or the ``metrics.jsonl`` file)."""
+    """Read a run's records (``path`` is the run directory or the ``metrics.jsonl`` file);
+    an unterminated last line (a record still being written, or cut by a crash) is skipped."""
     path = Path(path)
     if path.is_dir():
         path = path / METRICS_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"no metrics file at {path}")
-    out = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                r = json.loads(line)
-                if kind is None or r.get("kind") == kind:
-                    out.append(r)
-    return out
+    records, _ = _parse(path)
+    return [r for r in records if kind is None or r.get("kind") == kind]

@@ -1,7 +1,12 @@
 """The one training loop. Methods plug in (``methods.Distiller``); probes plug in as callbacks.
 
 Read ``fit`` top to bottom: set-up, resume, then per epoch: train, evaluate every model
-(student, static teacher, dynamic teacher) in one pass, callbacks, atomic checkpoint.
+(student, static teacher, dynamic teacher) in one pass, divergence check, callbacks, atomic
+checkpoint.
+
+Divergence (a non-finite loss during training; a non-finite evaluation loss, accuracy, logit or
+probe feature; a non-finite weight or buffer) stops the run *before* the diverged state reaches
+a checkpoint or a probe, so every checkpoint on disk is one a rerun can continue from.
 
 Determinism: every epoch re-seeds torch/numpy/python from (seed, epoch) and shuffles with a
 generator seeded the same way, so a run resumed from an epoch checkpoint continues exactly as
@@ -27,25 +32,23 @@ from ..methods import TASK_PREFIX, Distiller
 from ..models.hooks import FeatureTap
 from . import distributed as dist
 from .callbacks import Callback, RoleOutputs
-from .checkpoint import BEST, LAST, STUDENT, CheckpointError, atomic_save, load_checkpoint, rng_state, set_rng_state
+from .checkpoint import BEST, LAST, STUDENT, CheckpointError, atomic_save, rng_state, set_rng_state
 from .device import amp_dtype, autocast, select_device, to_device, use_channels_last
 from .ema import ModelEMA
 from .metrics import MetricsLog
 from .optim import DOT, build_optimizer
+from .resume import resume_checkpoint
 from .schedule import lr_factor
 
 TOPK = 5
 EMA_SUFFIX = "_ema"  # eval roles of the EMA model: student_ema, dynamic_teacher_ema
 SEED_STRIDE = 1_000_003  # epoch seeds: seed * SEED_STRIDE + epoch
-# Config keys that may change between a run and its resumption (they do not change what is
-# trained; device_data only changes which random crops/flips are drawn after the switch).
-RUNTIME_KEYS = {"device", "workers", "progress", "resume", "out_dir", "name", "probe_every",
-                "probe_samples", "transfer", "eval_batch_size", "compile", "preset",
-                "device_data", "cache_teacher"}
+SHOWN_PROBLEMS = 4  # non-finite quantities listed in a divergence message
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; the run stops, the last good checkpoint stays."""
+    """Training diverged (NaN/inf loss, evaluation or weights); the run stops before the diverged
+    state is saved, so the last checkpoint stays good."""
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -73,8 +76,8 @@ def _progress(iterable, enabled: bool, **kw):
 
 class Trainer:
     def __init__(self, cfg, method: Distiller, train_set, test_set, run_dir: str | Path | None = None,
-                 callbacks: list[Callback] = (), device: torch.device | None = None):
-        self.cfg, self.method = cfg, method
+                 callbacks: list[Callback] = (), device: torch.device | None = None, log=print):
+        self.cfg, self.method, self.note = cfg, method, log
         self.train_set, self.test_set = train_set, test_set
         self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir()
         self.callbacks = list(callbacks)
@@ -180,10 +183,7 @@ class Trainer:
             loss = sum(losses.values())
             if not torch.isfinite(loss.detach()).item():
                 terms = {k: float(v.detach()) for k, v in losses.items()}
-                raise NonFiniteLossError(
-                    f"non-finite loss at epoch {epoch}, step {step + 1}/{steps}: {terms}. The run "
-                    f"stopped; the last good checkpoint is {self.run_dir / LAST} (epoch {epoch - 1}). "
-                    f"Try a lower lr, grad_clip=5, or amp=off.")
+                raise self._diverged(epoch, f"non-finite loss at epoch {epoch}, step {step + 1}/{steps}: {terms}")
             self._backward_step(loss, losses)
             if self.ema is not None:
                 self.ema.update(self.method.trained_module())
@@ -303,6 +303,29 @@ class Trainer:
         _add_reported(records)
         return records, outputs
 
+    # ------------------------------------------------------------------ divergence
+    def _diverged(self, epoch: int, what: str) -> NonFiniteLossError:
+        """The divergence error: what went non-finite and the checkpoint a rerun continues from
+        (every checkpoint written passed these checks, so the last one is good)."""
+        last = (f"the last good checkpoint is {self.run_dir / LAST} (epoch {epoch - 1})" if epoch > 1
+                else "no checkpoint was written yet")
+        return NonFiniteLossError(f"{what}. The run stopped before saving this state; {last}. "
+                                  f"Try a lower lr, grad_clip=5, or amp=off.")
+
+    def _check_finite(self, epoch: int, records: list[dict], outputs: dict[str, RoleOutputs]) -> None:
+        """Raise if the evaluation or the trained state holds NaN/inf (before any save or probe)."""
+        bad = [f"{r['role']} test {k}" for r in records for k in ("loss", "top1", f"top{TOPK}")
+               if not math.isfinite(r[k])]
+        for role, out in outputs.items():
+            for name, t in (("logits", out.logits), ("features", out.features)):
+                if t is not None and not torch.isfinite(t).all():
+                    bad.append(f"{role} {name}")
+        bad += [f"weight {k}" for k, v in self.method.state().items()
+                if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            shown = ", ".join(bad[:SHOWN_PROBLEMS]) + (f" (+{len(bad) - SHOWN_PROBLEMS} more)" if len(bad) > SHOWN_PROBLEMS else "")
+            raise self._diverged(epoch, f"training diverged: after epoch {epoch} non-finite {shown}")
+
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self, epoch: int) -> dict:
         student = self.method.deployable_student()
@@ -324,26 +347,13 @@ class Trainer:
             ckpt["best"] = dict(self.best)
             atomic_save(ckpt, self.run_dir / BEST)
 
-    def _check_compatible(self, ckpt: dict, path: Path) -> None:
-        saved, now = ckpt.get("config", {}), self.cfg.to_dict()
-        diff = {k: (saved.get(k), now[k]) for k in now
-                if k not in RUNTIME_KEYS and k in saved and saved.get(k) != now[k]}
-        if diff:
-            shown = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in list(diff.items())[:6])
-            raise CheckpointError(f"cannot resume {path}: it was written with a different config ({shown}). "
-                                  f"Use the same settings, another name=..., or delete the run folder.")
-
     def resume(self) -> int:
         """Restore the last checkpoint of this run folder; returns the epoch to start from."""
         path = self.run_dir / LAST
-        if not path.exists():
-            self.log.truncate_after(-1)  # records of a start killed before its first checkpoint
+        ckpt = resume_checkpoint(self.run_dir, self.cfg, map_location=self.device)
+        if ckpt is None:
+            self.log.truncate_after(-1, note=self.note)  # records of a start killed before its first checkpoint
             return 1
-        if not self.cfg.resume:
-            raise CheckpointError(f"{self.run_dir} already holds a run (checkpoint {path}); pass resume=true "
-                                  f"to continue it, or choose another name=/out_dir=")
-        ckpt = load_checkpoint(path, map_location=self.device)
-        self._check_compatible(ckpt, path)
         try:
             self.method.load_state(ckpt["method"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -357,7 +367,7 @@ class Trainer:
             self.ema.load_state_dict(ckpt["ema"])
         set_rng_state({k: v for k, v in ckpt["rng"].items()})
         self.best = dict(ckpt["best"])
-        self.log.truncate_after(ckpt["epoch"])
+        self.log.truncate_after(ckpt["epoch"], note=self.note)
         return ckpt["epoch"] + 1
 
     # ------------------------------------------------------------------ the loop
@@ -385,6 +395,7 @@ class Trainer:
 
     def _eval_and_callbacks(self, epoch: int) -> float | None:
         records, outputs = self.evaluate(epoch)
+        self._check_finite(epoch, records, outputs)
         self.log.append(records)
         self._last_eval = {r["role"]: r["top1"] for r in records}
         for cb in self.callbacks:

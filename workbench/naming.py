@@ -1,0 +1,75 @@
+"""Run folder names: a readable prefix plus a short hash of everything that changes what is
+trained, so two different settings never share a folder (and refuse or, worse, mix each other),
+while rerunning the same command finds its folder again (resume).
+
+``<dataset>_<teacher arch>-<student>_<method>[+ctkd][+dot]_s<seed>-<hash>``, e.g.
+``digits_resnet8x4-resnet8_gpd-dkd_s0-1f2e3d4c``. The teacher part is the *resolved*
+architecture (a checkpoint file is named by the architecture it holds, not by its file name).
+The hash covers the config minus the runtime keys (:data:`workbench.config.RUNTIME_KEYS`), with
+``base`` resolved, the dataset root resolved (``data_root=`` / ``$WORKBENCH_DATA`` / default), and
+the teacher keys dropped when no teacher is used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from .config import RUNTIME_KEYS, ConfigError
+
+HASH_CHARS = 8  # 32 bits: collisions need ~65k runs in one out_dir, and resume re-checks the config
+TEACHER_KEYS = ("teacher", "teacher_arch", "teacher_epochs")
+# A run name is one folder under out_dir: no separators, no leading dot (hidden, '.', '..').
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]*$")
+
+
+def check_name(name: str) -> None:
+    if not PLAIN_NAME.match(name):
+        raise ConfigError(f"name: {name!r} is not a plain folder name; use letters, digits and . _ - + "
+                          f"(no '/', no leading '.'): the run is written to out_dir/<name>")
+
+
+def teacher_arch(cfg) -> str:
+    """The static teacher's architecture: its name, or what a checkpoint file holds."""
+    from .experiment import _is_path, infer_arch
+
+    if not _is_path(cfg.teacher):
+        return cfg.teacher
+    try:
+        return infer_arch(Path(cfg.teacher), cfg.teacher_arch)
+    except ConfigError:  # unreadable/unknown: prepare() reports it; the name falls back to the file
+        return Path(cfg.teacher).stem
+
+
+def identity(cfg) -> dict:
+    """The settings that change what is trained, normalised (what the name's hash covers)."""
+    from . import data
+
+    d = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS}
+    d["base"] = cfg.resolved_base
+    root = data.resolved_root(cfg.dataset, cfg.data_root or None)
+    d["data_root"] = str(root.resolve()) if root is not None else ""
+    if cfg.uses_teacher:
+        from .experiment import _is_path
+
+        d["teacher_arch"] = teacher_arch(cfg)
+        if _is_path(cfg.teacher):
+            d["teacher"] = str(Path(cfg.teacher).resolve())
+    else:
+        for k in TEACHER_KEYS:
+            d.pop(k, None)
+    return d
+
+
+def config_hash(cfg) -> str:
+    blob = json.dumps(identity(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:HASH_CHARS]
+
+
+def default_name(cfg) -> str:
+    method = cfg.method if cfg.resolved_base in ("none", cfg.method) else f"{cfg.method}-{cfg.resolved_base}"
+    extras = "".join(s for s, on in (("+ctkd", cfg.ctkd), ("+dot", cfg.dot)) if on)
+    pair = f"{teacher_arch(cfg)}-{cfg.student}" if cfg.uses_teacher else cfg.student
+    return f"{cfg.dataset}_{pair}_{method}{extras}_s{cfg.seed}-{config_hash(cfg)}"
+
