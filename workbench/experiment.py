@@ -34,10 +34,11 @@ from .registry import unknown_choice
 TEACHERS_DIR = "teachers"
 TEACHER_SEED = 0  # one cached teacher per training protocol serves every student seed and method
 # What a cached teacher inherits from the student's config (its data and training protocol);
-# every other key keeps its default, so students that differ only in method settings share it.
+# every other key keeps its default (gradient clipping too: GPD clips at 5 by default, a CE
+# teacher does not), so students that differ only in method settings share it.
 TEACHER_INHERITS = ("dataset", "data_root", "download", "image_size", "train_per_class", "split_seed",
                     "augment", "source_classes", "batch_size", "optimizer", "lr", "momentum",
-                    "weight_decay", "schedule", "milestones", "lr_decay", "warmup_epochs", "grad_clip",
+                    "weight_decay", "schedule", "milestones", "lr_decay", "warmup_epochs",
                     "device", "amp", "channels_last", "compile", "device_data", "sync_bn", "workers",
                     "progress", "eval_batch_size")
 

@@ -56,7 +56,7 @@ def test_gpd_notebook_runs_and_records_sane_results(runs, tmp_path):
     kinds = {r["kind"] for r in recs}
     assert {"train", "eval", "gap", "summary"} <= kinds
     evals = [r for r in recs if r["kind"] == "eval"]
-    assert {r["role"] for r in evals} == {"student", "teacher", "dynamic_teacher"}
+    assert {r["role"] for r in evals} == {"student", "teacher", "dynamic_teacher", "student_ema", "dynamic_teacher_ema"}
     assert all(0.0 <= r["top1"] <= 100.0 for r in evals)
     assert sorted({r["epoch"] for r in evals}) == [0, 1]
     # at epoch 0 the dynamic teacher is the student (IR is function-preserving): zero gap
