@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from workbench.config import GPD_EMA_DECAY, ConfigError, RunConfig
+from workbench.config import ConfigError, RunConfig
+from workbench.methods.gpd import GPD_EMA_DECAY
 from workbench.engine import read_metrics
 from workbench.engine.ema import ModelEMA
 from workbench.experiment import run

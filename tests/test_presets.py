@@ -5,6 +5,7 @@ import pytest
 
 from workbench import models
 from workbench.cli import main
+from workbench.methods.dkd import dkd_warmup
 from workbench.config import RunConfig
 from workbench.engine.schedule import lr_factor
 from workbench.presets import CIFAR_METHODS, PRESETS
@@ -63,14 +64,14 @@ def test_gpd_presets_clip_at_5_in_fp32_and_others_keep_the_defaults():
 
 
 def test_dkd_warmup_20_on_cifar_none_under_ctkd_and_on_imagenet():
-    assert preset("cifar100/r32x4_r8x4/dkd").resolved_dkd_warmup == 20.0
-    assert preset("cifar100/r32x4_r8x4/gpd_dkd").resolved_dkd_warmup == 20.0
+    assert dkd_warmup(preset("cifar100/r32x4_r8x4/dkd")) == 20.0
+    assert dkd_warmup(preset("cifar100/r32x4_r8x4/gpd_dkd")) == 20.0
     for name in PRESETS:
         c = preset(name)
         if c.ctkd:
-            assert c.resolved_dkd_warmup == 0.0, name
+            assert dkd_warmup(c) == 0.0, name
         if name.startswith("imagenet/"):
-            assert c.resolved_dkd_warmup == 0.0, name
+            assert dkd_warmup(c) == 0.0, name
 
 
 @pytest.mark.parametrize("pair, teacher, student, beta", [

@@ -1,6 +1,13 @@
 """One run-configuration type, shared by the CLI, the notebooks and the trainer.
 
-``RunConfig`` holds every knob with its default, help text and valid choices.
+``RunConfig`` holds every knob with its default, help text and valid choices: the core keys
+declared here (what is trained, data, optimisation, probes, runtime) plus the keys each method
+declares in its own file (``methods/<name>.py``, see :class:`workbench.methods.MethodSpec`).
+The class is assembled from both on first use, so this module knows no method's internals: the
+``method`` and ``base`` choices, the method defaults of keys left at None/auto (``grad_clip``,
+``amp``, ``ema_decay``), which methods need a static teacher and the method-specific checks all
+come from the method registry.
+
 ``parse_overrides(["method=kd", "epochs=3"])`` and ``RunConfig.from_dict({...})`` convert and
 validate values (CLI strings and notebook/papermill values alike) and fail with a
 :class:`ConfigError` naming the key, the bad value and what is allowed, before any work starts.
@@ -18,49 +25,53 @@ from typing import Any, Optional
 
 from .registry import unknown_choice
 
-METHODS = ("ce", "kd", "dkd", "ctkd", "gpd")
-BASES = ("auto", "none", "kd", "dkd")
-#: method defaults of keys left at None/auto, resolved by the ``RunConfig.resolved_*`` properties:
-#: GPD clips the gradient norm at 5 (its reference train_dkd.py: --clip-grad-norm 5) and trains
-#: in fp32 (no AMP in the reference runs); DKD warms its weight up over 20 epochs (mdistiller's
-#: CIFAR DKD.WARMUP), but not under CTKD (the public CTKD code's DKD loss has no warm-up).
-GPD_GRAD_CLIP = 5.0
-DKD_WARMUP_EPOCHS = 20.0
-CTKD_DKD_WARMUP_EPOCHS = 0.0
-GPD_AMP = "off"
-METHOD_BASES = {  # valid `base` per method; the first is what `auto` means
-    "ce": ("none",), "kd": ("kd",), "dkd": ("dkd",), "ctkd": ("kd", "dkd"), "gpd": ("dkd", "kd", "none"),
-}
-NEEDS_NO_TEACHER = "none"
-#: the GPD reference code's model-EMA decay per step (timm ModelEmaV2, every CNN run)
-GPD_EMA_DECAY = 0.99996
 #: an EMA decay must stay below 1 (1 would freeze the average at the initial weights)
 MAX_EMA_DECAY = 1.0 - 1e-9
+#: ``teacher=none``: no static teacher
+NO_TEACHER = "none"
+#: ``base`` values that are not methods: the method's own choice, and no base loss
+AUTO, NO_BASE = "auto", "none"
 # Keys that may change between a run and its resumption: they do not change what is trained
 # (device_data only changes which random crops/flips are drawn after the switch). They are left
 # out of the config comparison on resume and out of the default run name's hash.
 RUNTIME_KEYS = frozenset({"device", "workers", "progress", "resume", "out_dir", "name", "probe_every",
                           "probe_samples", "transfer", "eval_batch_size", "compile", "preset",
                           "device_data", "cache_teacher", "download"})
+#: words the boolean parser accepts (CLI, notebooks and papermill alike)
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 class ConfigError(ValueError):
     """A bad configuration key or value (raised before any expensive work)."""
 
 
-def opt(default, help: str, choices=None, low=None, high=None):
-    """A config field with its help text, valid choices and numeric bounds."""
-    meta = {"help": help, "choices": choices, "low": low, "high": high}
+def opt(default, help: str, choices=None, low=None, high=None, kind: str | None = None,
+        numbers_as_text: bool = False):
+    """A config field with its help text, valid choices and numeric bounds. ``kind`` names the
+    type when the default does not tell it (``"Optional[float]"`` / ``"Optional[int]"`` for a
+    None default meaning "method default"); ``numbers_as_text``: a text key that also takes a
+    number (e.g. ``branches=3`` from a notebook)."""
+    meta = {"help": help, "choices": choices, "low": low, "high": high, "kind": kind or _kind(default),
+            "numbers_as_text": numbers_as_text}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
+def _kind(default) -> str:
+    if default is None:
+        raise TypeError("a config key with a None default must say its kind (e.g. kind='Optional[float]')")
+    return "tuple" if isinstance(default, (list, tuple)) else type(default).__name__
+
+
 @dataclass
-class RunConfig:
+class CoreConfig:
+    """The keys every run has (method keys come from the method files)."""
+
     # --- what is trained -------------------------------------------------------------------
-    method: str = opt("kd", "training method", METHODS)
-    base: str = opt("auto", "distillation loss under ctkd/gpd (gpd: none = from scratch, no teacher)", BASES)
+    method: str = opt("kd", "training method (see `python -m workbench methods`)")
+    base: str = opt(AUTO, "the distillation loss a wrapping method (ctkd, gpd) puts on its views: auto (the "
+                    "method's default), none (gpd: from scratch, no teacher) or a method with a loss")
     teacher: str = opt("resnet32x4", "static teacher: a zoo architecture name (trained and cached "
                        "on the fly if no checkpoint is cached), a checkpoint path (ours or a "
                        "RepDistiller-style file), or 'none'")
@@ -74,9 +85,13 @@ class RunConfig:
     data_root: str = opt("", "dataset root (empty = datasets/ of the checkout or $WORKBENCH_DATA)")
     download: bool = opt(True, "cifar: download into data_root when missing")
     image_size: int = opt(0, "input size (0 = dataset default; digits: 8 native or upsampled)", low=0)
-    train_per_class: Optional[int] = opt(None, "digits: training images per class (None = 70/30 split)", low=1)
+    train_per_class: Optional[int] = opt(None, "digits: training images per class (None = 70/30 split)", low=1,
+                                         kind="Optional[int]")
     split_seed: int = opt(0, "digits: seed of the train/test split", low=0)
     augment: bool = opt(True, "standard training augmentation (false: none, e.g. for exact comparisons)")
+    mix: str = opt("none", "batch transform mixing inputs and targets (soft targets for every method): "
+                   "none, mixup (Zhang et al. 2018) or cutmix (Yun et al. 2019)", ("none", "mixup", "cutmix"))
+    mix_alpha: float = opt(1.0, "mixup/cutmix: Beta(alpha, alpha) of the mixing weight", low=1e-6)
     # --- optimisation ------------------------------------------------------------------------
     epochs: int = opt(240, "training epochs", low=1)
     batch_size: int = opt(64, "training batch size (global, across all GPUs)", low=1)
@@ -85,55 +100,22 @@ class RunConfig:
     lr: float = opt(0.05, "base learning rate", low=0.0)
     momentum: float = opt(0.9, "SGD momentum", low=0.0, high=1.0)
     weight_decay: float = opt(5e-4, "weight decay", low=0.0)
+    wd_exempt: bool = opt(False, "no weight decay on norm weights, biases, tokens and position embeddings "
+                          "(ViT recipes)")
     schedule: str = opt("multistep", "learning-rate schedule", ("multistep", "cosine", "constant"))
     milestones: tuple = opt((150, 180, 210), "multistep: epochs at which lr is multiplied by lr_decay")
     lr_decay: float = opt(0.1, "multistep: lr factor at each milestone", low=0.0, high=1.0)
     warmup_epochs: float = opt(0.0, "linear lr warm-up length in epochs (per iteration)", low=0.0)
     grad_clip: Optional[float] = opt(None, "clip the gradient norm to this value (None = method default: "
-                                     "gpd 5 as in the reference, others 0 = off)", low=0.0)
-    # --- loss weights --------------------------------------------------------------------------
-    ce_weight: Optional[float] = opt(None, "cross-entropy weight (None = method default: kd 0.1, else 1.0)", low=0.0)
-    kd_weight: Optional[float] = opt(None, "KD term weight (None = method default: kd 0.9)", low=0.0)
-    kd_T: float = opt(4.0, "KD temperature", low=1e-6)
-    dkd_alpha: float = opt(1.0, "DKD: TCKD weight", low=0.0)
-    dkd_beta: float = opt(8.0, "DKD: NCKD weight", low=0.0)
-    dkd_T: float = opt(4.0, "DKD temperature", low=1e-6)
-    dkd_warmup: Optional[float] = opt(None, "DKD: epochs of linear warm-up of the distillation weight "
-                                      "(None = method default: 20 as in mdistiller's CIFAR DKD, 0 under "
-                                      "CTKD as in the public CTKD code; 0 = none)", low=0.0)
-    # --- CTKD (learnable temperature), DOT (optimizer) -----------------------------------------
-    ctkd: bool = opt(False, "CTKD: learn the temperature adversarially (wraps the base loss)")
-    ctkd_t_start: float = opt(1.0, "CTKD: T = t_start + t_end * sigmoid(theta)", low=0.0)
-    ctkd_t_end: float = opt(20.0, "CTKD: see ctkd_t_start", low=0.0)
-    ctkd_lambda_min: float = opt(0.0, "CTKD: gradient-reversal strength the cosine curriculum starts from "
-                                 "(at epoch 0, so epoch 1 is already above it: 0.0245 of the range with 10 loops)", low=0.0)
-    ctkd_lambda_max: float = opt(1.0, "CTKD: gradient-reversal strength from epoch ctkd_loops on", low=0.0)
-    ctkd_loops: int = opt(10, "CTKD: epochs of the cosine easy-to-hard curriculum", low=1)
-    ctkd_lr: float = opt(0.0, "CTKD: temperature learning rate (0 = same as lr)", low=0.0)
-    dot: bool = opt(False, "DOT: separate momentum for task (CE) and distillation gradients")
+                                     "gpd 5 as in the reference, others 0 = off)", low=0.0, kind="Optional[float]")
+    ce_weight: Optional[float] = opt(None, "cross-entropy weight (None = method default: kd 0.1, else 1.0)",
+                                     low=0.0, kind="Optional[float]")
+    dot: bool = opt(False, "DOT optimizer: separate momentum for task (CE) and distillation gradients")
     dot_delta: float = opt(0.075, "DOT: task momentum = m - delta, distillation momentum = m + delta", low=0.0, high=1.0)
-    # --- GPD ------------------------------------------------------------------------------------
-    ratio: float = opt(2.0, "GPD: channel expansion ratio r of the dynamic teacher", low=1.0)
-    branches: str = opt("default", "GPD: extra conv branches: 'default', a count (0 = channel-only), "
-                        "or a comma list of branch kinds")
-    noise: float = opt(-1.0, "GPD: std of the symmetry-breaking noise on copied weights (-1 = default)")
-    scale_init: str = opt("auto", "GPD: branch scale init: auto (the reference's per-setting choice: "
-                          "one_zero when fine-tuning from init=, reference otherwise), reference "
-                          "(origin/avg/prior/1x1-kxk/kxk/dws = 0.25/0.25/0/0.5/0.05/0.5), one_zero",
-                          ("auto", "reference", "one_zero"))
-    widening: str = opt("reference", "GPD: IR convention: reference (T_d features = student features / r, "
-                        "the official code's parametrization and step sizes) or full_scale (copies)",
-                        ("reference", "full_scale"))
-    branch_bias: bool = opt(True, "GPD: a zero-initialised learnable bias on every branched conv (reference)")
-    student_grad: str = opt("faithful", "GPD: gradient of the student loss into shared slices",
-                            ("faithful", "compensated"))
-    gpd_lambda: float = opt(3.0, "GPD: weight of SCE(student, sg(dynamic teacher))", low=0.0)
-    sce_eps: float = opt(0.1, "GPD: label-smoothing eps of the SCE term", low=0.0, high=1.0)
-    dt_base_weight: float = opt(1.0, "GPD: weight of L_base(T_d, T_s) in the dynamic teacher's loss "
-                                "(gap-control knob; 1 = paper)", low=0.0)
     ema_decay: Optional[float] = opt(None, "model EMA decay per optimizer step (None = method default: "
                                      "gpd 0.99996 as in the reference, others 0 = off); raw and EMA models "
-                                     "are both evaluated and max(raw, EMA) is reported", low=0.0, high=MAX_EMA_DECAY)
+                                     "are both evaluated and max(raw, EMA) is reported", low=0.0,
+                                     high=MAX_EMA_DECAY, kind="Optional[float]")
     # --- probes ---------------------------------------------------------------------------------
     probe_every: int = opt(1, "gap/discriminability probes every N epochs (0 = off)", low=0)
     probe_samples: int = opt(2000, "examples whose features are kept for CKA / kNN probes", low=0)
@@ -143,8 +125,9 @@ class RunConfig:
     # --- runtime --------------------------------------------------------------------------------
     seed: int = opt(0, "training seed", low=0)
     device: str = opt("auto", "device: auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
-    amp: str = opt("auto", "mixed precision: auto (method=gpd: off, fp32 as in the GPD reference; others: "
-                   "bf16 on CUDA if supported, else fp16), off, bf16, fp16", ("auto", "off", "bf16", "fp16"))
+    amp: str = opt("auto", "mixed precision: auto (the method's default -- gpd: off, fp32 as in the GPD "
+                   "reference; others: bf16 on CUDA if supported, else fp16), off, bf16, fp16",
+                   ("auto", "off", "bf16", "fp16"))
     channels_last: str = opt("auto", "channels_last memory format (auto = on for CUDA)", ("auto", "on", "off"))
     compile: bool = opt(False, "torch.compile the trained model (CUDA)")
     device_data: str = opt("auto", "keep the whole dataset on the device and augment there (cifar10/100, "
@@ -159,6 +142,10 @@ class RunConfig:
     progress: bool = opt(True, "show tqdm progress bars")
     preset: str = opt("", "named preset applied under the explicit keys (see `workbench presets`)")
 
+
+class RunConfigBase:
+    """Behaviour of the assembled ``RunConfig`` (core keys + every method's keys)."""
+
     # ---------------------------------------------------------------------------------------------
     @classmethod
     def keys(cls) -> list[str]:
@@ -166,15 +153,16 @@ class RunConfig:
 
     @classmethod
     def default(cls, key: str) -> Any:
-        f = _FIELDS[key]
+        f = _fields()[key]
         return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
         """Build from a mapping of (possibly string) values; presets first, then the values."""
         values = dict(values)
+        known = _fields()
         for k in values:
-            if k not in _FIELDS:
+            if k not in known:
                 raise ConfigError(unknown_choice("config key", k, cls.keys()))
         merged: dict[str, Any] = {}
         if values.get("preset"):
@@ -202,34 +190,42 @@ class RunConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-    # --- derived values ---------------------------------------------------------------------------
+    # --- what the method registry says -----------------------------------------------------------
+    @property
+    def spec(self):
+        """The chosen method's :class:`workbench.methods.MethodSpec`."""
+        from .methods import METHODS
+
+        return METHODS.get(self.method)
+
     @property
     def resolved_base(self) -> str:
-        return METHOD_BASES[self.method][0] if self.base == "auto" else self.base
+        return self.spec.valid_bases()[0] if self.base == AUTO else self.base
 
     @property
     def uses_teacher(self) -> bool:
-        return self.method != "ce" and self.resolved_base != "none"
+        return self.spec.needs_teacher(self.resolved_base)
+
+    def method_default(self, key: str, fallback):
+        """The chosen method's default for a core key left at None/auto (``fallback`` if none)."""
+        return self.spec.defaults.get(key, fallback)
 
     @property
     def resolved_grad_clip(self) -> float:
         """The gradient-norm clip in effect (0 = off)."""
-        if self.grad_clip is not None:
-            return self.grad_clip
-        return GPD_GRAD_CLIP if self.method == "gpd" else 0.0
+        return self.grad_clip if self.grad_clip is not None else float(self.method_default("grad_clip", 0.0))
 
     @property
     def resolved_amp(self) -> str:
-        """``amp`` with ``auto`` resolved to fp32 (``off``) for GPD; any other value as given."""
-        return GPD_AMP if self.amp == "auto" and self.method == "gpd" else self.amp
+        """``amp`` with ``auto`` resolved to the method's default where it has one (gpd: off)."""
+        return self.method_default("amp", self.amp) if self.amp == "auto" else self.amp
 
     @property
-    def resolved_dkd_warmup(self) -> float:
-        """DKD warm-up epochs in effect (0 = none)."""
-        if self.dkd_warmup is not None:
-            return self.dkd_warmup
-        return CTKD_DKD_WARMUP_EPOCHS if self.ctkd or self.method == "ctkd" else DKD_WARMUP_EPOCHS
+    def resolved_ema_decay(self) -> float:
+        """The EMA decay in effect (0 = no EMA)."""
+        return self.ema_decay if self.ema_decay is not None else float(self.method_default("ema_decay", 0.0))
 
+    # --- data and paths ---------------------------------------------------------------------------
     def dataset_options(self) -> dict[str, Any]:
         """Options for :func:`workbench.data.build` from the flat config keys."""
         d = self.dataset
@@ -272,77 +268,115 @@ class RunConfig:
                 if (low is not None and value < low) or (high is not None and value > high):
                     rng = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
                     raise ConfigError(f"{f.name}: value {value!r} is outside the allowed range {rng}")
-        if self.resolved_base not in METHOD_BASES[self.method]:
+        spec = self.spec
+        bases = spec.valid_bases()
+        if self.resolved_base not in bases:
             raise ConfigError(f"base: {self.base!r} does not apply to method {self.method!r}; "
-                              f"valid choices: auto, {', '.join(METHOD_BASES[self.method])}")
-        if self.uses_teacher and self.teacher.lower() in ("", NEEDS_NO_TEACHER):
+                              f"valid choices: {AUTO}, {', '.join(bases)}")
+        if self.uses_teacher and self.teacher.lower() in ("", NO_TEACHER):
+            hint = f"; for {self.method} without a teacher use base={NO_BASE}" if NO_BASE in bases else ""
             raise ConfigError(f"teacher: method {self.method!r} with base {self.resolved_base!r} "
-                              f"needs a static teacher (an architecture name or a checkpoint path); "
-                              f"for GPD without a teacher use base=none")
-        if self.ctkd and (self.method == "ce" or self.resolved_base == "none"):
-            raise ConfigError("ctkd: CTKD learns the temperature of a KD/DKD loss; "
-                              f"method={self.method} base={self.resolved_base} has none")
-        if self.dot and self.method == "ce":
-            raise ConfigError("dot: DOT needs a distillation loss; method=ce has none (use kd, dkd, ctkd or gpd)")
+                              f"needs a static teacher (an architecture name or a checkpoint path){hint}")
+        if self.dot and not spec.distills(self.resolved_base):
+            raise ConfigError(f"dot: DOT needs a distillation loss; method={self.method} base={self.resolved_base} "
+                              f"has none")
         if self.dot and self.optimizer != "sgd":
             raise ConfigError(f"dot: DOT is an SGD-with-momentum optimizer; optimizer={self.optimizer!r} "
                               "is not supported with dot=true (use optimizer=sgd)")
-        if self.cache_teacher and (self.augment or not self.uses_teacher):
-            raise ConfigError("cache_teacher: cached teacher logits are only valid for unaugmented inputs "
-                              "and need a static teacher; use it with augment=false and a teacher "
-                              f"(got augment={self.augment}, method={self.method}, base={self.resolved_base})")
-        if self.method == "ctkd" and not self.ctkd:
-            object.__setattr__(self, "ctkd", True)
+        if self.cache_teacher and (self.augment or not self.uses_teacher or self.mix != "none"):
+            raise ConfigError("cache_teacher: cached teacher logits are only valid for unaugmented, unmixed "
+                              "inputs and need a static teacher; use it with augment=false, mix=none and a "
+                              f"teacher (got augment={self.augment}, mix={self.mix}, method={self.method}, "
+                              f"base={self.resolved_base})")
         if self.schedule == "multistep" and any(m <= 0 for m in self.milestones):
             raise ConfigError(f"milestones: epochs must be positive, got {list(self.milestones)}")
         if self.train_per_class is not None and self.dataset != "digits":
             raise ConfigError(f"train_per_class: applies to dataset digits only (dataset={self.dataset!r})")
         if self.source_classes and self.dataset != "digits":
             raise ConfigError(f"source_classes: applies to dataset digits only (dataset={self.dataset!r})")
-        if self.method == "gpd":
+        from .methods import config_checks
+
+        for check in config_checks(self):
             try:
-                self.gpd_branches()
+                check(self)
             except ValueError as e:
-                raise ConfigError(f"branches: {e}") from None
+                raise e if isinstance(e, ConfigError) else ConfigError(str(e)) from None
         if self.name:
             from .naming import check_name
 
             check_name(self.name)
 
-    def gpd_branches(self) -> tuple[str, ...]:
-        """``branches`` as the tuple of kinds :func:`workbench.gpd.expand` takes."""
-        from .gpd.branches import DEFAULT_BRANCHES, resolve_branches
 
-        text = self.branches.strip()
-        if text == "default":
-            return tuple(DEFAULT_BRANCHES)
-        if text.lstrip("+-").isdigit():
-            if int(text) < 0:
-                raise ValueError(f"{text!r} is a negative count; use 'default', a count >= 0 (0 = channel-only) "
-                                 f"or a comma list of branch kinds")
-            return resolve_branches(int(text))
-        return resolve_branches(tuple(k.strip() for k in text.split(",") if k.strip()))
-
-    @property
-    def resolved_ema_decay(self) -> float:
-        """The EMA decay in effect (0 = no EMA)."""
-        if self.ema_decay is not None:
-            return self.ema_decay
-        return GPD_EMA_DECAY if self.method == "gpd" else 0.0
-
-    def gpd_noise(self) -> float:
-        from .gpd import DEFAULT_NOISE
-
-        return DEFAULT_NOISE if self.noise < 0 else self.noise
+# ----------------------------------------------------------------------------- assembly
+_ASSEMBLED: dict[str, Any] = {}
 
 
-_FIELDS = {f.name: f for f in fields(RunConfig)}
+def _assemble():
+    """``RunConfig``: the core fields plus every registered method's keys, with the ``method`` and
+    ``base`` choices taken from the method registry (imported here, on first use)."""
+    from . import methods
+
+    entries, owner = [], {}
+    for f in fields(CoreConfig):
+        meta = dict(f.metadata)
+        if f.name == "method":
+            meta["choices"] = tuple(methods.METHODS.names())
+        elif f.name == "base":
+            meta["choices"] = (AUTO, NO_BASE) + tuple(methods.base_methods())
+        entries.append((f.name, f.type, _refield(f, meta)))
+        owner[f.name] = "core"
+    for name, key, fld in methods.declared_keys():
+        if key in owner:
+            raise TypeError(f"config key {key!r} of {name!r} is already declared by {owner[key]!r}")
+        owner[key] = name
+        entries.append((key, fld.metadata["kind"], fld))
+    cls = dataclasses.make_dataclass("RunConfig", entries, bases=(RunConfigBase,), namespace={"__module__": __name__})
+    _ASSEMBLED.update(cls=cls, fields={f.name: f for f in fields(cls)}, owner=owner)
+    return cls
+
+
+def _refield(f: dataclasses.Field, meta: dict) -> dataclasses.Field:
+    if f.default_factory is not dataclasses.MISSING:
+        return field(default_factory=f.default_factory, metadata=meta)
+    return field(default=f.default, metadata=meta)
+
+
+def run_config_class():
+    return _ASSEMBLED.get("cls") or _assemble()
+
+
+def _fields() -> dict[str, dataclasses.Field]:
+    run_config_class()
+    return _ASSEMBLED["fields"]
+
+
+def key_owner(key: str) -> str:
+    """``"core"`` or the name of the method that declares ``key``."""
+    run_config_class()
+    return _ASSEMBLED["owner"][key]
 
 
 def fields_by_name() -> dict[str, dataclasses.Field]:
     """Every config key's dataclass field (type, help text, choices), in declaration order."""
-    return dict(_FIELDS)
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+    return dict(_fields())
+
+
+def __getattr__(name: str):  # PEP 562: ``from workbench.config import RunConfig`` assembles it
+    if name == "RunConfig":
+        return run_config_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ----------------------------------------------------------------------------- parsing
+def parse_bool(key: str, value) -> bool:
+    """The one boolean parser: bools, 0/1 and the words in TRUE_WORDS / FALSE_WORDS."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+        return value.strip().lower() in TRUE_WORDS
+    raise ConfigError(f"{key}: expected a boolean (true/false), got {value!r}")
 
 
 def parse_int_list(key: str, value) -> tuple[int, ...]:
@@ -358,22 +392,14 @@ def parse_int_list(key: str, value) -> tuple[int, ...]:
 
 def convert(key: str, value: Any) -> Any:
     """Convert ``value`` (a CLI string or a Python value from a notebook) to ``key``'s type."""
-    f = _FIELDS[key]
-    default = RunConfig.default(key)
-    want = type(default) if default is not None else int if "Optional[int]" in str(f.type) else float
-    if f.type in ("Optional[int]", "Optional[float]"):
-        want = int if "int" in f.type else float
+    kind = _fields()[key].metadata["kind"]
+    if kind.startswith("Optional["):
         if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
             return None
-    if want is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, (int,)) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-            return value.strip().lower() in _TRUE
-        raise ConfigError(f"{key}: expected a boolean (true/false), got {value!r}")
-    if want is int:
+        kind = kind[len("Optional["):-1]
+    if kind == "bool":
+        return parse_bool(key, value)
+    if kind == "int":
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         if isinstance(value, float) and value.is_integer():
@@ -382,17 +408,17 @@ def convert(key: str, value: Any) -> Any:
             return int(str(value).strip()) if not isinstance(value, int) else value
         except ValueError:
             raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
-    if want is float:
+    if kind == "float":
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-    if want is tuple:
+    if kind == "tuple":
         return parse_int_list(key, value)
     if not isinstance(value, str):
-        if isinstance(value, (int, float)) and key in ("branches",):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and _fields()[key].metadata.get("numbers_as_text"):
             return str(value)
         raise ConfigError(f"{key}: expected a string, got {value!r} ({type(value).__name__})")
     return value
@@ -401,26 +427,33 @@ def convert(key: str, value: Any) -> Any:
 def parse_overrides(args: list[str]) -> dict[str, str]:
     """``["method=kd", "epochs=3"]`` -> ``{"method": "kd", "epochs": "3"}`` (keys checked)."""
     out = {}
+    known = _fields()
     for a in args:
         if "=" not in a:
             raise ConfigError(f"expected key=value, got {a!r} (see `python -m workbench train --help`)")
         k, v = a.split("=", 1)
         k = k.strip().lstrip("-").replace("-", "_")
-        if k not in _FIELDS:
-            raise ConfigError(unknown_choice("config key", k, RunConfig.keys()))
+        if k not in known:
+            raise ConfigError(unknown_choice("config key", k, list(known)))
         out[k] = v
     return out
 
 
 def help_text() -> str:
-    """Every key with its default, choices and help (the CLI's --help)."""
-    lines = []
-    for f in fields(RunConfig):
-        default = RunConfig.default(f.name)
+    """Every key with its default, choices and help (the CLI's --help), method keys grouped
+    under their method."""
+    lines, section = [], None
+    cls = run_config_class()
+    for f in fields(cls):
+        owner = key_owner(f.name)
+        if owner != section:
+            section = owner
+            lines.append("" if owner == "core" else f"\n  -- method {owner} --")
+        default = cls.default(f.name)
         choices = f.metadata.get("choices")
-        extra = f" {{{'|'.join(choices)}}}" if choices else ""
+        extra = f" {{{'|'.join(map(str, choices))}}}" if choices else ""
         lines.append(f"  {f.name}={_fmt(default)}{extra}\n      {f.metadata['help']}")
-    return "\n".join(lines)
+    return "\n".join(lines).lstrip("\n")
 
 
 def _fmt(v) -> str:

@@ -116,7 +116,7 @@ def estimate_checkpoint_bytes(cfg: RunConfig, info) -> int:
     """Rough size of the files one run writes: last + best (+ optimizer state) + student.pt."""
     n = sum(p.numel() for p in models.build(cfg.student, info.num_classes, info.in_channels,
                                             image_size=info.image_size).parameters())
-    factor = cfg.ratio**2 * (1 + len(cfg.gpd_branches())) if cfg.method == "gpd" else 1.0
+    factor = cfg.spec.size_factor(cfg) if cfg.spec.size_factor is not None else 1.0
     return int(4 * n * (3 * factor * 2 + 1) + MIN_FREE_BYTES)
 
 

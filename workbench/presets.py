@@ -24,7 +24,8 @@ Naming: ``<dataset>/<pair>/<method>``. Where each value comes from:
 """
 from __future__ import annotations
 
-from .config import CTKD_DKD_WARMUP_EPOCHS, GPD_AMP, GPD_GRAD_CLIP
+from .methods.dkd import CTKD_DKD_WARMUP_EPOCHS
+from .methods.gpd import GPD_AMP, GPD_GRAD_CLIP
 from .registry import unknown_choice
 
 #: mdistiller configs/cifar100/dkd/*.yaml: SOLVER.LR per student kind, default DKD.BETA

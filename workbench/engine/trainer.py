@@ -95,7 +95,7 @@ class Trainer:
         method.to(self.device)
         if self.channels_last:
             method.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(cfg.optimizer, method.param_groups(cfg.lr, cfg.ctkd_lr or None),
+        self.optimizer = build_optimizer(cfg.optimizer, method.param_groups(cfg.lr, cfg.weight_decay, cfg.wd_exempt),
                                          cfg.lr, cfg.momentum, cfg.weight_decay, cfg.dot, cfg.dot_delta)
         for g in self.optimizer.param_groups:
             g["base_lr"] = g["lr"]

@@ -1,30 +1,46 @@
-"""Methods: one small file each on one base class (``base.Distiller``).
+"""Methods: one small file each on one base class (``base.Distiller``), registered with
+everything the engine and the config need (``spec.MethodSpec``).
 
-``ce`` (no teacher), ``kd``, ``dkd``, ``ctkd`` (learnable temperature around kd/dkd) and
-``gpd`` (dynamic teacher around none/kd/dkd). DOT is an optimizer (``engine.optim``), CTKD a
-temperature wrapper (``ctkd=true`` works for kd, dkd and gpd). Add a method: write
-``methods/<name>.py`` with a ``Criterion`` (or ``Distiller`` subclass) and a builder registered
-with ``@METHODS.register("<name>")``, import it below, add the name to ``config.METHODS``.
+``ce`` (no teacher), ``kd``, ``dkd``, ``ctkd`` (learnable temperature around kd/dkd; also the
+``ctkd=true`` extension) and ``gpd`` (dynamic teacher around any base loss or none); more in
+the package. DOT is an optimizer (``engine.optim``).
+
+Add a method: write ``methods/<name>.py`` with a ``Criterion`` (or ``Distiller`` subclass) and
+a builder decorated with ``@method("<name>", keys=..., criterion=...)``. Every module of this
+package is imported here, so nothing else needs editing: the config, the CLI and the notebooks
+pick the method, its keys and their checks up from the registry.
 """
 from __future__ import annotations
 
-from . import ce, ctkd, dkd, gpd, kd  # noqa: F401  (register themselves)
-from .base import METHODS, TASK_PREFIX, Criterion, Distiller
-from .ctkd import LearnableTemperature, apply_ctkd
+import importlib
+import pkgutil
+
+from .base import TASK_PREFIX, Criterion, Distiller, Outputs, hard_labels
+from .spec import (EXTENSIONS, METHODS, BuildContext, Extension, MethodSpec, base_methods, build_criterion,
+                   config_checks, declared_keys, method, register_extension)
+
+_NOT_METHODS = {"base", "spec"}
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name not in _NOT_METHODS and not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")
 
 
 def build_method(cfg, student, teacher=None, example_input=None) -> Distiller:
-    """The configured method around ``student`` (and the frozen static ``teacher``)."""
-    builder = METHODS.get(cfg.method)
-    kwargs = {"example_input": example_input} if cfg.method == "gpd" else {}
-    method = builder(cfg, student, teacher, **kwargs)
-    if cfg.ctkd and method.criterion is not None and not isinstance(method.criterion.temperature, LearnableTemperature):
-        apply_ctkd(method.criterion, cfg)
-    return method
+    """The configured method around ``student`` (and the frozen static ``teacher``), with the
+    active extensions applied."""
+    ctx = BuildContext(cfg, student, teacher, example_input)
+    built = METHODS.get(cfg.method).build(ctx)
+    for name in EXTENSIONS:
+        ext = EXTENSIONS.get(name)
+        if ext.active(cfg):
+            ext.apply(built, cfg)
+    return built
 
 
 def available() -> list[str]:
     return METHODS.names()
 
 
-__all__ = ["METHODS", "TASK_PREFIX", "Criterion", "Distiller", "build_method", "available"]
+__all__ = ["METHODS", "EXTENSIONS", "TASK_PREFIX", "Criterion", "Distiller", "Outputs", "MethodSpec",
+           "Extension", "BuildContext", "method", "register_extension", "build_method", "build_criterion",
+           "available", "base_methods", "declared_keys", "config_checks", "hard_labels"]

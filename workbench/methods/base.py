@@ -1,22 +1,70 @@
-"""The one base class every method builds on (mdistiller-style).
+"""The one base class every method builds on (mdistiller-style), and its seams.
 
 A :class:`Distiller` holds the trained network(s), an optional static teacher (always in eval
 mode, never receiving gradients) and a *criterion*: the distillation loss on top of
-cross-entropy (``KDLoss``, ``DKDLoss``, or None for plain CE). Its ``forward(x, y)`` is the
-training forward and returns ``(student_logits, {"loss_ce": ..., "loss_kd": ...})``; the
-trainer sums the dict. Loss keys starting with ``loss_ce`` are task losses, all others are
-distillation losses (DOT treats the two groups separately).
+cross-entropy (``KDLoss``, ``DKDLoss``, a feature loss, or None for plain CE). Its
+``forward(x, y)`` is the training forward and returns ``(student_logits, {"loss_ce": ...,
+"loss_kd": ...})``; the trainer sums the dict. Loss keys starting with ``loss_ce`` are task
+losses, all others are distillation losses (DOT treats the two groups separately).
+
+Seams:
+- *features*: a criterion names the layers it reads (``student_features``, ``teacher_features``:
+  module paths, ``"penultimate"``, ``"<path>:input"``, or ``"stages"`` for the model's stage
+  outputs) and receives them in ``terms(s, t, y)`` as ``s.features`` / ``t.features`` -- tapped
+  with forward hooks during the ordinary forward, models are never rewritten;
+- *extra trainable modules*: anything a method owns besides the teacher (projectors, regressors,
+  CTKD's temperature) is a submodule, so it is optimised (:meth:`Distiller.param_groups`, with a
+  module's own ``group_lr`` if it sets one) and checkpointed, and never part of ``student.pt``;
+- *targets*: ``y`` is either class indices (N,) or class probabilities (N, K) (a mixing batch
+  transform); cross-entropy takes both, :func:`hard_labels` gives indices where a loss needs them.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import Registry
+from ..models.hooks import FeatureTap, stage_paths
+from .spec import METHODS  # noqa: F401  (re-exported: the one method registry)
 
-METHODS = Registry("method")
 TASK_PREFIX = "loss_ce"
+#: feature name that stands for all of a model's stage outputs
+STAGES = "stages"
+
+
+def hard_labels(y: torch.Tensor) -> torch.Tensor:
+    """Class indices of a target batch: ``y`` itself, or the most probable class of soft targets."""
+    return y if y.dim() == 1 else y.argmax(1)
+
+
+@dataclass
+class Outputs:
+    """One model's forward on a batch: logits and the features a criterion asked for."""
+
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def feature_names(model: nn.Module, names) -> list[str]:
+    """``names`` with ``"stages"`` expanded to the model's stage paths."""
+    out: list[str] = []
+    for name in names:
+        out += stage_paths(model) if name == STAGES else [name]
+    return out
+
+
+def run_with_features(model: nn.Module, x: torch.Tensor, names, detach: bool = False, call=None) -> Outputs:
+    """``model(x)`` (or ``call(x)``: e.g. a view of GPD's teacher running ``model``'s modules)
+    with the named features tapped by forward hooks."""
+    call = call or model
+    paths = feature_names(model, names)
+    if not paths:
+        return Outputs(call(x))
+    with FeatureTap(model, paths, detach=detach) as tap:
+        logits = call(x)
+    return Outputs(logits, {p: tap[p] for p in paths})
 
 
 class FixedTemperature(nn.Module):
@@ -34,20 +82,23 @@ class FixedTemperature(nn.Module):
 
 
 class Criterion(nn.Module):
-    """A distillation loss on logits: ``terms(student_logits, teacher_logits, target)`` -> dict.
-    ``default_ce_weight`` is the CE weight the method's reference uses."""
+    """A distillation loss: ``terms(s, t, y)`` -> dict of loss terms, where ``s`` and ``t`` are
+    the student's and the teacher's :class:`Outputs`. ``default_ce_weight`` is the CE weight
+    the method's reference uses; ``student_features`` / ``teacher_features`` the layers it reads."""
 
     default_ce_weight = 1.0
+    student_features: tuple[str, ...] = ()
+    teacher_features: tuple[str, ...] = ()
 
-    def __init__(self, temperature: float):
+    def __init__(self, temperature: float | None = None):
         super().__init__()
-        self.temperature = FixedTemperature(temperature)
+        self.temperature = FixedTemperature(temperature) if temperature is not None else None
         self.epoch = 1
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         self.epoch = epoch
 
-    def terms(self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def terms(self, s: Outputs, t: Outputs, y: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
 
@@ -56,6 +107,13 @@ def freeze(teacher: nn.Module) -> nn.Module:
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
+
+
+def no_decay(name: str, p: torch.Tensor) -> bool:
+    """Parameters exempt from weight decay with ``wd_exempt``: norm weights, biases (1-d) and
+    token / position embeddings (the ViT recipes' rule)."""
+    leaf = name.rpartition(".")[2]
+    return p.ndim <= 1 or leaf.endswith("token") or leaf == "pos_embed"
 
 
 class Distiller(nn.Module):
@@ -76,31 +134,40 @@ class Distiller(nn.Module):
         return self
 
     def use_cached_teacher_logits(self, logits: torch.Tensor | None) -> None:
-        """Serve the next :meth:`teacher_logits` call from ``logits`` (the engine's opt-in
-        teacher-logit cache, valid for unaugmented inputs only)."""
+        """Serve the next teacher forward from ``logits`` (the engine's opt-in teacher-logit
+        cache, valid for unaugmented inputs and logit-only criteria)."""
         self._cached_teacher_logits = logits
 
-    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor | None:
+    def criteria(self) -> list[Criterion]:
+        """Every criterion this method evaluates (GPD: one per view)."""
+        return [self.criterion] if self.criterion is not None else []
+
+    def teacher_outputs(self, x: torch.Tensor) -> Outputs | None:
+        """The static teacher's logits and every feature the criteria read (no grad)."""
         if self.teacher is None:
             return None
         cached = getattr(self, "_cached_teacher_logits", None)
         if cached is not None:
             self._cached_teacher_logits = None
-            return cached
+            return Outputs(cached)
+        names = [n for c in self.criteria() for n in c.teacher_features]
         with torch.no_grad():
-            return self.teacher(x)
+            return run_with_features(self.teacher, x, dict.fromkeys(names), detach=True)
 
-    def loss_terms(self, z: torch.Tensor, zt: torch.Tensor | None, y: torch.Tensor) -> dict:
-        """CE plus the criterion's terms for one set of logits."""
-        losses = {"loss_ce": self.ce_weight * F.cross_entropy(z, y)}
-        if self.criterion is not None and zt is not None:
-            losses.update(self.criterion.terms(z, zt, y))
+    def loss_terms(self, s: Outputs, t: Outputs | None, y: torch.Tensor, criterion: Criterion | None = None) -> dict:
+        """CE plus a criterion's terms (default: this method's) for one model's outputs."""
+        criterion = self.criterion if criterion is None else criterion
+        losses = {"loss_ce": self.ce_weight * F.cross_entropy(s.logits, y)}
+        if criterion is not None and t is not None:
+            losses.update(criterion.terms(s, t, y))
         return losses
 
     # -- the training forward --------------------------------------------------------------------
     def forward(self, x: torch.Tensor, y: torch.Tensor):
-        zs = self.student(x)
-        return zs, self.loss_terms(zs, self.teacher_logits(x), y)
+        t = self.teacher_outputs(x)
+        names = self.criterion.student_features if self.criterion is not None else ()
+        s = run_with_features(self.student, x, names)
+        return s.logits, self.loss_terms(s, t, y)
 
     # -- what the engine asks of every method ----------------------------------------------------
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
@@ -130,13 +197,36 @@ class Distiller(nn.Module):
         """Modules whose BatchNorms are synchronised across processes with ``sync_bn=true``."""
         return [self.trained_module()]
 
-    def param_groups(self, lr: float, extra_lr: float | None = None) -> list[dict]:
-        groups = [{"params": [p for p in self.trained_module().parameters() if p.requires_grad], "lr": lr}]
-        extra = [p for n, p in self.named_parameters()
-                 if p.requires_grad and n.startswith("criterion.")]
-        if extra:
-            groups.append({"params": extra, "lr": extra_lr or lr})
-        return groups
+    def param_groups(self, lr: float, weight_decay: float, wd_exempt: bool = False) -> list[dict]:
+        """Every trainable parameter the method owns except the static teacher's: the trained
+        module's, then every other submodule's (projectors, regressors, temperatures) -- a module
+        with a ``group_lr`` attribute gets its own group at that lr. With ``wd_exempt`` each group
+        is split into a decayed part and a part without weight decay (:func:`no_decay`)."""
+        seen = {id(p) for p in self.teacher.parameters()} if self.teacher is not None else set()
+        named: list[tuple[str, nn.Parameter, float]] = []
+
+        def take(module: nn.Module, group_lr: float) -> None:
+            for name, p in module.named_parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    named.append((name, p, group_lr))
+
+        take(self.trained_module(), lr)
+        for m in self.modules():
+            if getattr(m, "group_lr", None):
+                take(m, m.group_lr)
+        take(self, lr)
+        out = []
+        for group_lr in dict.fromkeys(g for _, _, g in named):
+            members = [(n, p) for n, p, g in named if g == group_lr]
+            if wd_exempt:
+                decay = [p for n, p in members if not no_decay(n, p)]
+                flat = [p for n, p in members if no_decay(n, p)]
+                out += [{"params": decay, "lr": group_lr, "weight_decay": weight_decay}] if decay else []
+                out += [{"params": flat, "lr": group_lr, "weight_decay": 0.0}] if flat else []
+            else:
+                out.append({"params": [p for _, p in members], "lr": group_lr, "weight_decay": weight_decay})
+        return out
 
     def state(self) -> dict:
         """Trainable state for checkpoints (no static teacher: it is never changed)."""
@@ -152,7 +242,8 @@ class Distiller(nn.Module):
     def scalars(self) -> dict[str, float]:
         """Extra per-epoch scalars for the train record (e.g. CTKD's temperature)."""
         out = {}
-        if self.criterion is not None:
-            t = self.criterion.temperature()
-            out["temperature"] = float(t.detach()) if torch.is_tensor(t) else float(t)
+        for c in self.criteria()[:1]:
+            if c.temperature is not None:
+                t = c.temperature()
+                out["temperature"] = float(t.detach()) if torch.is_tensor(t) else float(t)
         return out

@@ -1,7 +1,8 @@
 """``ce``: plain cross-entropy training (no teacher). Also how teachers are trained."""
-from .base import METHODS, Distiller
+from .base import Distiller
+from .spec import TEACHER_NONE, method
 
 
-@METHODS.register("ce", needs_teacher=False)
-def build_ce(cfg, student, teacher=None):
-    return Distiller(student, None, None, cfg.ce_weight)
+@method("ce", summary="cross-entropy only (also trains the cached teachers)", teacher=TEACHER_NONE)
+def build_ce(ctx):
+    return Distiller(ctx.student, None, None, ctx.cfg.ce_weight)

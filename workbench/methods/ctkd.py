@@ -14,8 +14,10 @@ with e the 1-based epoch, so with the defaults (0, 1, 10 loops) lambda = 0.0245 
 ``scripts/run_cifar_distill.sh``'s 0, -1, 10 falls from 0 to -1, and the reversal layer
 multiplies theta's gradient by that value, i.e. reverses it with strength
 (1 - cos(pi * e / loops)) / 2), which has the paper's direction too.
-Under CTKD the DKD loss has no warm-up by default (``RunConfig.resolved_dkd_warmup``), as in
-the public code. ``apply_ctkd`` works on any criterion, so CTKD also composes with GPD.
+Under CTKD the DKD loss has no warm-up by default (``methods.dkd.dkd_warmup``), as in the
+public code. CTKD is both a method (``method=ctkd base=kd|dkd``) and an extension
+(``ctkd=true``) that makes the temperature of any temperature-based loss learnable, so it also
+composes with GPD (both views' losses).
 """
 from __future__ import annotations
 
@@ -24,9 +26,9 @@ import math
 import torch
 from torch import nn
 
-from .base import METHODS, Criterion, Distiller
-from .dkd import dkd_criterion
-from .kd import kd_criterion
+from ..config import opt
+from .base import Criterion, Distiller
+from .spec import Extension, build_criterion, method, register_extension
 
 THETA_INIT = 1.0
 
@@ -55,8 +57,11 @@ def reverse_grad(x: torch.Tensor, lam: float) -> torch.Tensor:
 
 
 class LearnableTemperature(nn.Module):
-    def __init__(self, t_start=1.0, t_end=20.0, loops=10, lam_min=0.0, lam_max=1.0):
+    """``group_lr``: the temperature's own learning rate (None = the run's)."""
+
+    def __init__(self, t_start=1.0, t_end=20.0, loops=10, lam_min=0.0, lam_max=1.0, lr=None):
         super().__init__()
+        self.group_lr = lr
         self.theta = nn.Parameter(torch.tensor(THETA_INIT))
         self.t_start, self.t_end = t_start, t_end
         self.loops, self.lam_min, self.lam_max = loops, lam_min, lam_max
@@ -74,14 +79,44 @@ class LearnableTemperature(nn.Module):
 
 def apply_ctkd(criterion: Criterion, cfg) -> Criterion:
     criterion.temperature = LearnableTemperature(cfg.ctkd_t_start, cfg.ctkd_t_end, cfg.ctkd_loops,
-                                                 cfg.ctkd_lambda_min, cfg.ctkd_lambda_max)
+                                                 cfg.ctkd_lambda_min, cfg.ctkd_lambda_max, cfg.ctkd_lr or None)
     return criterion
 
 
-BASE_CRITERIA = {"kd": kd_criterion, "dkd": dkd_criterion}
+KEYS = {
+    "ctkd": opt(False, "CTKD: learn the temperature adversarially (wraps the base loss; method=ctkd sets it)"),
+    "ctkd_t_start": opt(1.0, "CTKD: T = t_start + t_end * sigmoid(theta)", low=0.0),
+    "ctkd_t_end": opt(20.0, "CTKD: see ctkd_t_start", low=0.0),
+    "ctkd_lambda_min": opt(0.0, "CTKD: gradient-reversal strength the cosine curriculum starts from "
+                           "(at epoch 0, so epoch 1 is already above it: 0.0245 of the range with 10 loops)", low=0.0),
+    "ctkd_lambda_max": opt(1.0, "CTKD: gradient-reversal strength from epoch ctkd_loops on", low=0.0),
+    "ctkd_loops": opt(10, "CTKD: epochs of the cosine easy-to-hard curriculum", low=1),
+    "ctkd_lr": opt(0.0, "CTKD: temperature learning rate (0 = same as lr)", low=0.0),
+}
 
 
-@METHODS.register("ctkd", needs_teacher=True)
-def build_ctkd(cfg, student, teacher):
-    """KD or DKD (``base``); ``build_method`` makes the temperature learnable (``cfg.ctkd``)."""
-    return Distiller(student, teacher, BASE_CRITERIA[cfg.resolved_base](cfg), cfg.ce_weight)
+def _check(cfg) -> None:
+    if cfg.method == "ctkd" and not cfg.ctkd:
+        object.__setattr__(cfg, "ctkd", True)
+    if cfg.ctkd and not cfg.uses_teacher:
+        raise ValueError("ctkd: CTKD learns the temperature of a KD/DKD loss; "
+                         f"method={cfg.method} base={cfg.resolved_base} has none")
+
+
+def _apply(method_, cfg) -> None:
+    for criterion in method_.criteria():
+        if criterion.temperature is None:
+            raise ValueError(f"ctkd: the {type(criterion).__name__} loss has no temperature to learn")
+        if not isinstance(criterion.temperature, LearnableTemperature):
+            apply_ctkd(criterion, cfg)
+
+
+register_extension(Extension("ctkd", KEYS, active=lambda cfg: cfg.ctkd, apply=_apply, validate=_check))
+
+
+@method("ctkd", summary="Curriculum Temperature KD (Li et al. 2023): learnable T via gradient reversal",
+        bases=("kd", "dkd"))
+def build_ctkd(ctx):
+    """KD or DKD (``base``); the ``ctkd`` extension makes the temperature learnable."""
+    return Distiller(ctx.student, ctx.teacher, build_criterion(ctx.cfg.resolved_base, ctx, ctx.student),
+                     ctx.cfg.ce_weight)

@@ -27,33 +27,54 @@ import torch
 from torch import nn
 
 from .. import gpd as surgery
+from ..config import opt
 from ..losses import sce_loss
-from .base import METHODS, Distiller
-from .ctkd import BASE_CRITERIA
+from ..models.hooks import FeatureTap
+from .base import Distiller, Outputs, feature_names
+from .spec import ANY_BASE, NO_BASE, TEACHER_BY_BASE, build_criterion, method
 
 DT_SUFFIX = "_dt"
+#: the GPD reference code's model-EMA decay per step (timm ModelEmaV2, every CNN run), its
+#: gradient-norm clip (train_dkd.py --clip-grad-norm 5) and precision (no AMP)
+GPD_EMA_DECAY = 0.99996
+GPD_GRAD_CLIP = 5.0
+GPD_AMP = "off"
 
 
 class GPD(Distiller):
+    """``criterion``: the base loss on the student view; ``dt_criterion``: on T_d's view -- the
+    same object unless the base reads features (then each is built for its view's widths)."""
+
     def __init__(self, dt: surgery.DynamicTeacher, teacher, criterion, ce_weight=None,
-                 lam: float = 3.0, eps: float = 0.1, dt_base_weight: float = 1.0):
+                 lam: float = 3.0, eps: float = 0.1, dt_base_weight: float = 1.0, dt_criterion=None):
         super().__init__(dt, teacher, criterion, ce_weight)
+        self.dt_criterion = dt_criterion if dt_criterion is not criterion else None
         self.lam, self.eps, self.dt_base_weight = lam, eps, dt_base_weight
 
     @property
     def dt(self) -> surgery.DynamicTeacher:
         return self.student  # the trained module; the student is its view
 
+    def criteria(self) -> list:
+        return [c for c in (self.criterion, self.dt_criterion) if c is not None]
+
     def forward(self, x: torch.Tensor, y: torch.Tensor):
-        zt = self.teacher_logits(x)
-        zd, zs = self.dt(x, view="both")
-        dt_terms = self.loss_terms(zd, zt, y)
+        t = self.teacher_outputs(x)
+        dt, on_s = self.dt, self.criterion
+        on_d = self.dt_criterion or self.criterion
+        names_d = feature_names(dt.wide, on_d.student_features if on_d is not None else ())
+        names_s = feature_names(dt.student_template, on_s.student_features if on_s is not None else ())
+        with FeatureTap(dt.wide, names_d, detach=False) as tap_d, \
+                FeatureTap(dt.student_template, names_s, detach=False) as tap_s:
+            zd, zs = dt(x, view="both")
+        d = Outputs(zd, {n: tap_d[n] for n in names_d})
+        s = Outputs(zs, {n: tap_s[n] for n in names_s})
+        dt_terms = self.loss_terms(d, t, y, on_d)
         losses = {"loss_ce" + DT_SUFFIX: dt_terms.pop("loss_ce")}
         losses.update({k + DT_SUFFIX: self.dt_base_weight * v for k, v in dt_terms.items()})
-        losses.update(self.loss_terms(zs, zt, y))
+        losses.update(self.loss_terms(s, t, y, on_s))
         losses["loss_sce"] = self.lam * sce_loss(zs, zd.detach(), self.eps)
         return zs, losses
-
     def eval_models(self, trained: surgery.DynamicTeacher | None = None) -> dict[str, nn.Module]:
         # The extracted student equals the student view exactly (same weights, same BN stats)
         # and is a plain zoo model, so feature hooks and probes treat it like any student.
@@ -73,8 +94,61 @@ class GPD(Distiller):
         return [self.dt.wide]
 
 
+KEYS = {
+    "ratio": opt(2.0, "GPD: channel expansion ratio r of the dynamic teacher", low=1.0),
+    "branches": opt("default", "GPD: extra conv branches: 'default', a count (0 = channel-only), "
+                    "or a comma list of branch kinds", numbers_as_text=True),
+    "noise": opt(-1.0, "GPD: std of the symmetry-breaking noise on copied weights (-1 = default)"),
+    "scale_init": opt("auto", "GPD: branch scale init: auto (the reference's per-setting choice: "
+                      "one_zero when fine-tuning from init=, reference otherwise), reference "
+                      "(origin/avg/prior/1x1-kxk/kxk/dws = 0.25/0.25/0/0.5/0.05/0.5), one_zero",
+                      ("auto", "reference", "one_zero")),
+    "widening": opt("reference", "GPD: IR convention: reference (T_d features = student features / r, "
+                    "the official code's parametrization and step sizes) or full_scale (copies)",
+                    ("reference", "full_scale")),
+    "branch_bias": opt(True, "GPD: a zero-initialised learnable bias on every branched conv (reference)"),
+    "student_grad": opt("faithful", "GPD: gradient of the student loss into shared slices",
+                        ("faithful", "compensated")),
+    "gpd_lambda": opt(3.0, "GPD: weight of SCE(student, sg(dynamic teacher))", low=0.0),
+    "sce_eps": opt(0.1, "GPD: label-smoothing eps of the SCE term", low=0.0, high=1.0),
+    "dt_base_weight": opt(1.0, "GPD: weight of L_base(T_d, T_s) in the dynamic teacher's loss "
+                          "(gap-control knob; 1 = paper)", low=0.0),
+}
+
+
+def gpd_branches(cfg) -> tuple[str, ...]:
+    """``branches`` as the tuple of kinds :func:`workbench.gpd.expand` takes."""
+    from ..gpd.branches import DEFAULT_BRANCHES, resolve_branches
+
+    text = cfg.branches.strip()
+    if text == "default":
+        return tuple(DEFAULT_BRANCHES)
+    if text.lstrip("+-").isdigit():
+        if int(text) < 0:
+            raise ValueError(f"{text!r} is a negative count; use 'default', a count >= 0 (0 = channel-only) "
+                             f"or a comma list of branch kinds")
+        return resolve_branches(int(text))
+    return resolve_branches(tuple(k.strip() for k in text.split(",") if k.strip()))
+
+
+def gpd_noise(cfg) -> float:
+    return surgery.DEFAULT_NOISE if cfg.noise < 0 else cfg.noise
+
+
+def _validate(cfg) -> None:
+    try:
+        gpd_branches(cfg)
+    except ValueError as e:
+        raise ValueError(f"branches: {e}") from None
+
+
+def _size_factor(cfg) -> float:
+    """T_d holds ~r^2 x (1 + branches) the student's parameters."""
+    return cfg.ratio**2 * (1 + len(gpd_branches(cfg)))
+
+
 def expand_student(cfg, student: nn.Module, example_input=None) -> surgery.DynamicTeacher:
-    return surgery.expand(student, ratio=cfg.ratio, branches=cfg.gpd_branches(), noise=cfg.gpd_noise(),
+    return surgery.expand(student, ratio=cfg.ratio, branches=gpd_branches(cfg), noise=gpd_noise(cfg),
                           scale_init=resolved_scale_init(cfg), student_grad=cfg.student_grad,
                           convention=cfg.widening, branch_bias=cfg.branch_bias, example_input=example_input)
 
@@ -87,10 +161,17 @@ def resolved_scale_init(cfg) -> str:
     return "one_zero" if cfg.init else "reference"
 
 
-@METHODS.register("gpd", needs_teacher=None)  # needs one unless base=none
-def build_gpd(cfg, student, teacher, example_input=None):
+@method("gpd", summary="Gap Preserving Distillation (Guo et al. 2025): dynamic teacher by IR, student by CBR",
+        teacher=TEACHER_BY_BASE, bases=("dkd", ANY_BASE, NO_BASE), keys=KEYS, validate=_validate,
+        defaults={"grad_clip": GPD_GRAD_CLIP, "amp": GPD_AMP, "ema_decay": GPD_EMA_DECAY},
+        size_factor=_size_factor)
+def build_gpd(ctx):
+    cfg = ctx.cfg
     base = cfg.resolved_base
-    criterion = BASE_CRITERIA[base](cfg) if base != "none" else None
-    dt = expand_student(cfg, student, example_input)
-    return GPD(dt, teacher if base != "none" else None, criterion, cfg.ce_weight,
-               cfg.gpd_lambda, cfg.sce_eps, cfg.dt_base_weight)
+    dt = expand_student(cfg, ctx.student, ctx.example_input)
+    criterion = build_criterion(base, ctx, dt.student_template)
+    dt_criterion = criterion
+    if criterion is not None and criterion.student_features:  # sized for T_d's widths
+        dt_criterion = build_criterion(base, ctx, dt.wide)
+    return GPD(dt, ctx.teacher if base != NO_BASE else None, criterion, cfg.ce_weight,
+               cfg.gpd_lambda, cfg.sce_eps, cfg.dt_base_weight, dt_criterion)
