@@ -154,20 +154,25 @@ def prepare(cfg: RunConfig) -> Prepared:
     return Prepared(cfg, info, source, arch, run_dir)
 
 
-def teacher_config(cfg: RunConfig, arch: str) -> RunConfig:
+def teacher_config(cfg: RunConfig, arch: str, info: Optional[data.DatasetInfo] = None) -> RunConfig:
     """The CE run that trains (and caches) a teacher of ``arch`` under the student's protocol."""
     epochs = cfg.teacher_epochs or cfg.epochs
     aug = "" if cfg.augment else "_noaug"  # the teacher trains under the student's augmentation setting
-    name = f"{cfg.dataset}{_data_key(cfg)}_{arch}_ce_s{TEACHER_SEED}_e{epochs}{aug}"
+    name = f"{cfg.dataset}{_data_key(cfg, info)}_{arch}_ce_s{TEACHER_SEED}_e{epochs}{aug}"
     return cfg.replace(method="ce", base="auto", student=arch, teacher="none", init="", epochs=epochs,
                        seed=TEACHER_SEED, dot=False, ctkd=False, ce_weight=None, name=name, probe_every=0,
                        cache_teacher=False,
                        out_dir=str(Path(cfg.out_dir or paths.runs_root()) / TEACHERS_DIR), resume=True)
 
 
-def _data_key(cfg: RunConfig) -> str:
-    parts = [f"{k}{v}" for k, v in (("n", cfg.train_per_class), ("split", cfg.split_seed if cfg.dataset == "digits" else None),
-                                     ("px", cfg.image_size or None), ("cls", cfg.source_classes.replace(",", "") or None))
+def _data_key(cfg: RunConfig, info: Optional[data.DatasetInfo] = None) -> str:
+    """What identifies the training data in a cached teacher's name. A dataset with a choice of
+    source (fashion_mnist: embedded | full) adds the resolved one, so the two never share a teacher."""
+    takes_split = "train_per_class" in data.option_names(cfg.dataset)
+    source = (info or data.info(cfg.dataset, **cfg.dataset_options())).source or None
+    parts = [f"{k}{v}" for k, v in (("n", cfg.train_per_class), ("split", cfg.split_seed if takes_split else None),
+                                     ("px", cfg.image_size or None), ("cls", cfg.source_classes.replace(",", "") or None),
+                                     ("", source))
              if v is not None]
     return ("_" + "_".join(parts)) if parts else ""
 
@@ -186,7 +191,7 @@ def load_teacher(prep: Prepared, log=print) -> Optional[nn.Module]:
     if prep.teacher_source == "file":
         path = cfg.teacher
     else:
-        tcfg = teacher_config(cfg, prep.teacher_arch)
+        tcfg = teacher_config(cfg, prep.teacher_arch, info)
         path = tcfg.run_dir() / STUDENT
         if not path.exists():
             log(f"[workbench] training teacher {prep.teacher_arch} on {cfg.dataset} for {tcfg.epochs} epochs "
@@ -226,13 +231,14 @@ def transfer_target(cfg: RunConfig) -> Optional[tuple[str, dict]]:
         return None
     if cfg.transfer != "auto":
         return cfg.transfer, {}
-    if cfg.dataset == "digits" and cfg.source_classes:
+    if cfg.source_classes and "classes" in data.option_names(cfg.dataset):  # digits, fashion_mnist
+        opts = {k: v for k, v in cfg.dataset_options().items() if k != "classes"}
+        full = data.info(cfg.dataset, **opts)
         source = set(int(c) for c in cfg.source_classes.split(","))
-        rest = tuple(c for c in range(10) if c not in source)
-        opts = {"classes": rest, "train_per_class": cfg.train_per_class, "seed": cfg.split_seed}
-        if cfg.image_size:
-            opts["image_size"] = cfg.image_size
-        return ("digits", opts) if rest else None
+        rest = tuple(c for c in range(full.num_classes) if c not in source)
+        if "source" in opts:  # the target comes from the same files as the source classes
+            opts["source"] = full.source
+        return (cfg.dataset, dict(opts, classes=rest, augment=False)) if rest else None
     if cfg.dataset == "cifar100":
         return "cifar10", {"download": False, **({"root": cfg.data_root} if cfg.data_root else {})}
     return None
