@@ -159,7 +159,7 @@ def load_embedded(path=EMBEDDED_FILE, expected_sha256: str = EMBEDDED_SHA256) ->
         return {split: _checked(z[f"{split}_images"], z[f"{split}_labels"], str(path)) for split in FILES}
 
 
-def arrays(split: str, source: str = "auto", root=None, download: bool = False):
-    """Raw ``(uint8 images, uint8 labels)`` of ``split`` from the resolved source."""
+def load(source: str = "auto", root=None, download: bool = False) -> tuple[str, dict]:
+    """``(kind, {split: (uint8 images, uint8 labels)})`` from the resolved source."""
     kind, folder = resolve(source, root, download)
-    return (load_embedded() if kind == "embedded" else load_full(folder))[split]
+    return kind, (load_embedded() if kind == "embedded" else load_full(folder))

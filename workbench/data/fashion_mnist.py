@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from . import DATASETS
 from .base import DatasetEntry, DatasetInfo
-from .fashion_files import NAME, NATIVE_SIZE, NUM_CLASSES, SOURCES, arrays, resolve
+from .fashion_files import NAME, NATIVE_SIZE, NUM_CLASSES, SOURCES, load, resolve
 
 MIN_SIZE = 8
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -128,8 +128,8 @@ class FashionMNISTDataset(Dataset):
 def build(split, source="auto", root=None, download=True, train_per_class=None, seed=0,
           image_size=None, classes=None, augment=None) -> FashionMNISTDataset:
     classes, size = _classes(classes), _image_size(image_size)
-    kind, _ = resolve(source, root, download)
-    images, labels = arrays(split, source, root, download)
+    kind, splits = load(source, root, download)
+    images, labels = splits[split]
     if split == "train":
         _check_per_class(train_per_class, labels, classes, kind)
     keep = select(labels, classes, train_per_class if split == "train" else None, seed)
@@ -154,9 +154,8 @@ def info(source="auto", root=None, download=True, train_per_class=None, seed=0, 
 def check_available(source="auto", root=None, download=True, train_per_class=None, seed=0,
                     image_size=None, classes=None, augment=None) -> None:
     """Find and read (cached) the files, verify them and the options against them."""
-    _, labels = arrays("train", source, root, download)
-    arrays("test", source, root, download)
-    _check_per_class(train_per_class, labels, _classes(classes), resolve(source, root, download)[0])
+    kind, splits = load(source, root, download)
+    _check_per_class(train_per_class, splits["train"][1], _classes(classes), kind)
 
 
 DATASETS.register(NAME, DatasetEntry(NAME, OPTIONS, build, info, check_available))
