@@ -242,6 +242,23 @@ def test_cached_teacher_name_tells_embedded_from_full(tmp_path):
     emb = teacher_config(RunConfig.from_dict(dict(base, data_source="embedded")), "resnet8").name
     full = teacher_config(RunConfig.from_dict(dict(base, data_root=str(tmp_path))), "resnet8").name
     assert "embedded" in emb and "full" in full and emb.replace("embedded", "full") == full
+    everything = teacher_config(RunConfig.from_dict(dict(base, data_source="embedded", teacher_data="all")), "resnet8")
+    assert everything.train_per_class is None and "n2" in emb and "n2" not in everything.name
+
+
+def test_a_teacher_on_all_training_images_is_trained_once_and_used(fast_cfg):
+    from workbench.experiment import run, teacher_config
+
+    cfg = dict(fast_cfg, dataset="fashion_mnist", data_source="embedded", train_per_class=2, source_classes="0,1",
+               method="kd", teacher="resnet8", teacher_data="all", teacher_epochs=1, epochs=1, probe_every=0,
+               image_size=8)
+    run(cfg)
+    teacher_run = teacher_config(RunConfig.from_dict(cfg), "resnet8").run_dir()
+    from workbench.engine.metrics import read_metrics
+
+    record = read_metrics(teacher_run, kind="train")[-1]
+    per_class = np.bincount(ff.load_embedded()["train"][1])[:2].sum()
+    assert round(record["images_per_s"] * record["time"]) == per_class  # both classes, every image
 
 
 def test_device_path_gives_the_dataloader_items():

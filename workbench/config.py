@@ -50,6 +50,10 @@ class RunConfig:
     teacher_arch: str = opt("", "architecture of a teacher checkpoint file when it cannot be "
                             "inferred (RepDistiller files: inferred from a '<arch>_vanilla' folder)")
     teacher_epochs: int = opt(0, "epochs when the teacher is trained on the fly (0 = same as epochs)", low=0)
+    teacher_data: str = opt("student", "training images of a teacher trained on the fly: 'student' = the "
+                            "student's split; 'all' = every training image of the student's classes "
+                            "(train_per_class not applied: a teacher that has seen more than a low-label "
+                            "student)", ("student", "all"))
     student: str = opt("resnet8x4", "student architecture (zoo name)")
     init: str = opt("", "student checkpoint to start from (fine-tuning); empty = random init")
     # --- data --------------------------------------------------------------------------------

@@ -155,14 +155,16 @@ def prepare(cfg: RunConfig) -> Prepared:
 
 
 def teacher_config(cfg: RunConfig, arch: str, info: Optional[data.DatasetInfo] = None) -> RunConfig:
-    """The CE run that trains (and caches) a teacher of ``arch`` under the student's protocol."""
+    """The CE run that trains (and caches) a teacher of ``arch`` under the student's protocol
+    (on the student's split, or with ``teacher_data=all`` on every training image of its classes)."""
     epochs = cfg.teacher_epochs or cfg.epochs
     aug = "" if cfg.augment else "_noaug"  # the teacher trains under the student's augmentation setting
-    name = f"{cfg.dataset}{_data_key(cfg, info)}_{arch}_ce_s{TEACHER_SEED}_e{epochs}{aug}"
-    return cfg.replace(method="ce", base="auto", student=arch, teacher="none", init="", epochs=epochs,
-                       seed=TEACHER_SEED, dot=False, ctkd=False, ce_weight=None, name=name, probe_every=0,
-                       cache_teacher=False,
-                       out_dir=str(Path(cfg.out_dir or paths.runs_root()) / TEACHERS_DIR), resume=True)
+    data_cfg = cfg.replace(train_per_class=None) if cfg.teacher_data == "all" else cfg
+    name = f"{cfg.dataset}{_data_key(data_cfg, info)}_{arch}_ce_s{TEACHER_SEED}_e{epochs}{aug}"
+    return data_cfg.replace(method="ce", base="auto", student=arch, teacher="none", init="", epochs=epochs,
+                            seed=TEACHER_SEED, dot=False, ctkd=False, ce_weight=None, name=name, probe_every=0,
+                            cache_teacher=False,
+                            out_dir=str(Path(cfg.out_dir or paths.runs_root()) / TEACHERS_DIR), resume=True)
 
 
 def _data_key(cfg: RunConfig, info: Optional[data.DatasetInfo] = None) -> str:
