@@ -297,6 +297,8 @@ def datasets_taking(option: str) -> list[str]:
     from . import data
 
     return [d for d in data.available() if option in data.option_names(d)]
+
+
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 

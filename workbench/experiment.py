@@ -172,10 +172,9 @@ def _data_key(cfg: RunConfig, info: Optional[data.DatasetInfo] = None) -> str:
     source (fashion_mnist: embedded | full) adds the resolved one, so the two never share a teacher."""
     takes_split = "train_per_class" in data.option_names(cfg.dataset)
     source = (info or data.info(cfg.dataset, **cfg.dataset_options())).source or None
-    parts = [f"{k}{v}" for k, v in (("n", cfg.train_per_class), ("split", cfg.split_seed if takes_split else None),
-                                     ("px", cfg.image_size or None), ("cls", cfg.source_classes.replace(",", "") or None),
-                                     ("", source))
-             if v is not None]
+    named = (("n", cfg.train_per_class), ("split", cfg.split_seed if takes_split else None),
+             ("px", cfg.image_size or None), ("cls", cfg.source_classes.replace(",", "") or None), ("", source))
+    parts = [f"{k}{v}" for k, v in named if v is not None]
     return ("_" + "_".join(parts)) if parts else ""
 
 

@@ -23,7 +23,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-DEVICE_DATASETS = ("cifar10", "cifar100", "digits", "fashion_mnist", "synthetic")  # datasets :func:`device_tensors` supports
+# datasets :func:`device_tensors` supports
+DEVICE_DATASETS = ("cifar10", "cifar100", "digits", "fashion_mnist", "synthetic")
 FLIP_PROB = 0.5
 UINT8_MAX = 255.0
 
