@@ -85,6 +85,33 @@ def test_missing_full_files_say_where_they_were_looked_for(tmp_path):
     assert "train-images-idx3-ubyte" in msg and "data_source=embedded" in msg
 
 
+def test_download_goes_through_torchvision_into_the_raw_folder(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    calls = []
+
+    def fake_download(root, train, download):  # what torchvision leaves behind: <root>/FashionMNIST/raw
+        calls.append(train)
+        write_files(tmp_path / "FashionMNIST" / "raw", gz=False)
+
+    monkeypatch.setattr(tvd, "FashionMNIST", fake_download)
+    ds = data.build("fashion_mnist", "test", source="full", root=tmp_path, download=True)
+    assert len(ds) == N_TEST and sorted(calls) == [False, True]
+
+
+def test_failed_download_is_one_clear_line(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    def offline(root, train, download):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(tvd, "FashionMNIST", offline)
+    with pytest.raises(data.DatasetNotFoundError) as e:
+        data.check_available("fashion_mnist", source="full", root=tmp_path, download=True)
+    msg = str(e.value)
+    assert "\n" not in msg and "download" in msg and "name resolution" in msg and "data_source=embedded" in msg
+
+
 def test_auto_falls_back_to_the_embedded_subset(tmp_path):
     assert data.info("fashion_mnist", root=tmp_path).source == "embedded"
 
