@@ -36,7 +36,7 @@ def test_string_values_are_converted():
     (dict(method="ce", dot=True), ["dot", "method=ce"]),
     (dict(method="gpd", base="none", ctkd=True), ["ctkd", "base=none"]),
     (dict(method="gpd", branches="3x3"), ["branches", "'3x3'", "1x1_avg"]),
-    (dict(train_per_class=5), ["train_per_class", "digits only"]),
+    (dict(train_per_class=5), ["train_per_class", "digits and fashion_mnist only"]),
     (dict(sce_eps=1.5), ["sce_eps", "1.5"]),
     (dict(milestones="a,b"), ["milestones", "integers"]),
     (dict(preset="cifar100/nope/kd"), ["preset", "cifar100/nope/kd", "cifar100/r32x4_r8x4/kd"]),

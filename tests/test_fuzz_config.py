@@ -31,7 +31,7 @@ TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off"
 BIG = 10**6
 # Keys whose validity depends on other keys: covered by the exhaustive interaction test.
 COUPLED = {"method", "base", "teacher", "ctkd", "dot", "optimizer", "train_per_class", "source_classes",
-           "dataset", "branches", "preset", "cache_teacher", "augment"}
+           "data_source", "dataset", "branches", "preset", "cache_teacher", "augment"}
 
 
 def kind(name: str) -> str:

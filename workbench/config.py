@@ -78,16 +78,25 @@ class CoreConfig:
     teacher_arch: str = opt("", "architecture of a teacher checkpoint file when it cannot be "
                             "inferred (RepDistiller files: inferred from a '<arch>_vanilla' folder)")
     teacher_epochs: int = opt(0, "epochs when the teacher is trained on the fly (0 = same as epochs)", low=0)
+    teacher_data: str = opt("student", "training images of a teacher trained on the fly: 'student' = the "
+                            "student's split; 'all' = every training image of the student's classes "
+                            "(train_per_class not applied: a teacher that has seen more than a low-label "
+                            "student)", ("student", "all"))
     student: str = opt("resnet8x4", "student architecture (zoo name)")
     init: str = opt("", "student checkpoint to start from (fine-tuning); empty = random init")
     # --- data --------------------------------------------------------------------------------
     dataset: str = opt("cifar100", "dataset name")
     data_root: str = opt("", "dataset root (empty = datasets/ of the checkout or $WORKBENCH_DATA)")
-    download: bool = opt(True, "cifar: download into data_root when missing")
-    image_size: int = opt(0, "input size (0 = dataset default; digits: 8 native or upsampled)", low=0)
-    train_per_class: Optional[int] = opt(None, "digits: training images per class (None = 70/30 split)", low=1,
+    download: bool = opt(True, "cifar, fashion_mnist (data_source=full): download into data_root when missing")
+    data_source: str = opt("auto", "fashion_mnist: 'embedded' = the subset in the repo, 'full' = the IDX files "
+                           "(data_root, $WORKBENCH_DATA, FashionMNIST/raw, Debian dataset-fashion-mnist), "
+                           "'auto' = full if found, else embedded", ("auto", "embedded", "full"))
+    image_size: int = opt(0, "input size (0 = dataset default; digits: 8 native or upsampled; "
+                          "fashion_mnist: 28 native or resampled)", low=0)
+    train_per_class: Optional[int] = opt(None, "digits, fashion_mnist: training images per class (None = "
+                                         "digits: 70/30 split; fashion_mnist: all)", low=1,
                                          kind="Optional[int]")
-    split_seed: int = opt(0, "digits: seed of the train/test split", low=0)
+    split_seed: int = opt(0, "digits, fashion_mnist: seed of the train_per_class pick", low=0)
     augment: bool = opt(True, "standard training augmentation (false: none, e.g. for exact comparisons)")
     mix: str = opt("none", "batch transform mixing inputs and targets (soft targets for every method): "
                    "none, mixup (Zhang et al. 2018) or cutmix (Yun et al. 2019)", ("none", "mixup", "cutmix"))
@@ -119,9 +128,10 @@ class CoreConfig:
     # --- probes ---------------------------------------------------------------------------------
     probe_every: int = opt(1, "gap/discriminability probes every N epochs (0 = off)", low=0)
     probe_samples: int = opt(2000, "examples whose features are kept for CKA / kNN probes", low=0)
-    transfer: str = opt("auto", "transferability probe target: 'auto' (digits: the other digit "
+    transfer: str = opt("auto", "transferability probe target: 'auto' (digits, fashion_mnist: the other "
                         "classes; cifar100: cifar10), 'none', or a dataset name")
-    source_classes: str = opt("", "digits: comma list of source classes (e.g. 0,1,2,3,4); empty = all")
+    source_classes: str = opt("", "digits, fashion_mnist: comma list of source classes (e.g. 0,1,2,3,4); "
+                              "empty = all")
     # --- runtime --------------------------------------------------------------------------------
     seed: int = opt(0, "training seed", low=0)
     device: str = opt("auto", "device: auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
@@ -131,7 +141,7 @@ class CoreConfig:
     channels_last: str = opt("auto", "channels_last memory format (auto = on for CUDA)", ("auto", "on", "off"))
     compile: bool = opt(False, "torch.compile the trained model (CUDA)")
     device_data: str = opt("auto", "keep the whole dataset on the device and augment there (cifar10/100, "
-                           "digits; auto = on for CUDA)", ("auto", "on", "off"))
+                           "digits, fashion_mnist; auto = on for CUDA)", ("auto", "on", "off"))
     cache_teacher: bool = opt(False, "compute the static teacher's train-set logits once and reuse them "
                               "(needs augment=false)")
     sync_bn: bool = opt(False, "multi-GPU: synchronise BatchNorm statistics across processes (CUDA only)")
@@ -228,17 +238,19 @@ class RunConfigBase:
     # --- data and paths ---------------------------------------------------------------------------
     def dataset_options(self) -> dict[str, Any]:
         """Options for :func:`workbench.data.build` from the flat config keys."""
-        d = self.dataset
+        takes = dataset_takes(self.dataset)
         opts: dict[str, Any] = {} if self.augment else {"augment": False}
-        if d == "digits":
+        if "train_per_class" in takes:
             opts.update(train_per_class=self.train_per_class, seed=self.split_seed)
-            if self.source_classes:
-                opts["classes"] = parse_int_list("source_classes", self.source_classes)
-        if d in ("cifar10", "cifar100"):
+        if "classes" in takes and self.source_classes:
+            opts["classes"] = parse_int_list("source_classes", self.source_classes)
+        if "source" in takes:
+            opts["source"] = self.data_source
+        if "download" in takes:
             opts["download"] = self.download
-        if d in ("cifar10", "cifar100", "imagefolder") and self.data_root:
+        if "root" in takes and self.data_root:
             opts["root"] = self.data_root
-        if d in ("digits", "imagefolder", "synthetic") and self.image_size:
+        if "image_size" in takes and self.image_size:
             opts["image_size"] = self.image_size
         return opts
 
@@ -290,10 +302,11 @@ class RunConfigBase:
                               f"base={self.resolved_base})")
         if self.schedule == "multistep" and any(m <= 0 for m in self.milestones):
             raise ConfigError(f"milestones: epochs must be positive, got {list(self.milestones)}")
-        if self.train_per_class is not None and self.dataset != "digits":
-            raise ConfigError(f"train_per_class: applies to dataset digits only (dataset={self.dataset!r})")
-        if self.source_classes and self.dataset != "digits":
-            raise ConfigError(f"source_classes: applies to dataset digits only (dataset={self.dataset!r})")
+        for key, option, unset in (("train_per_class", "train_per_class", None), ("source_classes", "classes", ""),
+                                   ("data_source", "source", "auto")):
+            if getattr(self, key) != unset and option not in dataset_takes(self.dataset):
+                raise ConfigError(f"{key}: applies to dataset {' and '.join(datasets_taking(option))} only "
+                                  f"(dataset={self.dataset!r})")
         from .methods import config_checks
 
         for check in config_checks(self):
@@ -377,6 +390,22 @@ def parse_bool(key: str, value) -> bool:
     if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
         return value.strip().lower() in TRUE_WORDS
     raise ConfigError(f"{key}: expected a boolean (true/false), got {value!r}")
+
+
+def dataset_takes(dataset: str) -> tuple[str, ...]:
+    """The options dataset ``dataset`` takes (every option for an unknown name: the dataset
+    check in :func:`workbench.experiment.prepare` reports that, naming the valid ones)."""
+    from . import data
+
+    if dataset not in data.DATASETS:
+        return ("train_per_class", "classes", "source", "download", "root", "image_size")
+    return tuple(data.option_names(dataset))
+
+
+def datasets_taking(option: str) -> list[str]:
+    from . import data
+
+    return [d for d in data.available() if option in data.option_names(d)]
 
 
 def parse_int_list(key: str, value) -> tuple[int, ...]:

@@ -36,7 +36,7 @@ TEACHER_SEED = 0  # one cached teacher per training protocol serves every studen
 # What a cached teacher inherits from the student's config (its data and training protocol);
 # every other key keeps its default (gradient clipping too: GPD clips at 5 by default, a CE
 # teacher does not), so students that differ only in method settings share it.
-TEACHER_INHERITS = ("dataset", "data_root", "download", "image_size", "train_per_class", "split_seed",
+TEACHER_INHERITS = ("dataset", "data_root", "data_source", "download", "image_size", "train_per_class", "split_seed",
                     "augment", "source_classes", "batch_size", "optimizer", "lr", "momentum",
                     "weight_decay", "schedule", "milestones", "lr_decay", "warmup_epochs",
                     "device", "amp", "channels_last", "compile", "device_data", "sync_bn", "workers",
@@ -183,9 +183,14 @@ def prepare(cfg: RunConfig) -> Prepared:
 
 def teacher_config(cfg: RunConfig, arch: str) -> RunConfig:
     """The CE run that trains (and caches) a teacher of ``arch`` under the student's data and
-    training protocol (:data:`TEACHER_INHERITS`). Its folder is named by the hash of that
+    training protocol (:data:`TEACHER_INHERITS`; with ``teacher_data=all`` on every training image
+    of the student's classes, and with the dataset source resolved). Its folder is named by the hash of that
     config, with the dataset root resolved, so any change trains (and caches) another teacher."""
     inherited = {k: getattr(cfg, k) for k in TEACHER_INHERITS}
+    if cfg.teacher_data == "all":  # every training image of the student's classes
+        inherited["train_per_class"] = None
+    if "source" in data.option_names(cfg.dataset):  # the resolved source (embedded | full), never "auto"
+        inherited["data_source"] = data.info(cfg.dataset, **cfg.dataset_options()).source
     root = data.resolved_root(cfg.dataset, cfg.data_root or None)
     return RunConfig(**inherited).replace(
         method="ce", student=arch, teacher="none", epochs=cfg.teacher_epochs or cfg.epochs, seed=TEACHER_SEED,
@@ -287,13 +292,14 @@ def transfer_target(cfg: RunConfig) -> Optional[tuple[str, dict]]:
         return None
     if cfg.transfer != "auto":
         return cfg.transfer, {}
-    if cfg.dataset == "digits" and cfg.source_classes:
+    if cfg.source_classes and "classes" in data.option_names(cfg.dataset):  # digits, fashion_mnist
+        opts = {k: v for k, v in cfg.dataset_options().items() if k != "classes"}
+        full = data.info(cfg.dataset, **opts)
         source = set(int(c) for c in cfg.source_classes.split(","))
-        rest = tuple(c for c in range(10) if c not in source)
-        opts = {"classes": rest, "train_per_class": cfg.train_per_class, "seed": cfg.split_seed}
-        if cfg.image_size:
-            opts["image_size"] = cfg.image_size
-        return ("digits", opts) if rest else None
+        rest = tuple(c for c in range(full.num_classes) if c not in source)
+        if "source" in opts:  # the target comes from the same files as the source classes
+            opts["source"] = full.source
+        return (cfg.dataset, dict(opts, classes=rest, augment=False)) if rest else None
     if cfg.dataset == "cifar100":
         return "cifar10", {"download": False, **({"root": cfg.data_root} if cfg.data_root else {})}
     return None

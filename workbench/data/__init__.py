@@ -15,7 +15,7 @@ from .base import DatasetInfo, DatasetNotFoundError, SPLITS
 
 DATASETS = Registry("dataset")
 
-from . import cifar, digits, imagefolder, synthetic  # noqa: E402,F401  (register themselves)
+from . import cifar, digits, fashion_mnist, imagefolder, synthetic  # noqa: E402,F401  (register themselves)
 
 
 def available() -> list[str]:

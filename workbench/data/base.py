@@ -35,6 +35,7 @@ class DatasetInfo:
     num_classes: int
     in_channels: int
     image_size: int
+    source: str = ""  # where the images come from, for datasets with a choice (fashion_mnist: embedded | full)
 
 
 def check_options(dataset: str, options: dict, allowed) -> None:

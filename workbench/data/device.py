@@ -10,8 +10,10 @@ same distribution as the torchvision pipeline (RandomCrop(32, padding=4) with ze
 RandomHorizontalFlip), not the same random draws.
 
 Supported datasets expose what is needed (see :func:`device_tensors`): ``cifar10``/``cifar100``
-(uint8 images, normalised on the device), ``digits`` (already-normalised float images,
-translation only, as its CPU augmentation) and ``synthetic`` (plain tensors, no augmentation).
+(uint8 images, normalised on the device), ``fashion_mnist`` (the same, from its own
+``device_tensors()`` method: any dataset may offer one), ``digits`` (already-normalised float
+images, translation only, as its CPU augmentation) and ``synthetic`` (plain tensors, no
+augmentation).
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-DEVICE_DATASETS = ("cifar10", "cifar100", "digits", "synthetic")  # datasets :func:`device_tensors` supports
+# datasets :func:`device_tensors` supports
+DEVICE_DATASETS = ("cifar10", "cifar100", "digits", "fashion_mnist", "synthetic")
 FLIP_PROB = 0.5
 UINT8_MAX = 255.0
 
@@ -41,6 +44,8 @@ def device_tensors(dataset) -> Optional[DeviceTensors]:
     """The dataset as tensors (on the CPU), or None when it cannot live on the device."""
     from .digits import DigitsDataset
 
+    if callable(getattr(dataset, "device_tensors", None)):
+        return dataset.device_tensors()
     if isinstance(dataset, DigitsDataset):
         return DeviceTensors(dataset.images, dataset.targets.long(), dataset.augment, dataset.shift, flip=False)
     if isinstance(dataset, torch.utils.data.TensorDataset) and len(dataset.tensors) == 2:  # synthetic

@@ -1,0 +1,92 @@
+"""Student top-1 on the embedded `fashion_mnist` subset for several methods x seeds (mean +- std).
+
+    python bench/fashion_methods.py [--methods ce,kd] [--seeds 0,1,2] [key=value ...]
+    python bench/fashion_methods.py --methods ce,kd,dkd,gpd_kd,gpd_dkd,gpd_scratch preset=fashion/demo/kd
+
+Methods are the presets' method entries (``workbench.presets.CIFAR_METHODS``: ce, kd, dkd,
+gpd_kd, gpd_dkd, gpd_scratch, ...). Every method uses the same teacher (an architecture name:
+trained once with seed 0 and cached; or a checkpoint path), student, data and epochs; key=value
+overrides go on top of ``DEFAULTS`` (or of a ``preset=``). Prints a markdown table: student
+best-epoch and last-epoch top-1 (mean +- std over seeds, and per seed), T_d for GPD, the static
+teacher's top-1, and the wall time per run with the load average, since the box may be shared.
+Not a timed test: a study script whose output goes into the README / closing notes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+from workbench.config import parse_overrides
+from workbench.experiment import run
+from workbench.presets import CIFAR_METHODS
+
+DEFAULTS = dict(dataset="fashion_mnist", data_source="embedded", train_per_class=100, teacher="resnet20",
+                student="resnet8", epochs=20, teacher_epochs=30, lr=0.05, schedule="cosine", batch_size=64,
+                eval_batch_size=500, probe_every=0, progress=False)
+SEEDS = "0,1,2"
+
+
+def fmt(xs) -> str:
+    return f"{statistics.mean(xs):.2f} +- {statistics.stdev(xs) if len(xs) > 1 else 0.0:.2f}"
+
+
+def load() -> str:
+    return f"{os.getloadavg()[0]:.1f}"
+
+
+def teacher_top1(results) -> str:
+    for res in results:
+        if "teacher" in res.summary:
+            return f"{res.summary['teacher']['last_top1']:.2f}"
+    return ""
+
+
+def row(name: str, results, seconds) -> str:
+    best = [r.summary["student"]["best_top1"] for r in results]
+    last = [r.summary["student"]["last_top1"] for r in results]
+    t_d = ""
+    if "dynamic_teacher" in results[0].summary:
+        t_d = fmt([r.summary["dynamic_teacher"]["last_top1"] for r in results])
+    seeds = " / ".join(f"{b:.1f}, {v:.1f}" for b, v in zip(best, last))
+    return (f"| {name} | {fmt(best)} | {fmt(last)} | {seeds} | {t_d} | {teacher_top1(results)} "
+            f"| {statistics.mean(seconds):.0f} |")
+
+
+def main(argv) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", default="ce,kd", help="comma list of preset method entries "
+                   f"({', '.join(CIFAR_METHODS)})")
+    p.add_argument("--seeds", default=SEEDS, help="comma list of training seeds")
+    args, rest = p.parse_known_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in CIFAR_METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method {unknown[0]!r}; valid: {', '.join(CIFAR_METHODS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    overrides = parse_overrides(rest)
+    base = {} if "preset" in overrides else dict(DEFAULTS)
+    base.update(overrides)
+    base.setdefault("out_dir", tempfile.mkdtemp(prefix="fashion_methods_"))
+    base.setdefault("progress", False)
+    print(f"settings: {base}\nseeds: {seeds}; load average at start: {load()}\n", flush=True)
+    print("| method | best epoch | last epoch | per seed (best, last) | T_d last | T_s | s/run |")
+    print("|---|---|---|---|---|---|---|", flush=True)
+    rows = {}
+    for name in methods:
+        results, seconds = [], []
+        for s in seeds:
+            t0 = time.perf_counter()
+            results.append(run({**base, **CIFAR_METHODS[name], "seed": s}, log=lambda *_: None))
+            seconds.append(time.perf_counter() - t0)  # the first distillation run includes teacher training
+        rows[name] = results
+        print(row(name, results, seconds), flush=True)
+    print(f"\nload average at end: {load()}; results under {base['out_dir']}")
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
