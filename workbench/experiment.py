@@ -328,7 +328,8 @@ def run(cfg: RunConfig | dict, callbacks: Optional[list] = None, log=print,
         if callbacks is None:
             callbacks = default_callbacks(cfg, prep.info)
         callbacks = list(callbacks) + list(extra_callbacks or [])
-        trainer = Trainer(cfg, method, train_set, test_set, prep.run_dir, callbacks, log=log)
+        trainer = Trainer(cfg, method, train_set, test_set, prep.run_dir, callbacks, log=log,
+                          num_classes=prep.info.num_classes)
         summary = trainer.fit()
         records = read_metrics(prep.run_dir) if (prep.run_dir / "metrics.jsonl").exists() else []
     return RunResult(prep.run_dir, summary, records)

@@ -215,8 +215,8 @@ class CaptureModels(Callback):
     def __init__(self):
         self.models: dict = {}
 
-    def on_fit_end(self, trainer) -> None:
-        self.models = dict(trainer.method.eval_models())
+    def on_fit_end(self, state) -> None:
+        self.models = dict(state.eval_models())
 
 
 def train(cfg: RunConfig, nproc: int = 1, extra_callbacks: Sequence = (), echo=print):
@@ -359,10 +359,10 @@ class LiveCurves(Callback):
         self.widget, self.metric, self.pairs = widget, metric, list(pairs)
         self.updates = 0
 
-    def on_epoch_end(self, trainer, epoch: int) -> list[dict]:
+    def on_epoch_end(self, state, epoch: int) -> list[dict]:
         from .engine.metrics import read_metrics
 
-        recs = read_metrics(trainer.log.path) if Path(trainer.log.path).exists() else []
+        recs = read_metrics(state.metrics_path) if Path(state.metrics_path).exists() else []
         self.update(recs)
         return []
 

@@ -28,12 +28,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.device import DEVICE_DATASETS, DeviceLoader, Indexed, device_tensors
-from ..methods import TASK_PREFIX, Distiller
+from ..methods import TASK_PREFIX, Distiller, hard_labels
 from ..models.hooks import FeatureTap
 from . import distributed as dist
-from .callbacks import Callback, RoleOutputs
+from .callbacks import Callback, FitState, RoleOutputs
 from .checkpoint import BEST, LAST, STUDENT, CheckpointError, atomic_save, rng_state, set_rng_state
 from .device import amp_dtype, autocast, select_device, to_device, use_channels_last
+from .batch import BATCH_TRANSFORMS
 from .ema import ModelEMA
 from .metrics import MetricsLog
 from .optim import DOT, build_optimizer
@@ -76,11 +77,17 @@ def _progress(iterable, enabled: bool, **kw):
 
 class Trainer:
     def __init__(self, cfg, method: Distiller, train_set, test_set, run_dir: str | Path | None = None,
-                 callbacks: list[Callback] = (), device: torch.device | None = None, log=print):
+                 callbacks: list[Callback] = (), device: torch.device | None = None, log=print,
+                 num_classes: int | None = None):
         self.cfg, self.method, self.note = cfg, method, log
+        self.num_classes = num_classes  # needed by mixing batch transforms (soft targets)
+        self.mix = BATCH_TRANSFORMS.get(cfg.mix)
+        if cfg.mix != "none" and num_classes is None:
+            raise ValueError(f"mix={cfg.mix}: the Trainer needs num_classes= for soft targets")
         self.train_set, self.test_set = train_set, test_set
         self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir()
         self.callbacks = list(callbacks)
+        self._static_outputs: RoleOutputs | None = None  # the static teacher's, computed once
         self.epochs = cfg.epochs
         self.epoch = 0
         self.rank, self.world = dist.rank(), dist.world_size()
@@ -177,6 +184,7 @@ class Trainer:
             x, y, *index = to_device(batch, self.device, self.channels_last)
             if index:
                 self.method.use_cached_teacher_logits(self.teacher_cache[index[0]])
+            x, y = self.mix(x, y, self.num_classes, self.cfg.mix_alpha)
             self._set_lr((epoch - 1) + step / steps, steps)
             with autocast(self.device, self.amp):
                 logits, losses = self.model(x, y)
@@ -189,7 +197,7 @@ class Trainer:
                 self.ema.update(self.method.trained_module())
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
+            correct += (logits.detach().argmax(1) == hard_labels(y)).sum()
             seen += len(y)
             if hasattr(bar, "set_postfix") and step % 10 == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
@@ -255,13 +263,29 @@ class Trainer:
             models.update({r + EMA_SUFFIX: m for r, m in self.method.eval_models(self.ema.module).items()})
         return models
 
+    def _features_due(self, epoch: int) -> int:
+        """How many examples' penultimate features this epoch's due callbacks need (0 = none)."""
+        if self.cfg.probe_every <= 0 or not any(cb.needs_features and cb.due(epoch, self.epochs)
+                                                 for cb in self.callbacks):
+            return 0
+        return self.cfg.probe_samples
+
     @torch.no_grad()
     def evaluate(self, epoch: int) -> tuple[list[dict], dict[str, RoleOutputs]]:
-        """One pass over the test set for every model; returns eval records and outputs
-        (logits of all examples, features of the first ``probe_samples``) for callbacks.
+        """One pass over the test set for every model that changes; returns eval records and
+        outputs (logits of all examples, features of the first ``probe_samples`` when a due
+        callback needs them) for callbacks. The static teacher never changes: its outputs are
+        computed once and reused (recomputed only when features are needed and not cached).
         With EMA, each raw role's record also carries ``top1_reported`` = max(raw, EMA) top-1
         (what the GPD reference code reports)."""
         models = self.eval_models()
+        order = list(models)  # records keep the roles' order whatever was cached
+        budget = self._features_due(epoch)
+        cached = self._static_outputs if "teacher" in models else None
+        if cached is not None and (budget == 0 or cached.features is not None):
+            models.pop("teacher")
+        else:
+            cached = None
         was_training = {r: m.training for r, m in models.items()}
         for m in models.values():
             m.eval()
@@ -270,7 +294,6 @@ class Trainer:
         logits = {r: [] for r in models}
         feats = {r: [] for r in models}
         targets, kept, t0 = [], 0, time.perf_counter()
-        budget = self.cfg.probe_samples if self.cfg.probe_every > 0 else 0
         for batch in _progress(self.test_loader, self.show, desc="eval"):
             x, y, *_ = to_device(batch, self.device, self.channels_last)
             take = min(len(y), max(0, budget - kept))
@@ -289,19 +312,29 @@ class Trainer:
             m.train(was_training[role])
         y = dist.gather_cat(torch.cat(targets))
         elapsed = time.perf_counter() - t0
-        records, outputs = [], {}
+        outputs = {}
         for role in models:
             z = dist.gather_cat(torch.cat(logits[role]))
             f = dist.gather_cat(torch.cat(feats[role])) if feats[role] else None
             outputs[role] = RoleOutputs(z, y, f[:budget] if f is not None else None)
-            k = min(TOPK, z.shape[1])
-            topk = z.topk(k, dim=1).indices
-            records.append({"kind": "eval", "epoch": epoch, "split": "test", "role": role,
-                            "top1": 100.0 * (topk[:, 0] == y).float().mean().item(),
-                            f"top{TOPK}": 100.0 * (topk == y[:, None]).any(1).float().mean().item(),
-                            "loss": F.cross_entropy(z, y).item(), "n": len(y), "time": elapsed})
+        if cached is not None:
+            outputs["teacher"] = cached
+        elif "teacher" in outputs:
+            self._static_outputs = outputs["teacher"]
+        outputs = {role: outputs[role] for role in order}
+        records = [self._eval_record(epoch, role, out, elapsed) for role, out in outputs.items()]
         _add_reported(records)
         return records, outputs
+
+    @staticmethod
+    def _eval_record(epoch: int, role: str, out: RoleOutputs, elapsed: float) -> dict:
+        z, y = out.logits, out.targets
+        k = min(TOPK, z.shape[1])
+        topk = z.topk(k, dim=1).indices
+        return {"kind": "eval", "epoch": epoch, "split": "test", "role": role,
+                "top1": 100.0 * (topk[:, 0] == y).float().mean().item(),
+                f"top{TOPK}": 100.0 * (topk == y[:, None]).any(1).float().mean().item(),
+                "loss": F.cross_entropy(z, y).item(), "n": len(y), "time": elapsed}
 
     # ------------------------------------------------------------------ divergence
     def _diverged(self, epoch: int, what: str) -> NonFiniteLossError:
@@ -376,8 +409,9 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(self.cfg.to_json())
+        state = self.state()
         for cb in self.callbacks:
-            cb.on_fit_start(self)
+            cb.on_fit_start(state)
         if start == 1:
             self._eval_and_callbacks(0)
         for epoch in range(start, self.epochs + 1):
@@ -386,20 +420,25 @@ class Trainer:
             train_record = self.train_epoch(epoch)
             self.log.append([train_record])
             student_top1 = self._eval_and_callbacks(epoch)
-            self.log.append(r for cb in self.callbacks for r in _stamp(cb.on_epoch_end(self, epoch), epoch))
+            self.log.append(r for cb in self.callbacks for r in _stamp(cb.on_epoch_end(state, epoch), epoch))
             self.save(epoch, student_top1)
             self._print_epoch(train_record, student_top1)
         for cb in self.callbacks:
-            cb.on_fit_end(self)
+            cb.on_fit_end(state)
         return self.finish()
+
+    def state(self) -> FitState:
+        """What callbacks may know of this run."""
+        return FitState(self.epochs, self.run_dir, self.log.path, self.device, self.eval_models)
 
     def _eval_and_callbacks(self, epoch: int) -> float | None:
         records, outputs = self.evaluate(epoch)
         self._check_finite(epoch, records, outputs)
         self.log.append(records)
         self._last_eval = {r["role"]: r["top1"] for r in records}
+        state = self.state()
         for cb in self.callbacks:
-            self.log.append(_stamp(cb.on_eval_end(self, epoch, outputs), epoch))
+            self.log.append(_stamp(cb.on_eval_end(state, epoch, outputs), epoch))
         student = next((r for r in records if r["role"] == "student"), None)
         return None if student is None else student.get("top1_reported", student["top1"])
 

@@ -120,13 +120,14 @@ class GapProbe(Callback):
         self.metrics = tuple(metrics)
         for m in self.metrics:
             GAP_METRICS.check(m)
+        self.needs_features = any(GAP_METRICS.meta(m).get("needs_features") for m in self.metrics)
         self.pairs = _check_pairs(pairs)
         if not T > 0:
             raise ValueError(f"temperature T must be > 0, got {T!r}")
         self.T = float(T)
 
-    def on_eval_end(self, trainer, epoch: int, outputs: dict[str, RoleOutputs]) -> list[dict]:
-        last = getattr(trainer, "epochs", epoch) if trainer is not None else epoch
+    def on_eval_end(self, state, epoch: int, outputs: dict[str, RoleOutputs]) -> list[dict]:
+        last = getattr(state, "epochs", epoch) if state is not None else epoch
         if not self.due(epoch, last):
             return []
         return gap_records(outputs, epoch, self.metrics, self.pairs, self.T)

@@ -91,7 +91,10 @@ def discriminability_records(outputs: dict[str, RoleOutputs], epoch: Optional[in
 
 
 class DiscriminabilityProbe(Callback):
-    """Writes :func:`discriminability_records` after each due evaluation."""
+    """Writes :func:`discriminability_records` after each due evaluation (kNN and separability
+    read penultimate features)."""
+
+    needs_features = True
 
     def __init__(self, every: int = 1, roles: Optional[Sequence[str]] = None, k: int = DEFAULT_KNN_K,
                  knn_metric: str = "cosine"):
@@ -102,8 +105,8 @@ class DiscriminabilityProbe(Callback):
         _choice("kNN metric", knn_metric, M.KNN_METRICS)
         self.every, self.roles, self.k, self.knn_metric = int(every), roles, int(k), knn_metric
 
-    def on_eval_end(self, trainer, epoch: int, outputs: dict[str, RoleOutputs]) -> list[dict]:
-        if not self.due(epoch, getattr(trainer, "epochs", epoch)):
+    def on_eval_end(self, state, epoch: int, outputs: dict[str, RoleOutputs]) -> list[dict]:
+        if not self.due(epoch, getattr(state, "epochs", epoch)):
             return []
         return discriminability_records(outputs, epoch, self.roles, self.k, self.knn_metric)
 
@@ -284,11 +287,11 @@ class TransferabilityProbe(Callback):
             out.append({**base, "metric": metric, "value": float(value) * scale})
         return out
 
-    def on_eval_end(self, trainer, epoch: int, outputs: dict[str, RoleOutputs]) -> list[dict]:
-        if not self.due(epoch, getattr(trainer, "epochs", epoch)):
+    def on_eval_end(self, state, epoch: int, outputs: dict[str, RoleOutputs]) -> list[dict]:
+        if not self.due(epoch, getattr(state, "epochs", epoch)):
             return []
-        models = trainer.eval_models()
-        device = getattr(trainer, "device", None)
+        models = state.eval_models()
+        device = getattr(state, "device", None)
         records = []
         for role in self.roles:
             if role in models:
