@@ -85,22 +85,29 @@ class _Tree:
         return blocks
 
 
-def _describe(obj) -> str:
-    return type(obj).__name__ if isinstance(obj, nn.Module) else "the given teacher state dict"
+def _pair_name(student: nn.Module, source, student_name: str | None, teacher_name: str | None) -> str:
+    """'<student> from <teacher>' for error messages: registry names when given, else class names."""
+    teacher = type(source).__name__ if isinstance(source, nn.Module) else "the given teacher state dict"
+    return f"{student_name or type(student).__name__} from {teacher_name or teacher}"
 
 
 class InheritanceError(ValueError):
     """A student that cannot inherit from the given teacher (one-line message)."""
 
 
-def inheritance_map(student: nn.Module, source) -> dict[str, str]:
+def inheritance_map(student: nn.Module, source, *, student_name: str | None = None,
+                    teacher_name: str | None = None) -> dict[str, str]:
     """Student state-dict key -> teacher state-dict key (the depth selection above); ``source`` is
-    the teacher module or its state dict."""
+    the teacher module or its state dict; the names only label error messages."""
     t_state = source.state_dict() if isinstance(source, nn.Module) else source
-    names = f"{_describe(student)} from {_describe(source)}"
+    return dict(_iter_map(student, t_state, _pair_name(student, source, student_name, teacher_name)))
+
+
+def _iter_map(student: nn.Module, t_state: Mapping[str, torch.Tensor], names: str):
+    """``(student key, teacher key)`` in the student's state-dict order (lazily, so that a caller
+    slicing as it goes reports the first offending tensor)."""
     s_tree, t_tree = _Tree(student.state_dict()), _Tree(t_state)
     cache: dict[tuple, dict[int, int]] = {}
-    mapping = {}
     for s_path in s_tree.paths:
         t_path: list[str] = []
         for depth, part in enumerate(s_path):
@@ -117,13 +124,14 @@ def inheritance_map(student: nn.Module, source) -> dict[str, str]:
                 f"cannot inherit {names}: the teacher has no {t_key!r} for the student's {'.'.join(s_path)!r} "
                 f"(different architectures?)"
             )
-        mapping[".".join(s_path)] = t_key
-    return mapping
+        yield ".".join(s_path), t_key
 
 
 def _index_map(s_blocks: list[list[int]], t_blocks: list[list[int]], where: str, names: str) -> dict[int, int]:
     """Student child index -> teacher child index: student block i <- teacher block i * step, the
     k-th layer of a block from the k-th layer of the chosen teacher block."""
+    if not t_blocks:
+        raise InheritanceError(f"cannot inherit {names}: the teacher has no {where or 'blocks'} (different architectures?)")
     if len(s_blocks) > len(t_blocks):
         raise InheritanceError(
             f"cannot inherit {names}: {where or 'the model'} has {len(s_blocks)} blocks in the student but "
@@ -178,8 +186,7 @@ def _slice(key: str, s_shape: torch.Size, t: torch.Tensor, rule: tuple[set[int],
     return t[tuple(slice(0, s) for s in s_shape)]
 
 
-def _check_modules(student: nn.Module, teacher: nn.Module) -> None:
-    names = f"{_describe(student)} from {_describe(teacher)}"
+def _check_modules(student: nn.Module, teacher: nn.Module, names: str) -> None:
     if type(student) is not type(teacher):
         raise InheritanceError(f"cannot inherit {names}: different model families (inheritance needs the same architecture)")
     s_dims = sorted({m.head_dim for m in student.modules() if isinstance(m, Attention)})
@@ -188,22 +195,24 @@ def _check_modules(student: nn.Module, teacher: nn.Module) -> None:
         raise InheritanceError(f"cannot inherit {names}: attention head_dim {s_dims} vs {t_dims} (heads are inherited whole)")
 
 
-def inherit(student: nn.Module, source) -> nn.Module:
+def inherit(student: nn.Module, source, *, student_name: str | None = None, teacher_name: str | None = None) -> nn.Module:
     """Initialise ``student`` in place from ``source`` (teacher module or state dict) by uniform
     block selection and front slicing (module docstring); returns ``student``. BN running
-    statistics are copied (sliced) too: follow with ``recalibrate_bn``."""
+    statistics are copied (sliced) too: follow with ``recalibrate_bn``. ``student_name`` /
+    ``teacher_name`` (e.g. the registry names) only label error messages. Nothing is written
+    unless every tensor can be inherited."""
+    names = _pair_name(student, source, student_name, teacher_name)
     if isinstance(source, nn.Module):
-        _check_modules(student, source)
+        _check_modules(student, source, names)
         t_state = source.state_dict()
     elif isinstance(source, Mapping):
         t_state = source
     else:
         raise TypeError(f"inherit source must be an nn.Module or a state dict, got {type(source).__name__}")
-    names = f"{_describe(student)} from {_describe(source)}"
-    mapping = inheritance_map(student, source)
+    s_state = student.state_dict()
     head = classifier_path(student)
-    new = {key: _slice(key, s.shape, t_state[mapping[key]], _rule(student, key, s.ndim, head), names)
-           for key, s in student.state_dict().items()}
+    new = {s_key: _slice(s_key, s_state[s_key].shape, t_state[t_key], _rule(student, s_key, s_state[s_key].ndim, head), names)
+           for s_key, t_key in _iter_map(student, t_state, names)}
     student.load_state_dict(new)
     return student
 
