@@ -46,9 +46,11 @@ from torch.nn.modules.conv import _ConvNd
 from .hooks import classifier_path
 from .vit import Attention
 
-#: dims of a state-dict tensor that the teacher must have at the same size (never sliced)
+#: ``pos_embed`` (1, tokens, dim): its token dim must match (the patch grid), only dim is sliced
 POS_EMBED_NAME, POS_EMBED_TOKEN_DIM = "pos_embed", 1
+#: conv weights (out, in / groups, *kernel): the kernel dims from here on must match
 CONV_KERNEL_DIMS_FROM = 2
+#: the ViT's ``Attention.qkv`` output is [q | k | v]: sliced segment by segment
 QKV_NAME, QKV_SEGMENTS = "qkv", 3
 #: a layer whose ``weight`` has at least this many dims starts a block in a container of plain layers
 MATRIX_DIMS = 2
