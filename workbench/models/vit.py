@@ -113,6 +113,12 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def _init_linear(m: nn.Linear) -> None:
+    """DeiT/timm's Linear init: truncated normal weight (std ``INIT_STD``), zero bias."""
+    nn.init.trunc_normal_(m.weight, std=INIT_STD)
+    nn.init.zeros_(m.bias)
+
+
 class ViT(nn.Module):
     """Patch embedding + cls token + learned position embedding -> blocks -> norm -> head(cls)."""
 
@@ -155,8 +161,7 @@ class ViT(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=INIT_STD)
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=INIT_STD)
-                nn.init.zeros_(m.bias)
+                _init_linear(m)
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -237,8 +242,7 @@ class DistilledViT(ViT):
         self.dist_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.head_dist = nn.Linear(dim, num_classes)
         nn.init.trunc_normal_(self.dist_token, std=INIT_STD)
-        nn.init.trunc_normal_(self.head_dist.weight, std=INIT_STD)
-        nn.init.zeros_(self.head_dist.bias)
+        _init_linear(self.head_dist)
         self.eval_heads = eval_heads
 
     @property
