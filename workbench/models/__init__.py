@@ -14,7 +14,14 @@ ResNets of RepDistiller's resnetv2.py: 3x3 stride-1 stem, no max-pool), torchvis
 (``"imagenet"``), and ``vit_nano vit_tiny vit_small`` (``"vit"``). Alias: ``mobile_half`` =
 ``MobileNetV2`` (the key used by later RepDistiller forks).
 
+``vit_nano_dist vit_tiny_dist vit_small_dist`` (``"vit"``) add DeiT's distillation token
+(``vit.DistilledViT``: ``forward_parts`` for training, ``forward`` = the averaged prediction).
+
 Every model's ``forward(x)`` returns logits only; features come from ``models.hooks``.
+Building blocks for distillation methods (import them from their modules):
+``dense.dense_logits`` (a CNN's classifier at every position of its last map),
+``params.decay_groups`` (optimizer groups without decay for norms, biases, tokens),
+``inherit.inherit`` / ``inherit.recalibrate_bn`` (weight inheritance as a student init).
 """
 from __future__ import annotations
 

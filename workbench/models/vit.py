@@ -14,6 +14,13 @@ Structure (other code relies on these names):
 - ``ViT.norm`` (LayerNorm) then ``ViT.head`` (Linear) on the cls token.
 No module stores a width that its forward uses: every shape is read from the tensors.
 
+``DistilledViT`` (registered as ``vit_nano_dist``, ``vit_tiny_dist``, ``vit_small_dist``) adds
+DeiT's distillation token (Touvron et al., ICML 2021): a direct parameter ``dist_token``
+(1, 1, dim) placed right after the cls token, a ``pos_embed`` covering cls + dist + patches
+(1, num_patches + 2, dim), and a second classifier ``head_dist`` (Linear) on the dist token.
+``forward_parts(x)`` gives the training-time pieces; ``forward(x)`` the averaged prediction of
+the heads named in ``eval_heads`` (see the class docstring).
+
 Patch size: given explicitly, or the smallest of 2, 4, 8, 16, 32 that divides ``image_size`` and
 gives at most ``MAX_GRID`` patches per side (32x32 -> 4, 8x8 -> 2, 224x224 -> 16).
 """
@@ -106,10 +113,20 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def _init_linear(m: nn.Linear) -> None:
+    """DeiT/timm's Linear init: truncated normal weight (std ``INIT_STD``), zero bias."""
+    nn.init.trunc_normal_(m.weight, std=INIT_STD)
+    nn.init.zeros_(m.bias)
+
+
 class ViT(nn.Module):
     """Patch embedding + cls token + learned position embedding -> blocks -> norm -> head(cls)."""
 
     classifier_name = "head"
+    #: tokens in front of the patch tokens (cls), each with its own position embedding row
+    num_prefix_tokens = 1
+    #: direct parameters an optimizer should not decay (read by ``models.params.decay_groups``)
+    no_weight_decay_names = ("cls_token", "pos_embed")
 
     def __init__(
         self,
@@ -129,7 +146,7 @@ class ViT(nn.Module):
         num_patches = (image_size // patch_size) ** 2
         self.patch_embed = PatchEmbed(in_channels, dim, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + self.num_prefix_tokens, dim))
         self.blocks = nn.Sequential(*(Block(dim, head_dim, mlp_ratio) for _ in range(depth)))
         self.norm = nn.LayerNorm(dim, eps=LAYERNORM_EPS)
         self.head = nn.Linear(dim, num_classes)
@@ -144,41 +161,148 @@ class ViT(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=INIT_STD)
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=INIT_STD)
-                nn.init.zeros_(m.bias)
+                _init_linear(m)
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _prefix_tokens(self) -> list[torch.Tensor]:
+        """The (1, 1, dim) tokens put in front of the patch tokens, in order."""
+        return [self.cls_token]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Final-normed token sequence (N, num_prefix_tokens + num_patches, dim): prefix tokens
+        (cls[, dist]) first, then the patch tokens in row-major grid order."""
         tokens = self.patch_embed(x)
-        if tokens.shape[1] + 1 != self.pos_embed.shape[1]:
+        built_for = self.pos_embed.shape[1] - self.num_prefix_tokens
+        if tokens.shape[1] != built_for:
             raise ValueError(
                 f"input {tuple(x.shape[-2:])} gives {tokens.shape[1]} patches but this ViT was built "
-                f"for {self.pos_embed.shape[1] - 1}; build it with the matching image_size"
+                f"for {built_for}; build it with the matching image_size"
             )
-        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
-        x = torch.cat([cls, tokens], dim=1) + self.pos_embed
-        x = self.norm(self.blocks(x))
-        return self.head(x[:, 0])
+        prefix = [t.expand(tokens.shape[0], -1, -1) for t in self._prefix_tokens()]
+        x = torch.cat([*prefix, tokens], dim=1) + self.pos_embed
+        return self.norm(self.blocks(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encode(x)[:, 0])
 
 
-def _vit_factory(size: str):
+#: the heads ``DistilledViT.forward`` can average: the cls head, the dist head, and the dense
+#: prediction (the dist head applied to every patch token, averaged over the patches)
+EVAL_HEADS = ("cls", "dist", "dense")
+#: DeiT's inference: mean of the cls and dist heads (the facebookresearch/deit definition)
+DEIT_EVAL_HEADS = ("cls", "dist")
+#: CSKD's inference: mean of the cls head, the dist head and the pooled dense prediction
+CSKD_EVAL_HEADS = ("cls", "dist", "dense")
+
+
+def check_eval_heads(heads) -> tuple[str, ...]:
+    """``heads`` as a tuple after checking it is a non-empty, duplicate-free subset of
+    ``EVAL_HEADS`` (one-line ``ValueError`` otherwise)."""
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    bad = [h for h in heads if h not in EVAL_HEADS]
+    if not heads or bad or len(set(heads)) != len(heads):
+        raise ValueError(
+            f"eval_heads must be distinct names from {', '.join(EVAL_HEADS)} (at least one), got {heads!r}"
+        )
+    return heads
+
+
+class DistilledViT(ViT):
+    """A ``ViT`` with DeiT's distillation token and head.
+
+    Token order: [cls, dist, patch_0 ... patch_{P-1}] (patches in row-major grid order), each
+    with its own ``pos_embed`` row, as in DeiT.
+
+    - ``forward_parts(x)`` -> ``{"cls": (N, K), "dist": (N, K), "patches": (N, P, dim)}``: the
+      cls-head logits, the dist-head logits and the final-normed patch tokens (what a training
+      method needs; ``patch_logits`` turns the patches into per-patch logits);
+    - ``patch_logits(patches)`` -> (N, P, K): ``head_dist`` applied to every patch token (CSKD's
+      dense student prediction; reshape with ``losses_spatial.tokens_to_grid``);
+    - ``forward(x)`` -> (N, K), in train and eval mode alike (every zoo forward returns logits
+      only): the mean of the logits of the heads in ``eval_heads``. DeiT averages the cls and
+      dist heads (``DEIT_EVAL_HEADS``, the default); CSKD also averages the dense prediction
+      (``CSKD_EVAL_HEADS``: the dist head on every patch token, averaged over the patches, our
+      reading of "mean of cls head, dist head and pooled dense prediction"). ``eval_heads`` can
+      be set after construction (e.g. by a method).
+
+    Probes (``models.hooks.penultimate`` / ``FeatureTap("penultimate")``) read the input of
+    ``classifier_name = "head"``: the final-normed **cls token**; the logits ``penultimate``
+    returns are ``forward``'s averaged prediction, so ``head(features)`` equals
+    ``forward_parts(x)["cls"]``, not ``forward(x)``.
+    """
+
+    num_prefix_tokens = 2
+    no_weight_decay_names = ("cls_token", "dist_token", "pos_embed")
+
+    def __init__(self, num_classes: int, *args, eval_heads=DEIT_EVAL_HEADS, **kwargs):
+        super().__init__(num_classes, *args, **kwargs)
+        dim = self.cls_token.shape[-1]
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.head_dist = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.dist_token, std=INIT_STD)
+        _init_linear(self.head_dist)
+        self.eval_heads = eval_heads
+
+    @property
+    def eval_heads(self) -> tuple[str, ...]:
+        return self._eval_heads
+
+    @eval_heads.setter
+    def eval_heads(self, heads) -> None:
+        self._eval_heads = check_eval_heads(heads)
+
+    def _prefix_tokens(self) -> list[torch.Tensor]:
+        return [self.cls_token, self.dist_token]
+
+    def forward_parts(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        seq = self.encode(x)
+        return {
+            "cls": self.head(seq[:, 0]),
+            "dist": self.head_dist(seq[:, 1]),
+            "patches": seq[:, self.num_prefix_tokens:],
+        }
+
+    def patch_logits(self, patches: torch.Tensor) -> torch.Tensor:
+        """(N, P, dim) final-normed patch tokens -> (N, P, K) logits of ``head_dist``."""
+        return self.head_dist(patches)
+
+    def combine(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The mean of the ``eval_heads`` logits computed from ``forward_parts``'s output."""
+        logits = {"cls": lambda: parts["cls"], "dist": lambda: parts["dist"],
+                  "dense": lambda: self.patch_logits(parts["patches"]).mean(dim=1)}
+        return torch.stack([logits[h]() for h in self.eval_heads]).mean(dim=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.combine(self.forward_parts(x))
+
+
+#: registered name suffix of the distillation-token variant of each size
+DIST_SUFFIX = "_dist"
+
+
+def _vit_factory(size: str, distilled: bool):
     dim, depth, head_dim, mlp_ratio = VIT_SIZES[size]
+    name = size + DIST_SUFFIX if distilled else size
+    extra = ("eval_heads",) if distilled else ()
 
     def factory(num_classes: int, in_channels: int = 3, image_size=None, **overrides) -> ViT:
-        """``overrides`` may set patch_size, dim, depth, head_dim, mlp_ratio."""
+        """``overrides`` may set patch_size, dim, depth, head_dim, mlp_ratio (and eval_heads for
+        the ``_dist`` variants)."""
         cfg = dict(dim=dim, depth=depth, head_dim=head_dim, mlp_ratio=mlp_ratio)
-        unknown = set(overrides) - set(cfg) - {"patch_size"}
+        unknown = set(overrides) - set(cfg) - {"patch_size", *extra}
         if unknown:
             raise ValueError(
-                f"unknown {size} option(s) {sorted(unknown)}; valid: patch_size, {', '.join(cfg)}"
+                f"unknown {name} option(s) {sorted(unknown)}; valid: patch_size, {', '.join((*cfg, *extra))}"
             )
         cfg.update(overrides)
-        return ViT(num_classes, in_channels, image_size or DEFAULT_IMAGE_SIZE, **cfg)
+        cls = DistilledViT if distilled else ViT
+        return cls(num_classes, in_channels, image_size or DEFAULT_IMAGE_SIZE, **cfg)
 
     return factory
 
 
 for _size in VIT_SIZES:
-    register(_size, family="vit")(_vit_factory(_size))
+    register(_size, family="vit")(_vit_factory(_size, distilled=False))
+    register(_size + DIST_SUFFIX, family="vit")(_vit_factory(_size, distilled=True))

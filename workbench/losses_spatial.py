@@ -1,0 +1,96 @@
+"""Pure spatial functions for dense (per-position) distillation, CSKD first (Zhao et al., ICCV
+2023, "Cumulative Spatial Knowledge Distillation for Vision Transformers"). No state.
+
+- ``tokens_to_grid(tokens)``: ViT patch tokens / per-patch logits (N, P, C) -> a map (N, C, h, w);
+- ``pool_to_grid(x, grid)`` and ``align_grids(student, teacher)``: average-pool dense maps onto a
+  common grid (CIFAR 32 px with patch 4 gives an 8x8 grid, the size of resnet32x4's last map,
+  so nothing is pooled there);
+- ``dense_weight(epoch, epochs, schedule)`` and ``fuse_targets(dense, global_logits, weight)``:
+  CSKD's cumulative knowledge fusion, target = d_e * dense + (1 - d_e) * global.
+
+Conventions: maps are channels-first (N, C, H, W) like the teacher's ``dense_logits``; logits
+of a position are along dim 1.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+#: how d_e falls from 1 (epoch 0: the teacher's dense map) to 0 (last epoch: its global logits)
+FUSION_SCHEDULES = ("linear", "squared", "cosine")
+
+
+def dense_weight(epoch: float, epochs: int, schedule: str = "linear") -> float:
+    """CSKD's weight d_e of the dense target at ``epoch`` (0 <= epoch <= epochs; fractions allowed
+    for a per-step schedule), with x = epoch / epochs:
+
+    - ``linear``: 1 - x (the paper's default);
+    - ``squared``: (1 - x)^2;
+    - ``cosine``: cos(pi/2 * x).
+
+    All are 1 at x = 0, 0 at x = 1 and non-increasing in between; the formulas follow the
+    public CSKD code's ``linear``, ``x2`` and ``cos`` decay functions (our names)."""
+    if schedule not in FUSION_SCHEDULES:
+        raise ValueError(f"unknown fusion schedule {schedule!r}; valid choices: {', '.join(FUSION_SCHEDULES)}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    if not 0 <= epoch <= epochs:
+        raise ValueError(f"epoch must lie in [0, epochs={epochs}], got {epoch!r}")
+    x = epoch / epochs
+    if schedule == "linear":
+        return 1.0 - x
+    if schedule == "squared":
+        return (1.0 - x) ** 2
+    return math.cos(math.pi / 2 * x)
+
+
+def fuse_targets(dense: torch.Tensor, global_logits: torch.Tensor, weight: float) -> torch.Tensor:
+    """``weight * dense + (1 - weight) * global_logits`` at every position: (N, K, H, W) from a
+    dense map (N, K, H, W) and global logits (N, K) (broadcast over the grid)."""
+    if dense.ndim != 4 or global_logits.shape != dense.shape[:2]:
+        raise ValueError(
+            f"fuse_targets needs dense (N, K, H, W) and global_logits (N, K) of the same N, K; got "
+            f"{tuple(dense.shape)} and {tuple(global_logits.shape)}"
+        )
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"fusion weight must lie in [0, 1], got {weight!r}")
+    return weight * dense + (1.0 - weight) * global_logits[:, :, None, None]
+
+
+def tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
+    """(N, P, C) tokens in row-major order on a square grid -> (N, C, h, w) with h = w = sqrt(P)."""
+    if tokens.ndim != 3:
+        raise ValueError(f"tokens must be (N, P, C), got shape {tuple(tokens.shape)}")
+    n, p, c = tokens.shape
+    side = math.isqrt(p)
+    if side * side != p:
+        raise ValueError(f"{p} tokens do not form a square grid (patch tokens only: drop cls/dist tokens first)")
+    return tokens.transpose(1, 2).reshape(n, c, side, side)
+
+
+def pool_to_grid(x: torch.Tensor, grid) -> torch.Tensor:
+    """Average-pool a (N, C, h, w) map onto ``grid`` = (H, W) (an int means square) with H <= h and
+    W <= w; unchanged (the same tensor) when the sizes already agree. When H divides h and W
+    divides w every cell is the mean of an (h/H) x (w/W) block, so the map's spatial mean is kept;
+    otherwise adaptive pooling's windows have unequal sizes and may overlap."""
+    if x.ndim != 4:
+        raise ValueError(f"pool_to_grid needs a (N, C, h, w) map, got shape {tuple(x.shape)}")
+    target = (grid, grid) if isinstance(grid, int) else tuple(grid)
+    if len(target) != 2 or any(g < 1 for g in target):
+        raise ValueError(f"grid must be a positive int or (H, W), got {grid!r}")
+    h, w = x.shape[-2:]
+    if target == (h, w):
+        return x
+    if target[0] > h or target[1] > w:
+        raise ValueError(f"cannot pool a {h}x{w} map onto a finer {target[0]}x{target[1]} grid (no upsampling)")
+    return F.adaptive_avg_pool2d(x, target)
+
+
+def align_grids(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both (N, C, h, w) maps pooled onto their common coarser grid (min height, min width): the
+    student is pooled to the teacher's grid when it is finer (the CSKD code pools DeiT's 14x14 to
+    the teacher's 7x7), the teacher to the student's when the teacher's is finer (our addition)."""
+    grid = (min(student.shape[-2], teacher.shape[-2]), min(student.shape[-1], teacher.shape[-1]))
+    return pool_to_grid(student, grid), pool_to_grid(teacher, grid)
