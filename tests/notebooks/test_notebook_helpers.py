@@ -224,3 +224,46 @@ def test_training_failures_show_as_one_line(tmp_path):
         with pytest.raises(nb.RunError) as e:
             nb.train(cfg)
     assert e.value._render_traceback_() == [f"RunError: {e.value}"] and "in use by process" in str(e.value)
+
+
+def test_committed_notebook_defaults_are_runconfigs_unless_an_override_is_declared():
+    """What papermill would inject (the committed parameters cells) against RunConfig itself, not
+    against nb.PARAMETERS: a changed RunConfig default without rebuilt notebooks, or a literal
+    default restated in a spec, fails here."""
+    import papermill as pm
+
+    from workbench.config import RunConfig
+
+    checked = 0
+    for name in nb.PARAMETERS:
+        stored = pm.inspect_notebook(f"notebooks/{name}.ipynb")
+        for key, info in stored.items():
+            if key in RunConfig.keys():
+                expected = nb.OVERRIDES.get(name, {}).get(key, RunConfig.default(key))
+                checked += 1
+            else:
+                expected = nb.NOTEBOOK_ONLY[key]  # KeyError: an undeclared notebook-only parameter
+            assert info["default"] == repr(expected), (name, key, info["default"], expected)
+    assert checked > 40  # gpd.ipynb alone lists every run key
+    for name, over in nb.OVERRIDES.items():
+        for key, value in over.items():
+            assert value != RunConfig.default(key), f"{name}: override of {key} restates RunConfig's default"
+
+
+@pytest.mark.parametrize("word, value", [("true", True), ("on", True), ("Yes", True), ("1", True), (1, True),
+                                         ("false", False), ("off", False), ("no", False), (0, False)])
+def test_notebook_booleans_use_the_config_parser(word, value):
+    from workbench.config import parse_bool
+
+    assert nb.NOTEBOOK_CHECKS["live"]("live", word) is value is parse_bool("live", word)
+    with pytest.raises(nb.ParameterError, match="live: expected a boolean"):
+        nb.NOTEBOOK_CHECKS["live"]("live", "maybe")
+
+
+def test_one_role_label_map():
+    assert [nb.role_label(r) for r in ("student", "teacher", "dynamic_teacher", "student_ema", "dynamic_teacher_ema", "x")] \
+        == ["S", "T_s", "T_d", "S_ema", "T_d_ema", "x"]
+    import workbench.engine.trainer as trainer_module
+    import workbench.probes.figures as figures_module
+
+    assert not hasattr(trainer_module, "ROLE_SHORT") and not hasattr(figures_module, "ROLE_LABELS")

@@ -31,7 +31,7 @@ from ..data.device import DEVICE_DATASETS, DeviceLoader, Indexed, device_tensors
 from ..methods import TASK_PREFIX, Distiller, hard_labels
 from ..models.hooks import FeatureTap
 from . import distributed as dist
-from .callbacks import Callback, FitState, RoleOutputs
+from .callbacks import EMA_SUFFIX, Callback, FitState, RoleOutputs, role_label
 from .checkpoint import BEST, LAST, STUDENT, CheckpointError, atomic_save, rng_state, set_rng_state
 from .device import amp_dtype, autocast, select_device, to_device, use_channels_last
 from .batch import BATCH_TRANSFORMS
@@ -42,7 +42,6 @@ from .resume import resume_checkpoint
 from .schedule import lr_factor
 
 TOPK = 5
-EMA_SUFFIX = "_ema"  # eval roles of the EMA model: student_ema, dynamic_teacher_ema
 SEED_STRIDE = 1_000_003  # epoch seeds: seed * SEED_STRIDE + epoch
 SHOWN_PROBLEMS = 4  # non-finite quantities listed in a divergence message
 
@@ -445,7 +444,7 @@ class Trainer:
     def _print_epoch(self, train: dict, student_top1) -> None:
         if not self.is_main or not self.cfg.progress:
             return
-        tops = "  ".join(f"{ROLE_SHORT[r]} {v:.2f}" for r, v in self._last_eval.items())
+        tops = "  ".join(f"{role_label(r)} {v:.2f}" for r, v in self._last_eval.items())
         msg = (f"epoch {train['epoch']}/{self.epochs}  loss {train['loss']:.4f}  train top1 "
                f"{train['top1']:.2f}  | test top1 {tops}  | {train['time']:.1f}s")
         from tqdm.auto import tqdm
@@ -481,8 +480,6 @@ class Trainer:
         atomic_save({"model": _cpu(student.state_dict()), "arch": self.cfg.student, "epoch": self.epochs}, path)
 
 
-ROLE_SHORT = {"student": "S", "teacher": "T_s", "dynamic_teacher": "T_d",
-              "student" + EMA_SUFFIX: "S_ema", "dynamic_teacher" + EMA_SUFFIX: "T_d_ema"}
 STUDENT_EMA = "student_ema.pt"
 
 

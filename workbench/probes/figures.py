@@ -17,14 +17,13 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from ..engine.callbacks import PAIRS, ROLES
+from ..engine.callbacks import PAIRS, ROLES, role_label
 from ..engine.metrics import read_metrics
 from ..registry import unknown_choice
 
 PAIR_COLORS = dict(zip(PAIRS, qualitative.Plotly))
 ROLE_COLORS = {"student": qualitative.Plotly[0], "dynamic_teacher": qualitative.Plotly[1],
                "teacher": qualitative.Plotly[2]}
-ROLE_LABELS = {"student": "S", "dynamic_teacher": "T_d", "teacher": "T_s"}
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 CLASS_PALETTE = qualitative.Plotly + qualitative.Light24  # 34 distinct colours
 MAX_CLASS_TRACES = 24  # above this, one trace coloured by a continuous scale (no legend per class)
@@ -130,7 +129,7 @@ def top1_curves(source: Source, split: str = "test", roles: Optional[Sequence[st
             x, y = _series((r for r in recs if r.get("role") == role and r.get("run") == run), y="top1")
             if x:
                 fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers",
-                                         name=_name(ROLE_LABELS.get(role, role), run, len(runs) > 1),
+                                         name=_name(role_label(role), run, len(runs) > 1),
                                          line=dict(color=ROLE_COLORS.get(role), dash=DASHES[j % len(DASHES)]),
                                          meta=dict(role=role, run=run)))
     fig.update_layout(title=f"Top-1 ({split})", xaxis_title="epoch", yaxis_title="top-1", legend_title_text="model")
@@ -183,7 +182,7 @@ def disc_transfer_curves(source: Source, role: str = "student", disc_metric: str
         fig.update_yaxes(title_text=f"discriminability: {disc_metric}", secondary_y=False)
         fig.update_yaxes(title_text=f"transferability: {transfer_metric}", secondary_y=True)
     fig.update_xaxes(title_text="epoch")
-    fig.update_layout(title=f"Discriminability vs transferability ({ROLE_LABELS.get(role, role)})")
+    fig.update_layout(title=f"Discriminability vs transferability ({role_label(role)})")
     return fig
 
 

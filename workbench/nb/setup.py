@@ -1,0 +1,117 @@
+"""From notebook parameter values to a validated run config: the auto preset on the embedded
+data, notebook-only checks, :class:`workbench.config.RunConfig` conversion and the cheap
+pre-flight checks of :func:`workbench.experiment.prepare` -- all before any expensive work."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .. import experiment, presets
+from ..config import ConfigError, RunConfig, parse_bool
+from ..data import DatasetNotFoundError
+from ..registry import unknown_choice
+from .errors import ParameterError
+from .params import AUTO, COMPARE_METHODS, NOTEBOOK_CHECKS
+from .tables import Table
+
+DIGITS_BASE_PRESET = "digits/demo/ce"  # the digits demo data/optimisation settings (method-free)
+METHOD_KEYS = ("method", "base", "dot", "ctkd", "grad_clip")
+# Values that go with the digits presets in the notebooks: ~600 points keep t-SNE at a few
+# seconds; source digits 0-4 leave digits 5-9 as the transferability target, so the
+# discriminability-vs-transferability figure has both curves offline.
+DIGITS_EXTRAS = {"embed_points": 600, "source_classes": "0,1,2,3,4"}
+
+
+def _flag(value) -> bool:
+    try:
+        return parse_bool("dot", value)
+    except ConfigError:
+        return False  # reported by the config check in setup()
+
+
+def preset_name(params: dict) -> str:
+    """The digits demo preset matching the parameters' method (``""`` if there is none)."""
+    method, base = params.get("method", "kd"), params.get("base", AUTO)
+    if method == "gpd":
+        key = {"none": "gpd_scratch", "kd": "gpd_kd"}.get(base, "gpd_dkd")
+    elif method == "ctkd":
+        key = "kd_ctkd"
+    else:
+        key = f"{method}_dot" if _flag(params.get("dot", False)) else method
+    name = f"digits/demo/{key}"
+    return name if name in presets.PRESETS else DIGITS_BASE_PRESET
+
+
+def apply_preset(params: dict, defaults: dict) -> tuple[dict, str]:
+    """``params`` with the preset's values replacing those still at ``defaults``; the method
+    keys (method, base, dot, ctkd, grad_clip) never come from the preset. Returns
+    ``(params, preset name or "")``."""
+    params = dict(params)
+    name = params.pop("preset", "")
+    if name == AUTO:
+        name = preset_name(params) if params.get("dataset") == "digits" else ""
+    if not name:
+        return params, ""
+    try:
+        values = presets.get_preset(str(name))
+    except ValueError as e:
+        raise ParameterError(f"preset: {e}") from None
+    if str(name).startswith("digits/"):
+        values = dict(DIGITS_EXTRAS, **values)
+    for k, v in values.items():
+        if k in METHOD_KEYS:
+            continue
+        if k not in params or (k in defaults and params[k] == defaults[k]):
+            params[k] = v
+    return params, name
+
+
+@dataclass
+class Setup:
+    """What :func:`setup` returns: the run config, the notebook-only options, the preset used."""
+
+    cfg: RunConfig
+    options: dict = field(default_factory=dict)
+    preset: str = ""
+
+    def show(self) -> Table:
+        rows = [(k, v) for k, v in self.cfg.to_dict().items()] + [(k, v) for k, v in self.options.items()]
+        return Table(["parameter", "value"], rows, title=f"configuration (preset: {self.preset or 'none'})",
+                     float_format="g")
+
+
+def setup(params: dict, defaults: Optional[dict] = None, check_files: bool = True) -> Setup:
+    """Split, convert and validate notebook parameters; run the cheap pre-flight checks
+    (:func:`workbench.experiment.prepare`: models, dataset files, teacher checkpoint, out_dir)
+    unless ``check_files=False``. Raises :class:`ParameterError` on the first problem."""
+    params, name = apply_preset(params, defaults or {})
+    options = {k: NOTEBOOK_CHECKS[k](k, params.pop(k)) for k in list(params) if k in NOTEBOOK_CHECKS}
+    unknown = [k for k in params if k not in RunConfig.keys()]
+    if unknown:
+        raise ParameterError(unknown_choice("parameter", unknown[0], RunConfig.keys() + list(NOTEBOOK_CHECKS)))
+    try:
+        cfg = RunConfig.from_dict(params)
+        if check_files:
+            experiment.prepare(cfg)
+    except ParameterError:
+        raise
+    except (ValueError, DatasetNotFoundError) as e:  # ConfigError, missing data, registry errors
+        raise ParameterError(str(e)) from None
+    return Setup(cfg, options, name)
+
+
+def setup_many(params: dict, defaults: Optional[dict] = None) -> tuple[Setup, list[tuple[str, int, RunConfig]]]:
+    """compare.ipynb: one validated config per (method, seed); ``params`` holds the ``methods``
+    and ``seeds`` lists. Each config is checked like :func:`setup` (with its own digits preset);
+    returns the first setup (for display) and ``[(method label, seed, config), ...]``."""
+    params = dict(params)
+    methods = NOTEBOOK_CHECKS["methods"]("methods", params.pop("methods"))
+    seeds = NOTEBOOK_CHECKS["seeds"]("seeds", params.pop("seeds"))
+    first, runs = None, []
+    for m in methods:
+        for s in seeds:
+            su = setup(dict(params, **COMPARE_METHODS.get(m), seed=s), defaults, check_files=True)
+            first = first or su
+            runs.append((m, s, su.cfg))
+    first.options.update(methods=methods, seeds=seeds)
+    return first, runs
