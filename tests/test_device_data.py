@@ -82,3 +82,33 @@ def test_device_data_on_refuses_unsupported_datasets(fast_cfg):
     with pytest.raises(ConfigError, match="device_data.*imagefolder"):
         run(dict(fast_cfg, dataset="imagefolder", train_per_class=None, method="ce", teacher="none",
                  device_data="on", epochs=1))
+
+
+def test_cpu_augmentation_is_a_padded_crop_and_flip_with_every_offset_drawn():
+    """The one pipeline (data.augment) on the DataLoader path: each output is exactly one of the
+    (2p+1)^2 x 2 zero-padded crops / mirror images of RandomCrop(32, padding=p) + flip, and over
+    many draws every offset and both flips occur (the torchvision distribution's support)."""
+    from workbench.data.augment import TranslateFlip
+
+    pad = cifar.CROP_PADDING
+    img = torch.randint(1, 256, (3, 32, 32), dtype=torch.uint8)  # no zeros: padding is recognisable
+    padded = torch.nn.functional.pad(img, (pad, pad, pad, pad))
+    candidates = {(dy, dx, f): (padded[:, dy:dy + 32, dx:dx + 32].flip(2) if f else padded[:, dy:dy + 32, dx:dx + 32])
+                  for dy in range(2 * pad + 1) for dx in range(2 * pad + 1) for f in (0, 1)}
+    tf = TranslateFlip(pad, flip=True)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(1500):
+        out = tf(img)
+        hits = [k for k, c in candidates.items() if torch.equal(out, c)]
+        assert len(hits) >= 1
+        seen.update(hits)
+    assert {(dy, dx) for dy, dx, _ in seen} == {(dy, dx) for dy, dx, _ in candidates} and {f for *_, f in seen} == {0, 1}
+    # and CIFAR's CPU train transform is exactly that pipeline followed by the normalisation
+    pil = Image.fromarray(img.permute(1, 2, 0).numpy())
+    torch.manual_seed(1)
+    got = cifar.transforms("cifar100", train=True)(pil)
+    torch.manual_seed(1)
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in cifar.STATS["cifar100"])
+    want = (tf(img).float() / 255 - mean) / std
+    assert torch.allclose(got, want, rtol=0, atol=float_tol(torch.float32, terms=3) * 3)  # as above: no reduction

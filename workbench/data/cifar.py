@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .. import paths
 from . import DATASETS
+from .augment import TranslateFlip
 from .base import DatasetEntry, DatasetInfo, not_found
 
 IMAGE_SIZE = 32
@@ -96,11 +97,13 @@ def _ensure(name: str, root, download: bool) -> Path:
 
 
 def transforms(name: str, train: bool):
+    import torch
     import torchvision.transforms as T
 
     mean, std = STATS[name]
-    ops = [T.RandomCrop(IMAGE_SIZE, padding=CROP_PADDING), T.RandomHorizontalFlip()] if train else []
-    return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
+    # = RandomCrop(32, padding=4) + RandomHorizontalFlip, from the one pipeline the device path uses
+    ops = [TranslateFlip(CROP_PADDING, flip=True)] if train else []
+    return T.Compose([T.PILToTensor(), *ops, T.ConvertImageDtype(torch.float32), T.Normalize(mean, std)])
 
 
 def _register(name: str):

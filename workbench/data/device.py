@@ -23,9 +23,10 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from .augment import augment_batch  # noqa: F401  (re-exported)
+
 # datasets :func:`device_tensors` supports
 DEVICE_DATASETS = ("cifar10", "cifar100", "digits", "fashion_mnist", "synthetic")
-FLIP_PROB = 0.5
 UINT8_MAX = 255.0
 
 
@@ -60,24 +61,6 @@ def device_tensors(dataset) -> Optional[DeviceTensors]:
         return DeviceTensors(images, torch.as_tensor(dataset.targets, dtype=torch.long),
                              bool(dataset.workbench_augment), CROP_PADDING, flip=True, mean=stats[0], std=stats[1])
     return None
-
-
-def augment_batch(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Random translation (zero padding ``pad`` on each side, then a crop of the original size at
-    a uniform offset per image) and optional horizontal flip, for a whole batch at once."""
-    n, c, h, w = x.shape
-    dev = x.device
-    if pad > 0:
-        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
-        ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
-        rows = (oy[:, None] + torch.arange(h, device=dev)).view(n, 1, h, 1).expand(n, c, h, w + 2 * pad)
-        cols = (ox[:, None] + torch.arange(w, device=dev)).view(n, 1, 1, w).expand(n, c, h, w)
-        x = padded.gather(2, rows).gather(3, cols)
-    if flip:
-        mask = torch.rand(n, generator=generator, device=dev) < FLIP_PROB
-        x = torch.where(mask[:, None, None, None], x.flip(3), x)
-    return x
 
 
 class DeviceLoader:

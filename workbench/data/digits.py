@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from . import DATASETS
+from .augment import TranslateFlip
 from .base import DatasetEntry, DatasetInfo
 
 NAME = "digits"
@@ -66,6 +67,7 @@ class DigitsDataset(Dataset):
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, augment: bool):
         self.images, self.targets, self.augment = images, targets, augment
         self.shift = max(1, images.shape[-1] // NATIVE_SIZE)
+        self._augment = TranslateFlip(self.shift, flip=False)  # digits are not mirror-symmetric
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -73,9 +75,7 @@ class DigitsDataset(Dataset):
     def __getitem__(self, i):
         x = self.images[i]
         if self.augment:
-            s = self.shift
-            dx, dy = torch.randint(-s, s + 1, (2,)).tolist()
-            x = F.pad(x, (s, s, s, s))[:, s + dy: s + dy + x.shape[-2], s + dx: s + dx + x.shape[-1]]
+            x = self._augment(x)
         return x, int(self.targets[i])
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from . import DATASETS
+from .augment import TranslateFlip
 from .base import DatasetEntry, DatasetInfo
 from .fashion_files import NAME, NATIVE_SIZE, NUM_CLASSES, SOURCES, load, resolve
 
@@ -111,12 +112,10 @@ class FashionMNISTDataset(Dataset):
         return len(self.targets)
 
     def __getitem__(self, i):
-        from .device import augment_batch
-
-        x = self.images[i:i + 1]
+        x = self.images[i]
         if self.augment:
-            x = augment_batch(x, self.pad, FLIP, generator=None)  # the global RNG, seeded by the trainer
-        x = (x.float() / UINT8_MAX - self.mean) / self.std
+            x = TranslateFlip(self.pad, FLIP)(x)  # the global RNG, seeded by the trainer
+        x = (x[None].float() / UINT8_MAX - self.mean) / self.std
         return x[0], int(self.targets[i])
 
     def device_tensors(self):
