@@ -16,7 +16,7 @@ NUMERICS_TESTS := tests/test_losses.py $(filter-out tests/test_gpd_method.py,$(w
                   tests/test_probes_metrics.py tests/test_probes_gap.py
 OTHER_CPU_CAPABILITY ?= default
 
-.PHONY: help venv test test-all demo lab browser-test bench clean
+.PHONY: lab-reset help venv test test-all demo lab browser-test bench clean
 
 help:
 	@echo "make demo          set up .venv, run the GPD notebook on digits, write notebook + HTML report"
@@ -58,8 +58,17 @@ demo: $(STAMP)
 	@echo "executed notebook: $(DEMO_DIR)/gpd.ipynb"
 	@echo "HTML report:       $(DEMO_DIR)/gpd.html"
 
+# JupyterLab on working copies (runs/lab/, made once; `make lab-reset` refreshes them), so autosave
+# never writes outputs into the tracked, generated notebooks/*.ipynb.
+LAB_DIR ?= runs/lab
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --allow-root --notebook-dir=notebooks --no-browser
+	@mkdir -p $(LAB_DIR)
+	@for f in notebooks/*.ipynb; do test -e $(LAB_DIR)/$$(basename $$f) || cp $$f $(LAB_DIR)/; done
+	@echo "working copies in $(LAB_DIR) (the tracked notebooks/ stay clean)"
+	$(VENV)/bin/jupyter lab --allow-root --notebook-dir=$(LAB_DIR) --no-browser
+
+lab-reset:
+	rm -f $(LAB_DIR)/*.ipynb
 
 # Real-browser check of explore.ipynb: JupyterLab + Debian's chromium driven by Playwright
 # (no browser download). Screenshot: runs/browser/explore.png.

@@ -46,3 +46,14 @@ def test_make_test_reruns_the_numerics_under_another_vector_unit():
     assert len(second) == 1, dry
     for f in ("tests/test_losses.py", "tests/test_gpd_exactness.py", "tests/test_probes_metrics.py", "tests/test_probes_gap.py"):
         assert f in second[0], (f, second[0])
+
+
+def test_make_lab_serves_working_copies_not_the_tracked_notebooks():
+    """JupyterLab autosaves outputs: it must never open notebooks/ itself (the tracked notebooks
+    are generated and output-free, a test checks it)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    plan = subprocess.run(["make", "-n", "lab", "LAB_DIR=runs/labtest", "STAMP="], cwd=root, capture_output=True,
+                          text=True, check=True).stdout
+    assert "--notebook-dir=runs/labtest" in plan and "--notebook-dir=notebooks" not in plan

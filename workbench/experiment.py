@@ -249,7 +249,7 @@ def build_student(prep: Prepared) -> nn.Module:
     return models.build(cfg.student, info.num_classes, info.in_channels, image_size=info.image_size)
 
 
-def load_teacher(prep: Prepared, log=print) -> Optional[nn.Module]:
+def load_teacher(prep: Prepared, log=print, progress=None) -> Optional[nn.Module]:
     cfg = prep.cfg
     if prep.teacher_source is None:
         return None
@@ -259,7 +259,7 @@ def load_teacher(prep: Prepared, log=print) -> Optional[nn.Module]:
         if path is None:
             log(f"[workbench] training teacher {prep.teacher_arch} on {cfg.dataset} for {tcfg.epochs} epochs "
                 f"(cached in {tcfg.run_dir()})")
-            run(tcfg, log=log)
+            run(tcfg, log=log, progress=progress, title=f"teacher {prep.teacher_arch}")
             path = cached_teacher(tcfg)
         else:
             log(f"[workbench] using cached teacher {path}")
@@ -305,11 +305,21 @@ def transfer_target(cfg: RunConfig) -> Optional[tuple[str, dict]]:
     return None
 
 
+def phase_title(cfg: RunConfig, teacher_arch: Optional[str] = None) -> str:
+    """``gpd (base dkd): resnet20 -> resnet8`` -- what a training phase is doing."""
+    method = cfg.method + (f" (base {cfg.resolved_base})" if cfg.method == "gpd" else "")
+    uses_teacher = cfg.spec.needs_teacher(cfg.resolved_base) and cfg.teacher != "none"
+    teacher = f"{teacher_arch or cfg.teacher} -> " if uses_teacher else ""
+    return f"{method}: {teacher}{cfg.student}"
+
+
 def run(cfg: RunConfig | dict, callbacks: Optional[list] = None, log=print,
-        extra_callbacks: Optional[list] = None) -> RunResult:
+        extra_callbacks: Optional[list] = None, progress=None, title: str = "") -> RunResult:
     """Train one configured run (resuming it if its folder holds a checkpoint).
     ``callbacks`` replaces the default probes (:func:`default_callbacks`); ``extra_callbacks``
-    are added to them (e.g. a notebook's live-plot callback)."""
+    are added to them (e.g. a notebook's live-plot callback). ``progress`` is how the phases
+    show progress (:mod:`workbench.engine.progress`; default: tqdm bars and a line per epoch),
+    ``title`` names this run's phase (default: method and student)."""
     if isinstance(cfg, dict):
         cfg = RunConfig.from_dict(cfg)
     from .engine import distributed as dist
@@ -318,7 +328,7 @@ def run(cfg: RunConfig | dict, callbacks: Optional[list] = None, log=print,
     prep = prepare(cfg)
     with run_lock(prep.run_dir):  # held from before the teacher phase to the end
         resume_checkpoint(prep.run_dir, cfg)  # again, now that nobody else can change the folder
-        teacher = load_teacher(prep, log)
+        teacher = load_teacher(prep, log, progress)
         opts = cfg.dataset_options()
         train_set, test_set = data.build(cfg.dataset, "train", **opts), data.build(cfg.dataset, "test", **opts)
         seed_everything(cfg.seed)  # initial weights (and GPD's IR noise) depend on the seed only
@@ -329,7 +339,7 @@ def run(cfg: RunConfig | dict, callbacks: Optional[list] = None, log=print,
             callbacks = default_callbacks(cfg, prep.info)
         callbacks = list(callbacks) + list(extra_callbacks or [])
         trainer = Trainer(cfg, method, train_set, test_set, prep.run_dir, callbacks, log=log,
-                          num_classes=prep.info.num_classes)
+                          num_classes=prep.info.num_classes, progress=progress, title=title or phase_title(cfg, prep.teacher_arch))
         summary = trainer.fit()
         records = read_metrics(prep.run_dir) if (prep.run_dir / "metrics.jsonl").exists() else []
     return RunResult(prep.run_dir, summary, records)

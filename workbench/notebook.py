@@ -29,7 +29,8 @@ from .nb.params import (  # noqa: F401
     NOTEBOOK_ONLY, OVERRIDES, PARAMETERS, config_default, defaults, every_other_run_key, injected_names,
     papermill_help, params_from,
 )
-from .nb.run import CaptureModels, LiveCurves, check_student, live_figure, test_set, train  # noqa: F401
+from .nb.progress import LiveGapFigure, NotebookProgress  # noqa: F401
+from .nb.run import CaptureModels, LiveCurves, check_student, in_kernel, live_figure, show_traceback, test_set, train  # noqa: F401
 from .nb.setup import (  # noqa: F401
     DIGITS_BASE_PRESET, DIGITS_EXTRAS, METHOD_KEYS, Setup, apply_preset, preset_name, setup, setup_many,
 )

@@ -267,3 +267,40 @@ def test_one_role_label_map():
     import workbench.probes.figures as figures_module
 
     assert not hasattr(trainer_module, "ROLE_SHORT") and not hasattr(figures_module, "ROLE_LABELS")
+
+
+def _progress_with_fake_display(monkeypatch):
+    import workbench.nb.progress as progress
+
+    shown = []
+    monkeypatch.setattr(progress, "_display", lambda obj, handle=None: shown.append(obj) or "handle")
+    return progress.NotebookProgress(), shown
+
+
+def test_notebook_progress_counts_a_resumed_phase_from_its_start(monkeypatch):
+    p, shown = _progress_with_fake_display(monkeypatch)
+    p.phase("kd: resnet20 -> resnet8", epochs=10, start=7)  # resumed: epochs 7..10 to do
+    for epoch in (7, 8):
+        for i in p.bar(range(4), f"epoch {epoch}/10", 4, epoch=epoch):
+            if epoch == 8 and i == 1:
+                assert p.fraction() == 1 / 4 + 1 / 4 * 1 / 4  # 1 epoch done + 1 of 4 steps (exact in binary)
+        p.line(f"epoch {epoch}/10 ...")
+    assert p.fraction() == 0.5
+    p.close()  # stopped early (an error, Ctrl-C): the saved record says so
+    text = shown[-1]["text/plain"]
+    assert text.startswith("kd: resnet20 -> resnet8 | stopped at epoch 8/10") and "epoch 8/10 ..." in text
+    assert "<progress" in shown[-1]["text/html"]
+
+
+def test_run_failure_in_a_notebook_is_one_line_with_the_traceback_collapsed_above(monkeypatch, fast_cfg):
+    import workbench.nb.run as nbrun
+
+    shown = []
+    monkeypatch.setattr(nbrun, "in_kernel", lambda: True)
+    monkeypatch.setattr("IPython.display.display", lambda obj, **kw: shown.append(obj))
+    cfg = nb.setup(dict(fast_cfg, method="kd", lr=1e6, epochs=2, progress=False), check_files=False).cfg
+    with pytest.raises(nb.RunError, match="non-finite") as e:
+        nb.train(cfg, live_curves=False)
+    assert e.value._render_traceback_() == [f"RunError: {e.value}"]  # the visible end of the cell: one line
+    details = [o.data for o in shown if "<details>" in getattr(o, "data", "")]
+    assert len(details) == 1 and "NonFiniteLossError" in details[0] and "Traceback" in details[0]

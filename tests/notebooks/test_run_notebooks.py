@@ -109,10 +109,28 @@ def test_explore_notebook_widgets_and_live_updates(runs, tmp_path):
     nb = execute("explore", tmp_path / "explore.ipynb", out_dir=str(runs), live=True, live_epochs=1)
     widgets = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
                if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
-    assert len(widgets) == 2  # the explorer and the live figure
-    assert "1 live updates" in outputs_text(nb, "nb.LiveCurves(live_fig)")
+    assert len(widgets) == 1  # the explorer; the live figure is a plain figure updated in place
+    live_cell = next(c for c in nb.cells if c.cell_type == "code" and "nb.train(live_cfg)" in c.source)
+    figures = [o["data"]["application/vnd.plotly.v1+json"] for o in live_cell.outputs
+               if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert len(figures) == 1 and [t["name"] for t in figures[0]["data"]] == ["T_d-S"]
     live = read_metrics(runs / "live_gpd_scratch_e1", kind="gap")
     assert {r["pair"] for r in live} == {"T_d-S"}  # from scratch: no static teacher
+
+
+def test_gpd_notebook_progress_stays_one_display_per_phase(runs, tmp_path):
+    """Progress updates in place: the training cell's outputs do not grow with the epochs
+    (JupyterLab folds long outputs, which froze the visible progress), and the saved record of
+    each phase states its end."""
+    outs = {}
+    for epochs in (2, 5):
+        nb = execute("gpd", tmp_path / f"gpd{epochs}.ipynb", out_dir=str(runs), **dict(TINY, epochs=epochs, progress=True))
+        cell = next(c for c in nb.cells if c.cell_type == "code" and "nb.train(cfg" in c.source)
+        outs[epochs] = cell.outputs
+    assert len(outs[2]) == len(outs[5])
+    shown = [o["data"]["text/plain"] for o in outs[5] if "text/plain" in o.get("data", {})]
+    assert any(t.startswith("gpd (base dkd): resnet8 -> resnet8 | done: 5/5 epochs") for t in shown), shown
+    assert not [o for o in outs[5] if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
 
 
 def _error(name, tmp_path, **params):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from .batch import BATCH_TRANSFORMS
 from .ema import ModelEMA
 from .metrics import MetricsLog
 from .optim import DOT, build_optimizer
+from .progress import Progress, TerminalProgress
 from .resume import resume_checkpoint
 from .schedule import lr_factor
 
@@ -54,6 +54,7 @@ class NonFiniteLossError(RuntimeError):
 def epoch_seed(seed: int, epoch: int) -> int:
     return seed * SEED_STRIDE + epoch
 
+POSTFIX_EVERY = 10  # steps between updates of the running loss shown next to the bar
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -61,23 +62,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _interactive() -> bool:
-    """Per-step bars in terminals and notebooks; logs get one line per epoch instead."""
-    return sys.stderr.isatty() or "ipykernel" in sys.modules
-
-
-def _progress(iterable, enabled: bool, **kw):
-    if not (enabled and _interactive()):
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, leave=False, dynamic_ncols=True, mininterval=0.5, **kw)
-
-
 class Trainer:
     def __init__(self, cfg, method: Distiller, train_set, test_set, run_dir: str | Path | None = None,
                  callbacks: list[Callback] = (), device: torch.device | None = None, log=print,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, progress: Progress | None = None, title: str = ""):
         self.cfg, self.method, self.note = cfg, method, log
         self.num_classes = num_classes  # needed by mixing batch transforms (soft targets)
         self.mix = BATCH_TRANSFORMS.get(cfg.mix)
@@ -97,6 +85,8 @@ class Trainer:
         self.log = MetricsLog(self.run_dir, enabled=self.is_main)
         self.best = {"top1": -1.0, "epoch": 0}
         self.show = cfg.progress and self.is_main
+        self.progress = (progress or TerminalProgress()) if self.show else Progress()
+        self.title = title or f"{cfg.method} {cfg.student}"
 
         method.to(self.device)
         if self.channels_last:
@@ -159,7 +149,7 @@ class Trainer:
         teacher = self.method.teacher
         loader = DataLoader(self.train_set, batch_size=self.cfg.eval_batch_size, shuffle=False)
         out = []
-        for batch in _progress(loader, self.show, desc="teacher logits"):
+        for batch in self.progress.bar(loader, desc="teacher logits"):
             x, _ = to_device(batch, self.device, self.channels_last)
             with autocast(self.device, self.amp):
                 out.append(teacher(x).float())
@@ -178,7 +168,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         correct, seen, steps = torch.zeros((), device=self.device), 0, len(self.train_loader)
         t0 = time.perf_counter()
-        bar = _progress(self.train_loader, self.show, desc=f"epoch {epoch}/{self.epochs}", total=steps)
+        bar = self.progress.bar(self.train_loader, desc=f"epoch {epoch}/{self.epochs}", total=steps, epoch=epoch)
         for step, batch in enumerate(bar):
             x, y, *index = to_device(batch, self.device, self.channels_last)
             if index:
@@ -198,8 +188,8 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v.detach() * len(y)
             correct += (logits.detach().argmax(1) == hard_labels(y)).sum()
             seen += len(y)
-            if hasattr(bar, "set_postfix") and step % 10 == 0:
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            if step % POSTFIX_EVERY == 0:
+                self.progress.postfix(loss=f"{float(loss.detach()):.3f}")
         stats = dist.all_reduce_sum({**sums, "_correct": correct, "_seen": torch.tensor(float(seen), device=self.device)})
         n = float(stats.pop("_seen"))
         elapsed = time.perf_counter() - t0
@@ -293,7 +283,7 @@ class Trainer:
         logits = {r: [] for r in models}
         feats = {r: [] for r in models}
         targets, kept, t0 = [], 0, time.perf_counter()
-        for batch in _progress(self.test_loader, self.show, desc="eval"):
+        for batch in self.progress.bar(self.test_loader, desc="eval"):
             x, y, *_ = to_device(batch, self.device, self.channels_last)
             take = min(len(y), max(0, budget - kept))
             for role, m in models.items():
@@ -411,6 +401,16 @@ class Trainer:
         state = self.state()
         for cb in self.callbacks:
             cb.on_fit_start(state)
+        self.progress.phase(self.title, self.epochs, start)
+        try:
+            self._loop(start, state)
+        finally:
+            self.progress.close()
+        for cb in self.callbacks:
+            cb.on_fit_end(state)
+        return self.finish()
+
+    def _loop(self, start: int, state: FitState) -> None:
         if start == 1:
             self._eval_and_callbacks(0)
         for epoch in range(start, self.epochs + 1):
@@ -422,9 +422,6 @@ class Trainer:
             self.log.append(r for cb in self.callbacks for r in _stamp(cb.on_epoch_end(state, epoch), epoch))
             self.save(epoch, student_top1)
             self._print_epoch(train_record, student_top1)
-        for cb in self.callbacks:
-            cb.on_fit_end(state)
-        return self.finish()
 
     def state(self) -> FitState:
         """What callbacks may know of this run."""
@@ -447,9 +444,7 @@ class Trainer:
         tops = "  ".join(f"{role_label(r)} {v:.2f}" for r, v in self._last_eval.items())
         msg = (f"epoch {train['epoch']}/{self.epochs}  loss {train['loss']:.4f}  train top1 "
                f"{train['top1']:.2f}  | test top1 {tops}  | {train['time']:.1f}s")
-        from tqdm.auto import tqdm
-
-        tqdm.write(msg)
+        self.progress.line(msg)
 
     def finish(self) -> dict:
         """Summary records, the final deployable student (``student.pt``), and the summary."""

@@ -10,11 +10,20 @@ from .run import test_set
 
 
 def init_plotly() -> None:
-    """Figures that render in JupyterLab (mimetype) *and* in nbconvert HTML (embedded plotly.js,
-    works offline)."""
+    """Figures that render in JupyterLab (mimetype) *and* in nbconvert HTML: plotly.js is
+    embedded once, here, at the top of the notebook (offline), and every figure after it --
+    including the ones updated in place during training -- uses that one copy. Outside a
+    kernel only the renderer is set."""
     import plotly.io as pio
 
-    pio.renderers.default = "plotly_mimetype+notebook"
+    from .run import in_kernel
+
+    if in_kernel():
+        from plotly.offline import init_notebook_mode
+
+        init_notebook_mode(connected=False)  # sets "plotly_mimetype+notebook" and loads plotly.js now
+    else:
+        pio.renderers.default = "plotly_mimetype+notebook"
 
 
 def feature_map_figure(models: dict, cfg: RunConfig, points: int, method: str = "tsne",

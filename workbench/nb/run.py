@@ -2,6 +2,7 @@
 live curves that update after each epoch, and the re-check of the saved plain student."""
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Sequence
 
@@ -10,6 +11,7 @@ from ..config import ConfigError, RunConfig
 from ..data import DatasetNotFoundError
 from ..engine.callbacks import PAIRS, Callback
 from .errors import RunError
+from .progress import LiveGapFigure, NotebookProgress
 from .tables import Table
 
 
@@ -24,24 +26,59 @@ class CaptureModels(Callback):
         self.models = dict(state.eval_models())
 
 
-def train(cfg: RunConfig, nproc: int = 1, extra_callbacks: Sequence = (), echo=print):
+def in_kernel() -> bool:
+    import sys
+
+    return "ipykernel" in sys.modules
+
+
+def show_traceback(exc: BaseException) -> None:
+    """The full traceback of ``exc`` in a collapsed section (one click away), so that the error
+    line that follows it stays the visible end of the cell."""
+    import traceback
+
+    from IPython.display import HTML, display
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    display(HTML(f"<details><summary>traceback ({html.escape(type(exc).__name__)})</summary>"
+                 f"<pre>{html.escape(text)}</pre></details>"))
+
+
+def train(cfg: RunConfig, nproc: int = 1, extra_callbacks: Sequence = (), echo=print, live_curves: bool = True):
     """Run (or resume) ``cfg``: in this process for ``nproc == 1`` (models captured for feature
     maps), under torchrun otherwise. Returns ``(RunResult, {role: module})`` -- the dict is
-    empty for multi-process runs (the models live in the torchrun workers)."""
+    empty for multi-process runs (the models live in the torchrun workers).
+
+    In a notebook each phase (teacher, distillation) shows one display updated in place
+    (:class:`NotebookProgress`) and, with ``live_curves`` and probes on, the gap curves are
+    redrawn after each epoch. A failure ends the cell with one line saying what failed and what
+    to do (:class:`RunError`), its traceback collapsed just above."""
     from ..engine import CheckpointError, NonFiniteLossError
 
+    kernel = in_kernel()
     try:
         if nproc > 1:
             from ..launch import run_distributed
 
             return run_distributed(cfg, nproc, echo=echo), {}
         cap = CaptureModels()
-        result = experiment.run(cfg, extra_callbacks=[cap, *extra_callbacks], log=echo)
+        extra = [cap, *extra_callbacks]
+        if kernel and live_curves and cfg.probe_every > 0:
+            extra.append(LiveGapFigure())
+        progress = NotebookProgress() if kernel and cfg.progress else None
+        result = experiment.run(cfg, extra_callbacks=extra, log=echo, progress=progress)
         return result, cap.models
     except (ConfigError, CheckpointError, DatasetNotFoundError, NonFiniteLossError) as e:
+        if kernel:
+            show_traceback(e)
         raise RunError(str(e)) from None
     except KeyboardInterrupt:
         raise RunError("interrupted; rerun the same command to resume") from None
+    except Exception as e:  # an unexpected failure: still one visible line, traceback one click away
+        if not kernel:
+            raise
+        show_traceback(e)
+        raise RunError(f"{type(e).__name__}: {e} (full traceback in the collapsed section above)") from None
 
 
 def test_set(cfg: RunConfig):
