@@ -54,7 +54,7 @@ demo: $(STAMP)
 	@mkdir -p $(DEMO_DIR)
 	$(VENV)/bin/papermill notebooks/gpd.ipynb $(DEMO_DIR)/gpd.ipynb -p dataset digits -p epochs $(DEMO_EPOCHS) \
 		-p out_dir $(DEMO_DIR) -p progress False $(DEMO_ARGS)
-	$(VENV)/bin/jupyter nbconvert --to html $(DEMO_DIR)/gpd.ipynb --output gpd.html
+	$(PY) -m workbench.nb.report $(DEMO_DIR)/gpd.ipynb $(DEMO_DIR)/gpd.html
 	@echo "executed notebook: $(DEMO_DIR)/gpd.ipynb"
 	@echo "HTML report:       $(DEMO_DIR)/gpd.html"
 

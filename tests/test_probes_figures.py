@@ -36,7 +36,10 @@ def emb_record(name, seed=0, n=30, k=3, frame=None):
 def test_gap_curves_facets_one_line_per_pair_and_metric():
     fig = F.gap_curves(run_records())
     assert len(fig.data) == len(PAIRS3) * len(METRICS)
-    assert [a.text for a in fig.layout.annotations] == list(METRICS)
+    # panel titles say what each metric is, with its unit; every axis has a title
+    assert [a.text for a in fig.layout.annotations] == [F.METRIC_LABELS[m] for m in METRICS]
+    assert "(percentage points)" in F.METRIC_LABELS["acc_gap"] and "(nats)" in F.METRIC_LABELS["kl"]
+    assert [fig.layout[f"yaxis{i if i > 1 else ''}"].title.text for i in range(1, len(METRICS) + 1)] == list(METRICS)
     kl_td = [t for t in fig.data if t.meta["metric"] == "kl" and t.meta["pair"] == "T_d-S"][0]
     assert list(kl_td.x) == [0, 1, 2, 3] and list(kl_td.y) == [1, 2, 3, 4]
     assert sum(t.showlegend for t in fig.data) == len(PAIRS3)  # one legend entry per pair
@@ -87,6 +90,10 @@ def test_disc_transfer_two_series_per_run(mode):
     assert list(trans[0].y) == [70, 69, 68, 67]
     assert {t.yaxis for t in disc} == {"y"} and {t.yaxis for t in trans} == {"y2"}  # separate axes
     assert disc[0].line.color == trans[0].line.color != disc[1].line.color
+    if mode == "twin":  # both axes titled with meaning and unit, ticks with one decimal
+        assert fig.layout.yaxis.title.text == "discriminability: top-1 (%)"
+        assert fig.layout.yaxis2.title.text == "transferability: linear-probe top-1 on the target (%)"
+        assert fig.layout.yaxis.tickformat == fig.layout.yaxis2.tickformat == ".1f"
 
 
 def test_feature_map_hover_and_panels():

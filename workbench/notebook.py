@@ -34,5 +34,5 @@ from .nb.run import CaptureModels, LiveCurves, check_student, in_kernel, live_fi
 from .nb.setup import (  # noqa: F401
     DIGITS_BASE_PRESET, DIGITS_EXTRAS, METHOD_KEYS, Setup, apply_preset, preset_name, setup, setup_many,
 )
-from .nb.tables import Table, compare_table, final_table  # noqa: F401
+from .nb.tables import Table, Tables, accuracy_table, compare_table, final_table, gap_table  # noqa: F401
 from .nb.teaching import max_logit_diff, param_count, surgery_table  # noqa: F401

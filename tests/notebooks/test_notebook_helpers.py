@@ -108,14 +108,17 @@ SUMMARY = [
 ]
 
 
-def test_final_table_uses_summary_and_last_epoch_gaps():
-    rows = nb.final_table(SUMMARY).rows
-    assert rows[0] == ["S", 90.0, 2, 89.0]
-    assert rows[1] == ["T_s", 95.0, 0, 95.0]
-    assert rows[2] == ["gap T_s-S", 6.0, 3, 0.25]  # last epoch (3), not epoch 2
+def test_final_table_separates_accuracies_from_last_epoch_gaps():
+    acc, gaps = nb.final_table(SUMMARY).tables
+    assert acc.columns[:4] == ["model", "best top-1 (%)", "best epoch", "last top-1 (%)"]
+    assert acc.rows == [["S", 90.0, 2, 89.0], ["T_s", 95.0, 0, 95.0]]
+    assert gaps.columns[:3] == ["pair", "top-1 gap (points)", "KL (nats)"]
+    assert gaps.rows[0][:3] == ["T_s-S", 6.0, 0.25] and gaps.title == "gaps at epoch 3"  # last epoch (3), not 2
     text = str(nb.final_table(SUMMARY))
     assert "89.00" in text and "0.25" in text
     assert "<td>90.00</td>" in nb.final_table(SUMMARY)._repr_html_()
+    with_ema = [dict(SUMMARY[0], best_top1_reported=91.0, last_top1_reported=90.5)] + SUMMARY[1:]
+    assert nb.accuracy_table(with_ema).rows[0][-2:] == [91.0, 90.5]
 
 
 def test_compare_table_mean_and_sample_std():
@@ -304,3 +307,12 @@ def test_run_failure_in_a_notebook_is_one_line_with_the_traceback_collapsed_abov
     assert e.value._render_traceback_() == [f"RunError: {e.value}"]  # the visible end of the cell: one line
     details = [o.data for o in shown if "<details>" in getattr(o, "data", "")]
     assert len(details) == 1 and "NonFiniteLossError" in details[0] and "Traceback" in details[0]
+
+
+def test_configuration_is_folded_in_html_and_complete_in_text(tmp_path):
+    su = nb.setup(gpd_params(out_dir=str(tmp_path)), nb.defaults("gpd"), check_files=False)
+    shown = su.show()
+    page = shown._repr_html_()
+    n = len(su.cfg.to_dict()) + len(su.options)
+    assert page.startswith("<details><summary>") and f"{n} parameters (click to expand)" in page
+    assert len(str(shown).splitlines()) == n + 3  # title, header, rule, one line per parameter

@@ -18,6 +18,8 @@ NB = Path(__file__).resolve().parents[2] / "notebooks"
 # Seconds-long settings: 1 epoch each, small teacher, PCA maps on few points.
 TINY = dict(dataset="digits", epochs=1, teacher_epochs=1, teacher="resnet8", embed_method="pca",
             embed_points=40, train_per_class=5, progress=False)
+MAX_NOTEBOOK_BYTES = 1_000_000  # an executed tiny gpd.ipynb is ~0.2 MB without plotly.js
+MAX_REPORT_BYTES = 2_000_000  # "well under 2 MB" (issue 15); plotly.min.js alone is ~4.8 MB
 FAST_FAIL_S = 90  # a parameter error must stop long before any training would finish
 
 
@@ -71,6 +73,17 @@ def test_gpd_notebook_runs_and_records_sane_results(runs, tmp_path):
     assert float(last_line[-1]) == pytest.approx(float(last_line[-2]), abs=1e-6)  # same count; printed with 2 decimals
     assert (run_dir / "student.pt").is_file()
     assert plotly_outputs(nb) >= 4  # gap, top-1, disc/transfer, feature maps
+    # small, shareable outputs: plotly.js is neither in the notebook nor in the report, but once
+    # beside the report (issue: 5+ MB per notebook/report with plotly.js embedded)
+    from workbench.nb.report import PLOTLY_FILE, write_report
+
+    executed = tmp_path / "gpd.ipynb"
+    assert executed.stat().st_size < MAX_NOTEBOOK_BYTES and "Plotly v" not in executed.read_text()
+    report = write_report(executed, tmp_path / "report" / "gpd.html")
+    page = report.read_text()
+    assert report.stat().st_size < MAX_REPORT_BYTES and f'<script src="{PLOTLY_FILE}">' in page
+    assert (report.parent / PLOTLY_FILE).stat().st_size > MAX_REPORT_BYTES  # the library itself, once
+    assert page.count("Plotly.newPlot") >= 4  # every figure has its HTML fallback
 
 
 # ------------------------------------------------------------------------------- others

@@ -10,20 +10,12 @@ from .run import test_set
 
 
 def init_plotly() -> None:
-    """Figures that render in JupyterLab (mimetype) *and* in nbconvert HTML: plotly.js is
-    embedded once, here, at the top of the notebook (offline), and every figure after it --
-    including the ones updated in place during training -- uses that one copy. Outside a
-    kernel only the renderer is set."""
-    import plotly.io as pio
+    """Figures that render in JupyterLab (plotly mimetype) and in the HTML report of
+    :mod:`workbench.nb.report` (an HTML fallback using the one ``plotly.min.js`` the report
+    loads): plotly.js is not embedded in notebooks, so executed notebooks and reports stay small."""
+    from .report import use_renderer
 
-    from .run import in_kernel
-
-    if in_kernel():
-        from plotly.offline import init_notebook_mode
-
-        init_notebook_mode(connected=False)  # sets "plotly_mimetype+notebook" and loads plotly.js now
-    else:
-        pio.renderers.default = "plotly_mimetype+notebook"
+    use_renderer()
 
 
 def feature_map_figure(models: dict, cfg: RunConfig, points: int, method: str = "tsne",

@@ -12,7 +12,7 @@ from ..data import DatasetNotFoundError
 from ..registry import unknown_choice
 from .errors import ParameterError
 from .params import AUTO, COMPARE_METHODS, NOTEBOOK_CHECKS
-from .tables import Table
+from .tables import Collapsed, Table
 
 DIGITS_BASE_PRESET = "digits/demo/ce"  # the digits demo data/optimisation settings (method-free)
 METHOD_KEYS = ("method", "base", "dot", "ctkd", "grad_clip")
@@ -74,10 +74,12 @@ class Setup:
     options: dict = field(default_factory=dict)
     preset: str = ""
 
-    def show(self) -> Table:
+    def show(self) -> Collapsed:
+        """The whole configuration, folded under one line in HTML reports (click to expand)."""
         rows = [(k, v) for k, v in self.cfg.to_dict().items()] + [(k, v) for k, v in self.options.items()]
-        return Table(["parameter", "value"], rows, title=f"configuration (preset: {self.preset or 'none'})",
-                     float_format="g")
+        title = f"configuration (preset: {self.preset or 'none'})"
+        return Collapsed(Table(["parameter", "value"], rows, title=title, float_format="g"),
+                         f"{title}: {len(rows)} parameters (click to expand)")
 
 
 def setup(params: dict, defaults: Optional[dict] = None, check_files: bool = True) -> Setup:

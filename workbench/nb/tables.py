@@ -39,19 +39,71 @@ class Table:
         return [dict(zip(self.columns, r)) for r in self.rows]
 
 
-def final_table(records: list[dict]) -> Table:
-    """Per role: best top-1 (epoch) and last top-1 from the ``summary`` records, plus the last
-    epoch's gaps (accuracy gap, KL) of each pair."""
+class Tables:
+    """Several tables shown one after the other (HTML and text)."""
+
+    def __init__(self, *tables: Table):
+        self.tables = list(tables)
+
+    def _repr_html_(self) -> str:
+        return "".join(t._repr_html_() for t in self.tables)
+
+    def __str__(self) -> str:
+        return "\n\n".join(str(t) for t in self.tables)
+
+    __repr__ = __str__
+
+
+class Collapsed:
+    """A table folded under a one-line summary in HTML (``<details>``); in full as text."""
+
+    def __init__(self, table: Table, summary: str):
+        self.table, self.summary = table, summary
+
+    def _repr_html_(self) -> str:
+        return f"<details><summary>{html.escape(self.summary)}</summary>{self.table._repr_html_()}</details>"
+
+    def __str__(self) -> str:
+        return str(self.table)
+
+    __repr__ = __str__
+
+
+def accuracy_table(records: list[dict]) -> Table:
+    """Per model (S, T_d, T_s and EMA twins): best top-1 (epoch) and last top-1 in %, from the
+    ``summary`` records; with EMA, the reported max(raw, EMA) columns too."""
     summ = [r for r in records if r.get("kind") == "summary"]
-    rows = [(role_label(r["role"]), r["best_top1"], r["best_epoch"], r["last_top1"]) for r in summ]
+    reported = any("best_top1_reported" in r for r in summ)
+    cols = ["model", "best top-1 (%)", "best epoch", "last top-1 (%)"]
+    cols += ["best reported top-1 (%)", "last reported top-1 (%)"] if reported else []
+    rows = []
+    for r in summ:
+        row = [role_label(r["role"]), r["best_top1"], r["best_epoch"], r["last_top1"]]
+        rows.append(row + ([r.get("best_top1_reported"), r.get("last_top1_reported")] if reported else []))
+    return Table(cols, rows, title="top-1 on the test set" + (" (reported = max(raw, EMA))" if reported else ""))
+
+
+#: gap table columns: (record metric, column title with unit)
+GAP_COLUMNS = (("acc_gap", "top-1 gap (points)"), ("kl", "KL (nats)"), ("agreement", "agreement (fraction)"),
+               ("cka", "CKA (0-1)"))
+
+
+def gap_table(records: list[dict]) -> Table:
+    """Per pair (T_s-S, T_d-S, T_s-T_d): the gap metrics at the last epoch that has gap records."""
     gaps = [r for r in records if r.get("kind") == "gap"]
     last = max((r["epoch"] for r in gaps), default=None)
+    rows = []
     for pair in PAIRS:
         vals = {r["metric"]: r["value"] for r in gaps if r["epoch"] == last and r["pair"] == pair}
         if vals:
-            rows.append((f"gap {pair}", vals.get("acc_gap"), last, vals.get("kl")))
-    return Table(["model / pair", "best top-1 (gap: acc gap)", "epoch", "last top-1 (gap: KL)"], rows,
-                 title="final results")
+            rows.append([pair] + [vals.get(m) for m, _ in GAP_COLUMNS])
+    return Table(["pair"] + [c for _, c in GAP_COLUMNS], rows, title=f"gaps at epoch {last}", float_format=".3g")
+
+
+def final_table(records: list[dict]) -> Tables:
+    """The end of a run: the accuracy table, then the gap table (two tables: their columns mean
+    different things)."""
+    return Tables(accuracy_table(records), gap_table(records))
 
 
 def compare_table(results: dict) -> Table:

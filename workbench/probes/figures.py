@@ -59,6 +59,28 @@ def _runs(records: list[dict]) -> list:
     return runs
 
 
+#: axis titles with meaning and unit, by metric name (gap metrics, probe metrics, top-1)
+METRIC_LABELS = {
+    "acc_gap": "top-1 gap (percentage points)",
+    "agreement": "top-1 agreement (fraction of test images)",
+    "kl": "KL(p_teacher || p_student) (nats)",
+    "cka": "linear CKA of penultimate features (0-1)",
+    "dist_inter": "DIST inter-class correlation gap (1 - Pearson)",
+    "dist_intra": "DIST intra-class correlation gap (1 - Pearson)",
+    "top1": "top-1 (%)",
+    "knn_top1": "kNN top-1 on penultimate features (%)",
+    "separability": "class separability (between / within variance)",
+    "linear_top1": "linear-probe top-1 on the target (%)",
+    "linear_train_top1": "linear-probe train top-1 on the target (%)",
+    "linear_best_epoch": "linear-probe best epoch",
+}
+PERCENT_TICKS = ".1f"  # percent axes: one decimal (plotly's auto ticks gave 84.08, 84.89, ...)
+
+
+def axis_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
 def _series(records: Iterable[dict], x: str = "epoch", y: str = "value") -> tuple[list, list]:
     pts = sorted((r[x], r[y]) for r in records if r.get(x) is not None and r.get(y) is not None)
     return [p[0] for p in pts], [p[1] for p in pts]
@@ -81,8 +103,8 @@ def gap_curves(source: Source, metrics: Optional[Sequence[str]] = None, pairs: O
     runs = _runs(recs)
     several = len(runs) > 1
     if mode == "facet":
-        fig = make_subplots(rows=max(1, len(metrics)), cols=1, shared_xaxes=True, subplot_titles=metrics,
-                            vertical_spacing=0.08)
+        fig = make_subplots(rows=max(1, len(metrics)), cols=1, shared_xaxes=True,
+                            subplot_titles=[axis_label(m) for m in metrics], vertical_spacing=0.08)
     else:
         fig = go.Figure()
     owner = []  # metric of each trace, for the dropdown masks
@@ -105,13 +127,15 @@ def gap_curves(source: Source, metrics: Optional[Sequence[str]] = None, pairs: O
                 owner.append(metric)
     if mode == "facet":
         fig.update_xaxes(title_text="epoch", row=max(1, len(metrics)), col=1)
+        for i, metric in enumerate(metrics):
+            fig.update_yaxes(title_text=metric, row=i + 1, col=1)  # the panel title spells it out
         fig.update_layout(height=max(320, 230 * len(metrics)))
     else:
         buttons = [dict(label=m, method="update",
-                        args=[{"visible": [o == m for o in owner]}, {"yaxis": {"title": {"text": m}}}])
+                        args=[{"visible": [o == m for o in owner]}, {"yaxis": {"title": {"text": axis_label(m)}}}])
                    for m in metrics]
         fig.update_layout(updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.15)],
-                          xaxis_title="epoch", yaxis_title=metrics[0] if metrics else "")
+                          xaxis_title="epoch", yaxis_title=axis_label(metrics[0]) if metrics else "")
     fig.update_layout(title="Teacher-student gaps", legend_title_text="pair")
     return fig
 
@@ -132,7 +156,8 @@ def top1_curves(source: Source, split: str = "test", roles: Optional[Sequence[st
                                          name=_name(role_label(role), run, len(runs) > 1),
                                          line=dict(color=ROLE_COLORS.get(role), dash=DASHES[j % len(DASHES)]),
                                          meta=dict(role=role, run=run)))
-    fig.update_layout(title=f"Top-1 ({split})", xaxis_title="epoch", yaxis_title="top-1", legend_title_text="model")
+    fig.update_layout(title=f"Top-1 ({split})", xaxis_title="epoch", yaxis_title=axis_label("top1"), legend_title_text="model",
+                      yaxis_tickformat=PERCENT_TICKS)
     return fig
 
 
@@ -157,8 +182,8 @@ def disc_transfer_curves(source: Source, role: str = "student", disc_metric: str
     runs = _runs(recs)
     several = len(runs) > 1
     fig = make_subplots(specs=[[{"secondary_y": True}]]) if mode == "twin" else \
-        make_subplots(rows=2, cols=1, shared_xaxes=True, subplot_titles=(f"discriminability: {disc_metric}",
-                                                                         f"transferability: {transfer_metric}"))
+        make_subplots(rows=2, cols=1, shared_xaxes=True, subplot_titles=(f"discriminability: {axis_label(disc_metric)}",
+                                                                         f"transferability: {axis_label(transfer_metric)}"))
     for j, run in enumerate(runs):
         color = qualitative.Plotly[j % len(qualitative.Plotly)]
         x, y = _disc_series(recs, role, disc_metric, run)
@@ -179,8 +204,10 @@ def disc_transfer_curves(source: Source, role: str = "student", disc_metric: str
             fig.add_trace(d, row=1, col=1)
             fig.add_trace(t, row=2, col=1)
     if mode == "twin":
-        fig.update_yaxes(title_text=f"discriminability: {disc_metric}", secondary_y=False)
-        fig.update_yaxes(title_text=f"transferability: {transfer_metric}", secondary_y=True)
+        fig.update_yaxes(title_text=f"discriminability: {axis_label(disc_metric)}", secondary_y=False,
+                         tickformat=PERCENT_TICKS)
+        fig.update_yaxes(title_text=f"transferability: {axis_label(transfer_metric)}", secondary_y=True,
+                         tickformat=PERCENT_TICKS, showgrid=False)
     fig.update_xaxes(title_text="epoch")
     fig.update_layout(title=f"Discriminability vs transferability ({role_label(role)})")
     return fig
