@@ -84,6 +84,7 @@ def test_gpd_notebook_runs_and_records_sane_results(runs, tmp_path):
     assert report.stat().st_size < MAX_REPORT_BYTES and f'<script src="{PLOTLY_FILE}">' in page
     assert (report.parent / PLOTLY_FILE).stat().st_size > MAX_REPORT_BYTES  # the library itself, once
     assert page.count("Plotly.newPlot") >= 4  # every figure has its HTML fallback
+    assert "# Defaults: a real GPU run" not in page and "configuration (preset" in page  # no parameter wall
 
 
 # ------------------------------------------------------------------------------- others

@@ -15,6 +15,7 @@ from pathlib import Path
 
 PLOTLY_FILE = "plotly.min.js"
 RENDERER = "workbench_html"
+HIDDEN_INPUT_TAGS = ("parameters", "injected-parameters")
 HEAD_SCRIPTS = (f'<script>window.PlotlyConfig = {{MathJaxConfig: "local"}};</script>\n'
                 f'<script src="{PLOTLY_FILE}"></script>\n')
 
@@ -36,11 +37,16 @@ def write_report(notebook: str | Path, html_path: str | Path | None = None) -> P
     ``plotly.min.js`` beside it. Returns the HTML path."""
     import nbformat
     from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
     from plotly.offline import get_plotlyjs
 
     notebook = Path(notebook)
     html_path = Path(html_path) if html_path else notebook.with_suffix(".html")
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    exporter = HTMLExporter()
+    # the parameters cells (ours and papermill's) are long and repeated, folded, by the
+    # configuration table: the report leaves their source out
+    exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags=HIDDEN_INPUT_TAGS, enabled=True), True)
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
     if "</head>" not in body:
         raise ValueError(f"{notebook}: nbconvert produced no <head> to load plotly.js from")
     body = body.replace("</head>", HEAD_SCRIPTS + "</head>", 1)
