@@ -118,3 +118,108 @@ def test_explore_renders_widgets_and_plotly_in_chromium(lab, tmp_path):
     assert n_plots >= 1
     assert curves >= 1  # the explorer's gap curves of the tiny run were drawn
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+REPORT_SCREENSHOT = ROOT / "runs" / "browser" / "report.png"
+
+
+def test_html_report_draws_every_figure_offline_in_chromium(tmp_path):
+    """The report of an executed gpd.ipynb (python -m workbench.nb.report) opened from disk, no
+    network: every figure is drawn by the one plotly.min.js beside it."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get update && apt-get install -y chromium)")
+    pm = pytest.importorskip("papermill")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from workbench.nb.report import write_report
+
+    executed = tmp_path / "gpd.ipynb"
+    pm.execute_notebook(str(ROOT / "notebooks" / "gpd.ipynb"), str(executed), progress_bar=False,
+                        kernel_name="python3", cwd=str(ROOT),
+                        parameters=dict(dataset="digits", epochs=2, teacher_epochs=1, teacher="resnet8",
+                                        embed_method="pca", embed_points=40, train_per_class=5, progress=True,
+                                        out_dir=str(tmp_path / "runs")))
+    report = write_report(executed, tmp_path / "report" / "gpd.html")
+    expected = report.read_text().count("Plotly.newPlot")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page.route("http*://**", lambda route: route.abort())  # offline: nothing from the network
+            page.goto(report.as_uri())
+            page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {expected}",
+                                   timeout=RENDER_TIMEOUT_MS)
+            drawn = page.evaluate("document.querySelectorAll('.js-plotly-plot').length")
+            REPORT_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(REPORT_SCREENSHOT), full_page=False)
+        finally:
+            browser.close()
+    assert drawn == expected >= 4  # gap curves, top-1, disc/transfer, feature maps
+
+
+LAB_SCREENSHOT = ROOT / "runs" / "browser" / "gpd_progress.png"
+LONG_EPOCHS = 30  # more progress updates than JupyterLab's output limit used to show
+
+
+@pytest.fixture
+def gpd_workdir(tmp_path):
+    pm = pytest.importorskip("papermill")
+    nbdir = tmp_path / "nb"
+    nbdir.mkdir()
+    pm.execute_notebook(str(ROOT / "notebooks" / "gpd.ipynb"), str(nbdir / "gpd.ipynb"), prepare_only=True,
+                        parameters=dict(dataset="digits", epochs=LONG_EPOCHS, teacher_epochs=LONG_EPOCHS,
+                                        teacher="resnet8", embed_method="pca", embed_points=40, train_per_class=5,
+                                        probe_every=5, progress=True, out_dir=str(tmp_path / "runs")))
+    return nbdir
+
+
+def test_gpd_progress_in_jupyterlab_shows_the_latest_epoch_after_a_long_run(gpd_workdir, tmp_path):
+    """Run All in JupyterLab: each phase keeps one display updated in place, so after the run
+    the visible progress states the last epoch (it used to freeze at ~epoch 16 when JupyterLab
+    folded the piling outputs)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get update && apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    port, token = _free_port(), secrets.token_hex(16)
+    jupyter = Path(sys.executable).with_name("jupyter")
+    proc = subprocess.Popen([str(jupyter), "lab", "--allow-root", "--no-browser", f"--port={port}",
+                             "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
+                             f"--ServerApp.root_dir={gpd_workdir}"],
+                            stdout=open(tmp_path / "lab.log", "w"), stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_for_server(f"{base}/api/status?token={token}", proc)
+        with sync_api.sync_playwright() as p:
+            ctx = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
+                                                       headless=True, args=CHROMIUM_ARGS,
+                                                       viewport={"width": 1400, "height": 1000})
+            try:
+                page = ctx.new_page()
+                page.goto(f"{base}/lab/tree/gpd.ipynb?token={token}")
+                page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=RENDER_TIMEOUT_MS)
+                try:
+                    page.locator(".jp-Dialog .jp-mod-accept").click(timeout=DIALOG_TIMEOUT_MS)
+                except sync_api.TimeoutError:
+                    pass
+                page.get_by_role("menuitem", name="Run", exact=True).click()
+                page.locator('li[data-command="runmenu:run-all"]').click()
+                done = f"done: {LONG_EPOCHS}/{LONG_EPOCHS} epochs"
+                progress = page.locator(".wb-progress", has_text="gpd (base dkd)")
+                progress.filter(has_text=done).wait_for(timeout=RENDER_TIMEOUT_MS * 2)
+                finished = progress.filter(has_text=done).first
+                finished.scroll_into_view_if_needed()
+                visible = finished.inner_text()
+                live_lines = page.locator(".wb-live-gaps polyline").count()
+                LAB_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(LAB_SCREENSHOT), full_page=False)
+                widgets_errors = page.locator("text=Error displaying widget").count()
+            finally:
+                ctx.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert done in visible and f"epoch {LONG_EPOCHS}/{LONG_EPOCHS}" in visible
+    assert widgets_errors == 0
+    assert live_lines == 3  # the live chart: T_s-S, T_d-S, T_s-T_d

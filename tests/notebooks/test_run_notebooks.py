@@ -125,9 +125,9 @@ def test_explore_notebook_widgets_and_live_updates(runs, tmp_path):
                if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert len(widgets) == 1  # the explorer; the live figure is a plain figure updated in place
     live_cell = next(c for c in nb.cells if c.cell_type == "code" and "nb.train(live_cfg)" in c.source)
-    figures = [o["data"]["application/vnd.plotly.v1+json"] for o in live_cell.outputs
-               if "application/vnd.plotly.v1+json" in o.get("data", {})]
-    assert len(figures) == 1 and [t["name"] for t in figures[0]["data"]] == ["T_d-S"]
+    charts = [o["data"] for o in live_cell.outputs if "wb-live-gaps" in o.get("data", {}).get("text/html", "")]
+    assert len(charts) == 1 and charts[0]["text/plain"].startswith("live top-1 gaps (points): T_d-S ")
+    assert charts[0]["text/html"].count("<polyline") == 1  # one pair: from scratch, no static teacher
     live = read_metrics(runs / "live_gpd_scratch_e1", kind="gap")
     assert {r["pair"] for r in live} == {"T_d-S"}  # from scratch: no static teacher
 

@@ -119,8 +119,10 @@ class NotebookProgress(Progress):
 
 
 class LiveGapFigure(Callback):
-    """The accuracy gaps (T_s-S, T_d-S, T_s-T_d) redrawn in place after every epoch from the run's
-    ``metrics.jsonl``; the saved notebook keeps the final figure (no widget)."""
+    """The top-1 gaps (T_s-S, T_d-S, T_s-T_d) redrawn in place after every epoch from the run's
+    ``metrics.jsonl``, as a small inline SVG chart: no JavaScript, so it updates in JupyterLab
+    (whose plotly renderer does not redraw updated outputs), papermill and nbconvert alike, and
+    the saved notebook keeps the final chart. The full interactive figures follow in the notebook."""
 
     def __init__(self, metric: str = "acc_gap"):
         self.metric = metric
@@ -134,35 +136,62 @@ class LiveGapFigure(Callback):
         self.draw(read_metrics(state.metrics_path), state.epochs)
         return []
 
-    def figure(self, records: list[dict], epochs: Optional[int] = None):
-        import plotly.graph_objects as go
-
-        fig = go.Figure(layout=dict(title="live: top-1 gaps as epochs finish", height=320,
-                                    xaxis_title="epoch", yaxis_title="top-1 gap (percentage points)",
-                                    margin=dict(t=40, b=40), showlegend=True))
+    def series(self, records: list[dict]) -> dict[str, list[tuple[int, float]]]:
+        out = {}
         for pair in PAIRS:
             pts = sorted((r["epoch"], r["value"]) for r in records if r.get("kind") == "gap"
                          and r.get("metric") == self.metric and r.get("pair") == pair and r.get("value") is not None)
             if pts:
-                fig.add_scatter(x=[e for e, _ in pts], y=[v for _, v in pts], mode="lines+markers", name=pair)
-        if epochs:
-            fig.update_xaxes(range=[0, epochs])
-        return fig
+                out[pair] = pts
+        return out
 
     def draw(self, records: list[dict], epochs: Optional[int] = None) -> None:
-        fig = self.figure(records, epochs)
-        if fig.data:
-            self.handle = _display(figure_bundle(fig), self.handle)
+        series = self.series(records)
+        if series:
+            last = {p: pts[-1] for p, pts in series.items()}
+            text = "live top-1 gaps (points): " + ", ".join(f"{p} {v:+.2f} @ {e}" for p, (e, v) in last.items())
+            self.handle = _display({"text/plain": text, "text/html": svg_chart(series, epochs)}, self.handle)
 
 
-def figure_bundle(fig) -> dict:
-    """A plotly figure as a raw MIME bundle (JupyterLab's plotly mimetype + HTML for nbconvert,
-    which reuses the plotly.js that ``init_plotly``'s renderer loaded once), so that it can be
-    updated in place: plotly's own display hook ignores ``display_id``."""
-    import json
+SVG_W, SVG_H, SVG_PAD_L, SVG_PAD_R, SVG_PAD_T, SVG_PAD_B = 560, 220, 52, 96, 24, 34
+SVG_COLORS = ("#636efa", "#ef553b", "#00cc96")  # plotly's first colours, as the pair colours of the figures
+SVG_TICKS = 4
 
-    import plotly.io as pio
 
-    return {"application/vnd.plotly.v1+json": json.loads(pio.to_json(fig, validate=False)),
-            "text/html": pio.to_html(fig, include_plotlyjs=False, full_html=False),
-            "text/plain": f"<figure: {fig.layout.title.text}>"}
+def svg_chart(series: dict[str, list[tuple[int, float]]], epochs: Optional[int] = None,
+              title: str = "live: top-1 gap (percentage points) vs epoch") -> str:
+    """A dependency-free line chart: one polyline per series, y ticks, x from 0 to ``epochs``."""
+    xs = [e for pts in series.values() for e, _ in pts]
+    ys = [v for pts in series.values() for _, v in pts]
+    x1 = max(epochs or 0, max(xs), 1)
+    y0, y1 = min(ys + [0.0]), max(ys + [0.0])
+    if y1 - y0 < 1e-9:
+        y0, y1 = y0 - 1, y1 + 1
+    w, h = SVG_W - SVG_PAD_L - SVG_PAD_R, SVG_H - SVG_PAD_T - SVG_PAD_B
+
+    def px(e):
+        return SVG_PAD_L + w * e / x1
+
+    def py(v):
+        return SVG_PAD_T + h * (y1 - v) / (y1 - y0)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{SVG_W}" height="{SVG_H}" '
+             f'font-family="sans-serif" font-size="11">',
+             f'<text x="{SVG_PAD_L}" y="14" font-size="12">{html.escape(title)}</text>',
+             f'<rect x="{SVG_PAD_L}" y="{SVG_PAD_T}" width="{w}" height="{h}" fill="#f4f6fb"/>']
+    for i in range(SVG_TICKS + 1):
+        v = y0 + (y1 - y0) * i / SVG_TICKS
+        parts.append(f'<line x1="{SVG_PAD_L}" x2="{SVG_PAD_L + w}" y1="{py(v):.1f}" y2="{py(v):.1f}" stroke="#dde"/>'
+                     f'<text x="{SVG_PAD_L - 4}" y="{py(v) + 4:.1f}" text-anchor="end">{v:.1f}</text>')
+    for e in (0, x1):
+        parts.append(f'<text x="{px(e):.1f}" y="{SVG_PAD_T + h + 14}" text-anchor="middle">{e}</text>')
+    parts.append(f'<text x="{SVG_PAD_L + w / 2:.1f}" y="{SVG_H - 4}" text-anchor="middle">epoch</text>')
+    for k, (name, pts) in enumerate(series.items()):
+        color = SVG_COLORS[k % len(SVG_COLORS)]
+        line = " ".join(f"{px(e):.1f},{py(v):.1f}" for e, v in pts)
+        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{line}"/>')
+        ly = SVG_PAD_T + 14 * (k + 1)
+        parts.append(f'<line x1="{SVG_PAD_L + w + 8}" x2="{SVG_PAD_L + w + 24}" y1="{ly - 4}" y2="{ly - 4}" '
+                     f'stroke="{color}" stroke-width="2"/><text x="{SVG_PAD_L + w + 28}" y="{ly}">{html.escape(name)}</text>')
+    parts.append("</svg>")
+    return f'<div class="wb-live-gaps">{"".join(parts)}</div>'
