@@ -66,8 +66,10 @@ def test_several_runs_from_directories(tmp_path):
     assert len(fig.data) == 2 * len(PAIRS3)
     assert {t.meta["run"] for t in fig.data} == {"kd", "gpd"}
     assert any(t.name == "T_d-S (gpd)" for t in fig.data)
-    dashes = {t.meta["run"]: t.line.dash for t in fig.data}
-    assert dashes["kd"] != dashes["gpd"]
+    # several runs (compare.ipynb: one per method): a colour per run, a dash per pair
+    colors = {t.meta["run"]: {t2.line.color for t2 in fig.data if t2.meta["run"] == t.meta["run"]} for t in fig.data}
+    assert len(colors["kd"]) == len(colors["gpd"]) == 1 and colors["kd"] != colors["gpd"]
+    assert len({t.line.dash for t in fig.data if t.meta["run"] == "kd"}) == len(PAIRS3)
     top = F.top1_curves({"kd": tmp_path / "kd", "gpd": run_records(1.0)})
     assert len(top.data) == 6 and {t.meta["role"] for t in top.data} == {"student", "dynamic_teacher", "teacher"}
 
@@ -109,6 +111,8 @@ def test_feature_map_hover_and_panels():
     assert [t.name for t in panels.data[:3]] == ["a", "b", "c"]
     assert "trust 0.950" in panels.layout.annotations[1].text
     assert {t.xaxis for t in panels.data} == {"x", "x2"}
+    four = F.feature_map_panels([emb_record(f"m{i}", i) for i in range(4)])
+    assert four.layout.width is None and four.layout.legend.orientation == "h"  # fills the column, nothing cut
 
 
 def test_many_classes_use_one_continuous_trace():

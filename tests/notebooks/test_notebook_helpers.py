@@ -316,3 +316,25 @@ def test_configuration_is_folded_in_html_and_complete_in_text(tmp_path):
     n = len(su.cfg.to_dict()) + len(su.options)
     assert page.startswith("<details><summary>") and f"{n} parameters (click to expand)" in page
     assert len(str(shown).splitlines()) == n + 3  # title, header, rule, one line per parameter
+
+
+def _gap_run(path, offset=0.0):
+    from workbench.engine.metrics import MetricsLog
+
+    MetricsLog(path).append([{"kind": "gap", "epoch": e, "pair": p, "metric": "acc_gap", "value": e + offset}
+                             for e in range(3) for p in ("T_s-S", "T_d-S")])
+
+
+def test_explorer_lists_runs_not_the_teacher_cache_and_toggles_look_different(tmp_path):
+    _gap_run(tmp_path / "a_very_long_run_name_of_a_gpd_experiment_with_many_settings")
+    _gap_run(tmp_path / "b", 1.0)
+    _gap_run(tmp_path / "teachers" / "digits_resnet8_ce_s0-123")
+    ex = nb.Explorer(tmp_path)
+    assert sorted(ex.runs) == ["a_very_long_run_name_of_a_gpd_experiment_with_many_settings", "b"]
+    assert ex.fig.layout.legend.orientation == "h"  # long names below the plot, not beside it
+    before = set(ex.series())
+    off = ex.pairs["T_d-S"]
+    off.value = False  # observed: redraws
+    assert {n for n in before if n.startswith("T_d-S")} and not any(n.startswith("T_d-S") for n in ex.series())
+    on = ex.pairs["T_s-S"]
+    assert (on.button_style, on.icon) == ("info", "check") and (off.button_style, off.icon) == ("", "")

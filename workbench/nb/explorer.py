@@ -9,16 +9,20 @@ from ..engine.callbacks import PAIRS, ROLE_LABELS
 from .tables import Table
 
 TOP1 = "top1"  # pseudo-metric of the explorer: test top-1 of S, T_d, T_s
+ON_STYLE = "info"  # ipywidgets button style of a pair toggle that is on
 
 
 def find_runs(root) -> dict[str, Path]:
-    """``{name relative to root: run dir}`` of every folder under ``root`` with a metrics log."""
+    """``{name relative to root: run dir}`` of every folder under ``root`` with a metrics log,
+    except the teacher cache (``<root>/teachers/``: teachers trained for other runs)."""
     from ..engine.metrics import METRICS_FILE
+    from ..experiment import TEACHERS_DIR
 
     root = Path(root)
     if not root.is_dir():
         return {}
-    return {str(p.parent.relative_to(root)): p.parent for p in sorted(root.rglob(METRICS_FILE))}
+    return {str(p.parent.relative_to(root)): p.parent for p in sorted(root.rglob(METRICS_FILE))
+            if p.relative_to(root).parts[0] != TEACHERS_DIR}
 
 
 def runs_table(root) -> Table:
@@ -55,11 +59,14 @@ class Explorer:
         options = gap_metrics + [TOP1]
         self.metric = W.Dropdown(options=options, value="acc_gap" if "acc_gap" in options else options[0],
                                  description="metric")
-        self.pairs = {p: W.ToggleButton(value=True, description=p) for p in PAIRS}
+        self.pairs = {p: W.ToggleButton(value=True, description=p, icon="check", button_style=ON_STYLE)
+                      for p in PAIRS}
         top = max((r["epoch"] for recs in self.records.values() for r in recs), default=0)
         self.epoch = W.IntSlider(value=top, min=0, max=max(1, top), description="epoch", continuous_update=True)
         self.readout = W.HTML()
-        self.fig = go.FigureWidget(layout=dict(height=420, xaxis_title="epoch", margin=dict(t=40)))
+        # legend below the plot: long run names must not squeeze the plot area
+        self.fig = go.FigureWidget(layout=dict(height=460, xaxis_title="epoch", margin=dict(t=40),
+                                               legend=dict(orientation="h", yanchor="top", y=-0.18, x=0)))
         for w in (self.run_select, self.metric, self.epoch, *self.pairs.values()):
             w.observe(lambda _change: self.redraw(), names="value")
         self.redraw()
@@ -85,12 +92,18 @@ class Explorer:
                     out[f"{pair} ({run})" if several else pair] = ([e for e, _ in pts], [v for _, v in pts])
         return out
 
+    def _style_toggles(self) -> None:
+        """On: filled with a check mark; off: plain with no icon -- tellable apart at a glance."""
+        for button in self.pairs.values():
+            button.button_style, button.icon = (ON_STYLE, "check") if button.value else ("", "")
+
     def redraw(self) -> None:
         if getattr(self, "_busy", False):
             return
         self._busy = True
         try:
             self._fit_slider()
+            self._style_toggles()
             self._redraw()
         finally:
             self._busy = False

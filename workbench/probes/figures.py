@@ -25,6 +25,9 @@ PAIR_COLORS = dict(zip(PAIRS, qualitative.Plotly))
 ROLE_COLORS = {"student": qualitative.Plotly[0], "dynamic_teacher": qualitative.Plotly[1],
                "teacher": qualitative.Plotly[2]}
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+PANEL_HEIGHT_PX = 340  # feature-map panels
+LEGEND_ROOM_PX = 60
+RUN_COLORS = qualitative.D3  # one colour per run/method when several are overlaid
 CLASS_PALETTE = qualitative.Plotly + qualitative.Light24  # 34 distinct colours
 MAX_CLASS_TRACES = 24  # above this, one trace coloured by a continuous scale (no legend per class)
 WEBGL_POINTS = 5000  # switch to Scattergl above this many points
@@ -86,6 +89,14 @@ def _series(records: Iterable[dict], x: str = "epoch", y: str = "value") -> tupl
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def _line(own_color: str, run_index: int, item_index: int, several: bool) -> dict:
+    """One run: colour per pair/role. Several runs (e.g. one per method in compare.ipynb): colour
+    per run, dash per pair/role -- so each method has its own colour."""
+    if several:
+        return dict(color=RUN_COLORS[run_index % len(RUN_COLORS)], dash=DASHES[item_index % len(DASHES)])
+    return dict(color=own_color)
+
+
 def _name(label: str, run, several: bool) -> str:
     return f"{label} ({run})" if several and run is not None else label
 
@@ -117,7 +128,7 @@ def gap_curves(source: Source, metrics: Optional[Sequence[str]] = None, pairs: O
                 tr = go.Scatter(x=x, y=y, mode="lines+markers", name=_name(pair, run, several),
                                 legendgroup=_name(pair, run, several),
                                 showlegend=(i == 0 or mode == "dropdown"),
-                                line=dict(color=PAIR_COLORS.get(pair), dash=DASHES[j % len(DASHES)]),
+                                line=_line(PAIR_COLORS.get(pair), j, pairs.index(pair), several),
                                 meta=dict(metric=metric, pair=pair, run=run),
                                 visible=True if mode == "facet" or i == 0 else False)
                 if mode == "facet":
@@ -154,7 +165,7 @@ def top1_curves(source: Source, split: str = "test", roles: Optional[Sequence[st
             if x:
                 fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers",
                                          name=_name(role_label(role), run, len(runs) > 1),
-                                         line=dict(color=ROLE_COLORS.get(role), dash=DASHES[j % len(DASHES)]),
+                                         line=_line(ROLE_COLORS.get(role), j, roles.index(role), len(runs) > 1),
                                          meta=dict(role=role, run=run)))
     fig.update_layout(title=f"Top-1 ({split})", xaxis_title="epoch", yaxis_title=axis_label("top1"), legend_title_text="model",
                       yaxis_tickformat=PERCENT_TICKS)
@@ -281,8 +292,11 @@ def feature_map_panels(recs: Sequence[dict], class_names: Optional[Sequence[str]
             fig.add_trace(tr, row=i // cols + 1, col=i % cols + 1)
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
+    # no fixed width: the figure fills the notebook/report column (a fixed 380 px per panel cut
+    # the 4th panel and the legend); the legend goes below the panels, in one row
     fig.update_layout(title=f"Feature maps ({recs[0].get('method', '')})", legend_title_text="class",
-                      height=380 * rows, width=max(500, 380 * cols))
+                      height=PANEL_HEIGHT_PX * rows + LEGEND_ROOM_PX, autosize=True,
+                      legend=dict(orientation="h", yanchor="top", y=-0.04, xanchor="left", x=0))
     return fig
 
 
