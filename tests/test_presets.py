@@ -50,7 +50,7 @@ def test_every_preset_names_registered_models():
 def test_cifar_methods_keep_their_shape():
     """Bench scripts and notebooks read these entries: method name -> dict of config keys."""
     assert set(CIFAR_METHODS) == {"ce", "kd", "dkd", "kd_dot", "dkd_dot", "kd_ctkd", "dkd_ctkd",
-                                  "gpd_kd", "gpd_dkd", "gpd_scratch"}
+                                  "gpd_kd", "gpd_dkd", "gpd_scratch", "fitnet", "reviewkd", "gpd_reviewkd"}
     assert all(isinstance(m, dict) and "method" in m for m in CIFAR_METHODS.values())
 
 
@@ -70,8 +70,22 @@ def test_dkd_warmup_20_on_cifar_none_under_ctkd_and_on_imagenet():
         c = preset(name)
         if c.ctkd:
             assert dkd_warmup(c) == 0.0, name
-        if name.startswith("imagenet/"):
+        if name.startswith("imagenet/") and "dkd" in (c.method, c.resolved_base):
             assert dkd_warmup(c) == 0.0, name
+
+
+def test_feature_method_presets_follow_mdistiller():
+    """configs/cifar100/{fitnet,reviewkd}.yaml (resnet32x4 -> resnet8x4; ReviewKD weight 5) and
+    configs/imagenet/r34_r18/reviewkd.yaml (weight 1, 1 warm-up epoch, student pre-activations)."""
+    fit, rev, grev = (preset(f"cifar100/r32x4_r8x4/{m}") for m in ("fitnet", "reviewkd", "gpd_reviewkd"))
+    assert (fit.method, fit.fitnet_hint, fit.fitnet_weight, fit.lr) == ("fitnet", 2, 100.0, 0.05)
+    assert (rev.reviewkd_weight, rev.reviewkd_warmup, rev.reviewkd_student_preact) == (5.0, 20, False)
+    assert (grev.method, grev.resolved_base, grev.reviewkd_weight, grev.resolved_grad_clip) == ("gpd", "reviewkd", 5.0, 5.0)
+    assert preset("cifar100/r56_r20/reviewkd").reviewkd_weight == 1.0  # mdistiller's default elsewhere
+    for name in ("imagenet/r34_r18/reviewkd", "imagenet/r34_r18/gpd_reviewkd"):
+        c = preset(name)
+        assert (c.teacher, c.student, c.reviewkd_weight, c.reviewkd_warmup, c.reviewkd_student_preact) == \
+            ("resnet34", "resnet18", 1.0, 1, True), name
 
 
 @pytest.mark.parametrize("pair, teacher, student, beta", [

@@ -55,7 +55,13 @@ CIFAR_METHODS = {
     "gpd_kd": dict(method="gpd", base="kd", grad_clip=GPD_GRAD_CLIP),
     "gpd_dkd": dict(method="gpd", base="dkd", grad_clip=GPD_GRAD_CLIP),
     "gpd_scratch": dict(method="gpd", base="none", grad_clip=GPD_GRAD_CLIP),
+    "fitnet": dict(method="fitnet"),  # mdistiller configs/cifar100/fitnet.yaml (+ engine/cfg.py FITNET)
+    "reviewkd": dict(method="reviewkd"),  # mdistiller configs/cifar100/reviewkd.yaml (+ cfg.py REVIEWKD)
+    "gpd_reviewkd": dict(method="gpd", base="reviewkd", grad_clip=GPD_GRAD_CLIP),  # the GPD paper's second base
 }
+#: per-pair method settings of mdistiller's configs (others: its defaults)
+CIFAR_PAIR_METHOD = {("r32x4_r8x4", "reviewkd"): dict(reviewkd_weight=5.0),  # configs/cifar100/reviewkd.yaml
+                     ("r32x4_r8x4", "gpd_reviewkd"): dict(reviewkd_weight=5.0)}
 #: keys every GPD preset sets (fp32 as the reference; not in CIFAR_METHODS so that a notebook's
 #: own ``amp`` parameter is not overridden by a method entry)
 GPD_PRESET_KEYS = dict(amp=GPD_AMP)
@@ -72,6 +78,9 @@ DKD_IMAGENET = dict(method="dkd", lr=0.2, dkd_T=1.0, dkd_warmup=NO_WARMUP)
 GPD_IMAGENET = dict(method="gpd", ratio=2.0, branches="default", gpd_lambda=3.0, grad_clip=GPD_GRAD_CLIP,
                     dkd_alpha=1.0, dkd_T=1.0, kd_T=1.0, dkd_warmup=NO_WARMUP, **GPD_PRESET_KEYS)
 FINETUNE = dict(epochs=50, lr=0.01, milestones=(30,))
+#: mdistiller configs/imagenet/r34_r18/reviewkd.yaml: weight 1, 1 warm-up epoch, student pre-activations
+#: (its batch 256 at lr 0.1; here the IMAGENET recipe's batch/lr like the other ImageNet presets)
+REVIEWKD_IMAGENET = dict(method="reviewkd", reviewkd_weight=1.0, reviewkd_warmup=1, reviewkd_student_preact=True)
 #: pre-trained students the fine-tuning presets start from (the GPD README's files in its
 #: ``pretrained/`` folder: torchvision's ResNet18, the authors' MobileNet); override with init=
 FINETUNE_INIT = {"resnet18": "pretrained/resnet18-f37072fd.pth",
@@ -86,7 +95,8 @@ def _method(name: str) -> dict:
 
 def _cifar(pair: str, method: str) -> dict:
     teacher, student, beta, lr = CIFAR_PAIRS[pair]
-    return dict(dataset="cifar100", teacher=teacher, student=student, lr=lr, dkd_beta=beta, **_method(method))
+    return dict(dataset="cifar100", teacher=teacher, student=student, lr=lr, dkd_beta=beta, **_method(method),
+                **CIFAR_PAIR_METHOD.get((pair, method), {}))
 
 
 def _imagenet() -> dict[str, dict]:
@@ -96,6 +106,11 @@ def _imagenet() -> dict[str, dict]:
                                                dkd_beta=beta)
         presets[f"imagenet/{pair}/gpd_dkd"] = dict(IMAGENET, **GPD_IMAGENET, base="dkd", teacher=teacher,
                                                    student=student, dkd_beta=beta)
+    teacher, student, _ = IMAGENET_PAIRS["r34_r18"]
+    presets["imagenet/r34_r18/reviewkd"] = dict(IMAGENET, **REVIEWKD_IMAGENET, teacher=teacher, student=student)
+    review_keys = {k: v for k, v in REVIEWKD_IMAGENET.items() if k != "method"}
+    presets["imagenet/r34_r18/gpd_reviewkd"] = dict(IMAGENET, **GPD_IMAGENET, **review_keys, base="reviewkd",
+                                                    teacher=teacher, student=student)
     for short, student in IMAGENET_STUDENTS.items():
         scratch = dict(IMAGENET, **GPD_IMAGENET, base="none", teacher="none", student=student)
         presets[f"imagenet/{short}/gpd_scratch"] = scratch

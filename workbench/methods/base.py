@@ -67,6 +67,23 @@ def run_with_features(model: nn.Module, x: torch.Tensor, names, detach: bool = F
     return Outputs(logits, {p: tap[p] for p in paths})
 
 
+def feature_shapes(ctx, model: nn.Module, names) -> dict[str, torch.Size]:
+    """Shapes of ``model``'s named features on the build context's example batch (for sizing
+    projectors, regressors, fusion modules), from one forward in eval mode without gradients, so
+    no BatchNorm statistics change. Raises a clear error when no example batch is available."""
+    if ctx.example_input is None:
+        raise ValueError("this method sizes its modules from the features: build it with an example input batch")
+    owner, call = ctx.calls.get(id(model), (model, None))
+    was = owner.training
+    owner.eval()
+    try:
+        with torch.no_grad():
+            out = run_with_features(model, ctx.example_input, names, detach=True, call=call)
+    finally:
+        owner.train(was)
+    return {n: f.shape for n, f in out.features.items()}
+
+
 class FixedTemperature(nn.Module):
     """The default temperature provider: a constant. CTKD swaps in a learnable one."""
 

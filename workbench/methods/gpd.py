@@ -23,6 +23,8 @@ stay available as options: ``widening=full_scale``, ``scale_init=one_zero``, ``s
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -169,6 +171,8 @@ def build_gpd(ctx):
     cfg = ctx.cfg
     base = cfg.resolved_base
     dt = expand_student(cfg, ctx.student, ctx.example_input)
+    # the student view's template has no parameters of its own: it runs through T_d
+    ctx = replace(ctx, calls={**ctx.calls, id(dt.student_template): (dt, lambda x: dt(x, view="student"))})
     criterion = build_criterion(base, ctx, dt.student_template)
     dt_criterion = criterion
     if criterion is not None and criterion.student_features:  # sized for T_d's widths

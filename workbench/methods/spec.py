@@ -35,6 +35,9 @@ class BuildContext:
     student: Any
     teacher: Any = None
     example_input: Any = None
+    #: how to run a model that cannot run on its own, ``{id(model): (owner, call)}``: GPD's
+    #: student view runs its parameter-less template through the dynamic teacher
+    calls: Mapping[int, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

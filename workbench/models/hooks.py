@@ -65,11 +65,26 @@ def stage_paths(model: nn.Module) -> list[str]:
     )
 
 
+#: feature-name suffixes: ``"<path>:input"`` is the module's input (its last call), and
+#: ``"<path>:preact"`` the stage output before its final ReLU (ReviewKD's teacher features): the
+#: input of the last ReLU run inside ``<path>`` when that ReLU's output is ``<path>``'s output,
+#: else ``<path>``'s output itself (a stage that does not end with a ReLU)
+INPUT, PREACT = ":input", ":preact"
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """``("layer2", ":preact")`` for ``"layer2:preact"``; ``(name, "")`` for a plain path."""
+    for suffix in (INPUT, PREACT):
+        if name.endswith(suffix):
+            return name[: -len(suffix)], suffix
+    return name, ""
+
+
 def _check_paths(model: nn.Module, names: list[str]) -> None:
     paths = [n for n, _ in model.named_modules() if n]
     known = set(paths)
     for name in names:
-        if name == PENULTIMATE or name in known:
+        if name == PENULTIMATE or split_name(name)[0] in known:
             continue
         if len(paths) <= MAX_LISTED_PATHS:
             raise ValueError(unknown_choice("feature name", name, [PENULTIMATE, *paths]))
@@ -117,14 +132,41 @@ class FeatureTap:
                     target = self.model.get_submodule(classifier_path(self.model))
                     hook = lambda _m, args, _n=name: self._keep(_n, args[0].flatten(1))  # noqa: E731
                     self._handles.append(target.register_forward_pre_hook(hook))
+                    continue
+                path, suffix = split_name(name)
+                target = self.model.get_submodule(path)
+                if suffix == INPUT:
+                    hook = lambda _m, args, _n=name: self._keep(_n, args[0])  # noqa: E731
+                    self._handles.append(target.register_forward_pre_hook(hook))
+                elif suffix == PREACT:
+                    self._tap_preact(name, target)
                 else:
-                    target = self.model.get_submodule(name)
                     hook = lambda _m, _args, out, _n=name: self._keep(_n, out)  # noqa: E731
                     self._handles.append(target.register_forward_hook(hook))
         except BaseException:
             self.remove()
             raise
         return self
+
+    def _tap_preact(self, name: str, stage: nn.Module) -> None:
+        last: dict = {}
+
+        def before(_m, args):  # copy: an in-place ReLU overwrites its input
+            last["input"] = args[0].clone()
+
+        def after(_m, _args, out):
+            last["output"] = out
+
+        for m in stage.modules():
+            if isinstance(m, nn.ReLU):
+                self._handles += [m.register_forward_pre_hook(before), m.register_forward_hook(after)]
+
+        def stage_done(_m, _args, out):
+            ends_with_relu = last.get("output") is out
+            self._keep(name, last["input"] if ends_with_relu else out)
+            last.clear()
+
+        self._handles.append(stage.register_forward_hook(stage_done))
 
     def __exit__(self, *exc) -> None:
         self.remove()
