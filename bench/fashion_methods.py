@@ -19,15 +19,17 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from workbench.config import parse_overrides
 from workbench.experiment import run
-from workbench.presets import CIFAR_METHODS
+from workbench.presets import CIFAR_METHODS, PRESETS, get_preset
 
 DEFAULTS = dict(dataset="fashion_mnist", data_source="embedded", train_per_class=100, teacher="resnet20",
                 student="resnet8", epochs=20, teacher_epochs=30, lr=0.05, schedule="cosine", batch_size=64,
                 eval_batch_size=500, probe_every=0, progress=False)
 SEEDS = "0,1,2"
+FAMILY = "fashion/demo"
 
 
 def fmt(xs) -> str:
@@ -61,6 +63,9 @@ def main(argv) -> dict:
     p.add_argument("--methods", default="ce,kd", help="comma list of preset method entries "
                    f"({', '.join(CIFAR_METHODS)})")
     p.add_argument("--seeds", default=SEEDS, help="comma list of training seeds")
+    p.add_argument("--family", default=FAMILY, help="preset family: each method runs its own '<family>/<method>' "
+                   "preset when there is one ('' = the DEFAULTS below plus the method entry)")
+    p.add_argument("--json", default="", help="also write the per-seed numbers to this JSON file")
     args, rest = p.parse_known_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in CIFAR_METHODS]
@@ -68,8 +73,9 @@ def main(argv) -> dict:
         raise SystemExit(f"unknown method {unknown[0]!r}; valid: {', '.join(CIFAR_METHODS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     overrides = parse_overrides(rest)
-    base = {} if "preset" in overrides else dict(DEFAULTS)
+    base = {} if ("preset" in overrides or args.family) else dict(DEFAULTS)
     base.update(overrides)
+    base.setdefault("probe_every", 0)  # final numbers only: no probes
     base.setdefault("out_dir", tempfile.mkdtemp(prefix="fashion_methods_"))
     base.setdefault("progress", False)
     print(f"settings: {base}\nseeds: {seeds}; load average at start: {load()}\n", flush=True)
@@ -80,12 +86,42 @@ def main(argv) -> dict:
         results, seconds = [], []
         for s in seeds:
             t0 = time.perf_counter()
-            results.append(run({**base, **CIFAR_METHODS[name], "seed": s}, log=lambda *_: None))
+            results.append(run({**method_base(args.family, name), **base, "seed": s}, log=lambda *_: None))
             seconds.append(time.perf_counter() - t0)  # the first distillation run includes teacher training
         rows[name] = results
         print(row(name, results, seconds), flush=True)
     print(f"\nload average at end: {load()}; results under {base['out_dir']}")
+    if args.json:
+        write_json(args.json, rows, base, seeds)
     return rows
+
+
+def method_base(family: str, name: str) -> dict:
+    """The method's own preset of ``family`` (its per-method settings included), else the
+    family's CE preset plus the method entry; ``{}``-based DEFAULTS when no family is given."""
+    if not family:
+        return dict(CIFAR_METHODS[name])
+    own = f"{family}/{name}"
+    if own in PRESETS:
+        return dict(get_preset(own))
+    return {**get_preset(f"{family}/ce"), **CIFAR_METHODS[name]}
+
+
+def write_json(path: str, rows: dict, settings: dict, seeds: list[int]) -> None:
+    import json
+
+    out = {"settings": {k: str(v) for k, v in settings.items() if k != "out_dir"}, "seeds": seeds, "methods": {}}
+    for name, results in rows.items():
+        roles = results[0].summary
+        out["methods"][name] = {
+            "best": [r.summary["student"]["best_top1"] for r in results],
+            "last": [r.summary["student"]["last_top1"] for r in results],
+            **({"T_d_last": [r.summary["dynamic_teacher"]["last_top1"] for r in results]}
+               if "dynamic_teacher" in roles else {}),
+            **({"T_s": roles["teacher"]["last_top1"]} if "teacher" in roles else {}),
+        }
+    Path(path).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

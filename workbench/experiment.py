@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import data, models, paths
+from . import data, embedded_teachers, models, paths
 from .config import ConfigError, RunConfig
 from .engine import Trainer
 from .engine.trainer import seed_everything
@@ -160,7 +160,10 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise ConfigError(f"dataset: {e}") from None
     source, arch = None, None
     if cfg.uses_teacher:
-        if _is_path(cfg.teacher):
+        if embedded_teachers.is_embedded(cfg.teacher):
+            source, arch = "file", embedded_teachers.entry(cfg.teacher).arch
+            embedded_teachers.path(cfg.teacher)  # checksum verified now: a damaged file is one line
+        elif _is_path(cfg.teacher):
             path = Path(cfg.teacher)
             if not path.is_file():
                 raise ConfigError(f"teacher: checkpoint file {path} does not exist")
@@ -202,6 +205,8 @@ def _teacher_file(prep: Prepared) -> Optional[Path]:
     """The static teacher's weights file: the given checkpoint, the cached teacher (checked
     against the config it was trained with), or None while no teacher is cached yet."""
     if prep.teacher_source == "file":
+        if embedded_teachers.is_embedded(prep.cfg.teacher):
+            return embedded_teachers.path(prep.cfg.teacher)
         return Path(prep.cfg.teacher)
     if prep.teacher_source == "arch":
         return cached_teacher(teacher_config(prep.cfg, prep.teacher_arch))

@@ -32,8 +32,11 @@ def check_name(name: str) -> None:
 
 def teacher_arch(cfg) -> str:
     """The static teacher's architecture: its name, or what a checkpoint file holds."""
+    from .embedded_teachers import entry, is_embedded
     from .experiment import _is_path, infer_arch
 
+    if is_embedded(cfg.teacher):
+        return entry(cfg.teacher).arch
     if not _is_path(cfg.teacher):
         return cfg.teacher
     try:
@@ -54,7 +57,11 @@ def identity(cfg) -> dict:
         from .experiment import _is_path
 
         d["teacher_arch"] = teacher_arch(cfg)
-        if _is_path(cfg.teacher):
+        if cfg.teacher.startswith("embedded:"):  # another shipped file is another teacher
+            from .embedded_teachers import entry
+
+            d["teacher_sha256"] = entry(cfg.teacher).sha256
+        elif _is_path(cfg.teacher):
             d["teacher"] = str(Path(cfg.teacher).resolve())
     else:
         for k in TEACHER_KEYS:

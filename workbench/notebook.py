@@ -32,7 +32,9 @@ from .nb.params import (  # noqa: F401
 from .nb.progress import LiveGapFigure, NotebookProgress  # noqa: F401
 from .nb.run import CaptureModels, LiveCurves, check_student, in_kernel, live_figure, show_traceback, test_set, train  # noqa: F401
 from .nb.setup import (  # noqa: F401
-    DIGITS_BASE_PRESET, DIGITS_EXTRAS, METHOD_KEYS, Setup, apply_preset, preset_name, setup, setup_many,
+    DEMO_EXTRAS, DEMO_PRESETS, DIGITS_BASE_PRESET, DIGITS_EXTRAS, METHOD_KEYS, Setup, apply_preset, preset_name, setup,
+    setup_many,
 )
+from .nb.summary import Headline, gap_sentence, gap_summary, headline, outcome  # noqa: F401
 from .nb.tables import Table, Tables, accuracy_table, compare_table, final_table, gap_table  # noqa: F401
-from .nb.teaching import max_logit_diff, param_count, surgery_table  # noqa: F401
+from .nb.teaching import EQUAL_LOGITS, max_logit_diff, param_count, surgery_table  # noqa: F401

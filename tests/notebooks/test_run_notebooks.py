@@ -88,20 +88,36 @@ def test_gpd_notebook_runs_and_records_sane_results(runs, tmp_path):
 
 
 # ------------------------------------------------------------------------------- others
-def test_teaching_notebook_shows_exact_surgery_and_the_two_gaps(runs, tmp_path):
-    nb = execute("teaching", tmp_path / "teaching.ipynb", out_dir=str(runs), epochs=1, teacher_epochs=1)
-    ir = outputs_text(nb, "gpd.expand(")
-    rel = float(ir.split("max |T_d(x) - S(x)| / max |S(x)| = ")[1].split()[0])
+def _teaching_claims(nb) -> str:
+    return "\n".join(outputs_text(nb, needle) for needle in ("gpd.expand(", "extract_student(dt)", "nb.outcome(records)",
+                                                             "nb.gap_summary(records)"))
+
+
+def test_teaching_notebook_prints_only_what_its_run_shows(runs, tmp_path):
+    nb = execute("teaching", tmp_path / "teaching.ipynb", out_dir=str(runs), epochs=1)
+    text = _teaching_claims(nb)
+    rel = float(text.split("max |T_d(x) - S(x)| / max |S(x)| = ")[1].split()[0])
     assert rel <= 1e-5  # IR with noise 0 preserves the logits (the spec's float32 bound, see test_gpd_exactness.py)
-    cbr = outputs_text(nb, "extract_student(dt)")
-    assert float(cbr.split("extract_student vs student view: ")[1].split()[0]) <= 1e-5  # the spec's float32 bound
-    assert float(cbr.split("(moved by the step): ")[1].split()[0]) > 1e-3  # sharing: the step moved S
-    assert "strict load into a fresh resnet8: ok" in cbr
-    gaps = outputs_text(nb, '"acc_gap"}').strip().splitlines()
-    td = next(line for line in gaps if line.startswith("T_d-S")).split()
-    assert float(td[1]) == pytest.approx(0.0, abs=0.5)  # T_d starts level with the student (< 1 image of ~500 differs)
-    run_dir = next(p for p in runs.iterdir() if p.name.startswith("digits_resnet8x4-resnet8_gpd-dkd"))
-    assert {r["pair"] for r in read_metrics(run_dir, kind="gap")} == {"T_s-S", "T_d-S", "T_s-T_d"}
+    assert "(surgery demo: ratio 1.5, 2 extra branches per conv)" in text
+    assert float(text.split("equals the student view within ")[1].split(",")[0]) <= 1e-5
+    assert float(text.split("differs from the original by ")[1].split()[0]) > 1e-3  # sharing: the step moved S
+    assert "Too few epochs to learn much" in text  # 1 epoch: the notebook does not claim learning
+    run_dir = next(p for p in runs.iterdir() if p.name.startswith("fashion_mnist_resnet20-resnet8_gpd-dkd"))
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert (cfg["ratio"], cfg["branches"], cfg["grad_clip"]) == (2.0, "default", None)  # preset's, not the surgery demo's
+    recs = read_metrics(run_dir)
+    assert {r["pair"] for r in recs if r["kind"] == "gap"} == {"T_s-S", "T_d-S", "T_s-T_d"}
+    td0 = [r["value"] for r in recs if r["kind"] == "gap" and r["pair"] == "T_d-S" and r["epoch"] == 0
+           and r["metric"] == "acc_gap"][0]
+    assert f"At epoch 0 the dynamic gap is {td0:+.1f} points" in text
+
+
+@pytest.mark.slow
+def test_teaching_notebook_default_run_learns_and_separates_the_gaps(tmp_path):
+    """The notebook as a reading group runs it (~2-3 min on 2 idle cores)."""
+    nb = execute("teaching", tmp_path / "teaching.ipynb", out_dir=str(tmp_path / "runs"))
+    text = _teaching_claims(nb)
+    assert "The student learned: " in text and "x smaller); final gaps" in text
 
 
 def test_compare_notebook_tables_every_method_over_seeds(runs, tmp_path):

@@ -39,6 +39,16 @@ def _int(name: str, value, low: int) -> int:
     return out
 
 
+def _float(name: str, value, low: float) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{name}: expected a number >= {low}, got {value!r}") from None
+    if isinstance(value, bool) or not out >= low:
+        raise ParameterError(f"{name}: value {value!r} is outside the allowed range [{low}, inf]")
+    return out
+
+
 def _choice(name: str, value, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ParameterError(f"{name}: " + unknown_choice(name, value, list(choices)))
@@ -71,6 +81,8 @@ NOTEBOOK_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "seeds": lambda k, v: [_int(k, s, 0) for s in _list(v)] or _empty(k, v),
     "live": _bool,
     "live_epochs": lambda k, v: _int(k, v, 1),
+    "surgery_ratio": lambda k, v: _float(k, v, 1.0),
+    "surgery_branches": lambda k, v: _int(k, v, 0),
 }
 
 # ------------------------------------------------------------------------------ parameter specs
@@ -80,7 +92,7 @@ NOTEBOOK_CHECKS: dict[str, Callable[[str, Any], Any]] = {
 NOTEBOOK_ONLY: dict[str, Any] = {
     "nproc": 1, "embed_method": "tsne", "embed_points": 2000,
     "methods": "ce,kd,dkd,kd+dot,kd+ctkd,gpd+kd,gpd+dkd,gpd-scratch", "seeds": "0,1,2",
-    "live": False, "live_epochs": 15,
+    "live": False, "live_epochs": 15, "surgery_ratio": 1.5, "surgery_branches": 2,
 }
 #: the only run-config defaults a notebook changes, and why
 OVERRIDES: dict[str, dict[str, Any]] = {
@@ -89,14 +101,14 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "compare": {"preset": AUTO},
     # explore's live run: no progress bars between the widgets
     "explore": {"progress": False},
-    # teaching: a few-minute walk-through on a laptop
-    "teaching": {"epochs": 12, "teacher_epochs": 20, "ratio": 1.5, "branches": 2, "progress": False},
+    # teaching: a few-minute walk-through on a laptop (the fashion demo preset, shorter)
+    "teaching": {"epochs": 8, "progress": False},
 }
 
 _RUN = [  # shared by gpd.ipynb and compare.ipynb; CIFAR-100 protocol defaults for a GPU run
-    ("dataset", "dataset: cifar100 (downloaded into datasets/) or digits (embedded, offline CPU demo)"),
+    ("dataset", "dataset: cifar100 (downloaded into datasets/), fashion_mnist or digits (embedded, offline CPU demos)"),
     ("data_root", "dataset folder ('' means $WORKBENCH_DATA, else datasets/ of the checkout)"),
-    ("preset", "auto: on digits, parameters left at their default take the measured CPU demo values; '' turns this off; or a preset name"),
+    ("preset", "auto: on fashion_mnist and digits, parameters left at their default take the measured CPU demo values; '' turns this off; or a preset name"),
     ("teacher", "static teacher: a zoo architecture (trained once and cached under runs/teachers/) or a checkpoint path"),
     ("teacher_arch", "architecture of a teacher checkpoint file when neither the file nor its folder name tells it"),
     ("teacher_epochs", "epochs when the teacher is trained here (0: same as epochs)"),
@@ -144,12 +156,11 @@ _SPECS: dict[str, list[tuple]] = {
         ("progress", "show progress bars in the live run"),
     ],
     "teaching": [
-        ("epochs", "epochs of the tiny digits GPD run"),
-        ("teacher_epochs", "epochs of the digits static teacher (trained once, cached)"),
-        ("ratio", "expansion ratio used in the surgery demo (any r, at least 1)"),
-        ("branches", "extra branches per conv in the surgery demo"),
-        ("out_dir", "where the tiny runs are written ('' means runs/ of the checkout)"),
-        ("progress", "show progress bars"),
+        ("epochs", "epochs of the short GPD run on the embedded Fashion-MNIST subset (the shipped teacher: none is trained)"),
+        ("surgery_ratio", NOTEBOOK_ONLY["surgery_ratio"], "expansion ratio of the surgery demo only (the GPD run uses the preset's ratio 2)"),
+        ("surgery_branches", NOTEBOOK_ONLY["surgery_branches"], "extra branches per conv in the surgery demo only (the GPD run uses the default branches)"),
+        ("out_dir", "where the run is written ('' means runs/ of the checkout)"),
+        ("progress", "show progress"),
     ],
 }
 #: notebooks that list every other run key too (every key the CLI accepts is a parameter)

@@ -32,6 +32,20 @@ def use_renderer() -> None:
     pio.renderers.default = f"plotly_mimetype+{RENDERER}"
 
 
+def lead_with_headline(page: str) -> str:
+    """A copy of the run's headline (:class:`workbench.nb.summary.Headline` output) right after
+    the page's first heading, so the first screen states the outcome."""
+    from .summary import HEADLINE_CLASS
+
+    start = page.find(f'<div class="{HEADLINE_CLASS}">')
+    title_end = page.find("</h1>")
+    if start < 0 or title_end < 0:
+        return page
+    end = page.find("</div>", start) + len("</div>")
+    at = title_end + len("</h1>")
+    return page[:at] + page[start:end] + page[at:]
+
+
 def write_report(notebook: str | Path, html_path: str | Path | None = None) -> Path:
     """``notebook`` (executed .ipynb) -> ``html_path`` (default: same name, .html) and
     ``plotly.min.js`` beside it. Returns the HTML path."""
@@ -50,6 +64,7 @@ def write_report(notebook: str | Path, html_path: str | Path | None = None) -> P
     if "</head>" not in body:
         raise ValueError(f"{notebook}: nbconvert produced no <head> to load plotly.js from")
     body = body.replace("</head>", HEAD_SCRIPTS + "</head>", 1)
+    body = lead_with_headline(body)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.write_text(body, encoding="utf-8")
     js = html_path.parent / PLOTLY_FILE

@@ -16,10 +16,13 @@ from .tables import Collapsed, Table
 
 DIGITS_BASE_PRESET = "digits/demo/ce"  # the digits demo data/optimisation settings (method-free)
 METHOD_KEYS = ("method", "base", "dot", "ctkd", "grad_clip")
-# Values that go with the digits presets in the notebooks: ~600 points keep t-SNE at a few
-# seconds; source digits 0-4 leave digits 5-9 as the transferability target, so the
+#: datasets with measured CPU demo presets: preset="auto" picks ``<family>/<method>`` for them
+DEMO_PRESETS = {"digits": "digits/demo", "fashion_mnist": "fashion/demo"}
+# Values that go with the demo presets in the notebooks: ~600 points keep t-SNE at a few
+# seconds; on digits, source digits 0-4 leave digits 5-9 as the transferability target, so the
 # discriminability-vs-transferability figure has both curves offline.
 DIGITS_EXTRAS = {"embed_points": 600, "source_classes": "0,1,2,3,4"}
+DEMO_EXTRAS = {"digits": DIGITS_EXTRAS, "fashion_mnist": {"embed_points": 600}}
 
 
 def _flag(value) -> bool:
@@ -30,7 +33,11 @@ def _flag(value) -> bool:
 
 
 def preset_name(params: dict) -> str:
-    """The digits demo preset matching the parameters' method (``""`` if there is none)."""
+    """The demo preset of the parameters' dataset matching their method (``""`` if the dataset
+    has no demo presets); the method-free CE preset when the method has none of its own."""
+    family = DEMO_PRESETS.get(params.get("dataset", "digits"))
+    if family is None:
+        return ""
     method, base = params.get("method", "kd"), params.get("base", AUTO)
     if method == "gpd":
         key = {"none": "gpd_scratch", "kd": "gpd_kd"}.get(base, "gpd_dkd")
@@ -38,8 +45,8 @@ def preset_name(params: dict) -> str:
         key = "kd_ctkd"
     else:
         key = f"{method}_dot" if _flag(params.get("dot", False)) else method
-    name = f"digits/demo/{key}"
-    return name if name in presets.PRESETS else DIGITS_BASE_PRESET
+    name = f"{family}/{key}"
+    return name if name in presets.PRESETS else f"{family}/ce"
 
 
 def apply_preset(params: dict, defaults: dict) -> tuple[dict, str]:
@@ -49,15 +56,15 @@ def apply_preset(params: dict, defaults: dict) -> tuple[dict, str]:
     params = dict(params)
     name = params.pop("preset", "")
     if name == AUTO:
-        name = preset_name(params) if params.get("dataset") == "digits" else ""
+        name = preset_name(params) if params.get("dataset") in DEMO_PRESETS else ""
     if not name:
         return params, ""
     try:
         values = presets.get_preset(str(name))
     except ValueError as e:
         raise ParameterError(f"preset: {e}") from None
-    if str(name).startswith("digits/"):
-        values = dict(DIGITS_EXTRAS, **values)
+    family = next((d for d, f in DEMO_PRESETS.items() if str(name).startswith(f + "/")), None)
+    values = dict(DEMO_EXTRAS.get(family, {}), **values)
     for k, v in values.items():
         if k in METHOD_KEYS:
             continue

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from .tables import Table
 
+EQUAL_LOGITS = 1e-5  # the spec's "equal logits": max |a - b| / max |a| in float32
+
 
 def max_logit_diff(a, b, x) -> float:
     """``max |a(x) - b(x)| / max |a(x)|`` in eval mode (the spec's equality measure; <= 1e-5

@@ -1,0 +1,133 @@
+"""Regenerate the README's demo numbers and figure from the runs that produce them, so they
+cannot drift from what the code gives:
+
+    make demo                                                     # runs/demo: the GPD notebook on fashion_mnist
+    python bench/fashion_methods.py --methods ce,kd,dkd,gpd_kd,gpd_dkd,gpd_scratch --json docs/fashion_methods.json
+    python docs/render_readme.py [runs/demo] [--no-figure]        # -> docs/demo_summary.json, docs/demo_gap_curves.png, README.md
+
+The README holds generated blocks between ``<!-- name:start -->`` / ``<!-- name:end -->``
+markers; ``tests/test_readme_numbers.py`` checks they equal what this script renders from the
+committed JSON files.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+SUMMARY = ROOT / "docs" / "demo_summary.json"
+METHODS_JSON = ROOT / "docs" / "fashion_methods.json"
+FIGURE = ROOT / "docs" / "demo_gap_curves.png"
+FIGURE_SIZE = (900, 560)
+LABELS = {"ce": "ce", "kd": "kd", "dkd": "dkd", "gpd_kd": "gpd (base=kd)", "gpd_dkd": "gpd (base=dkd)",
+          "gpd_scratch": "gpd (base=none, no teacher)"}
+
+
+def demo_run(demo_dir: Path) -> Path:
+    """The distillation run of ``make demo`` (not a cached teacher)."""
+    runs = [p.parent for p in sorted(demo_dir.glob("*/metrics.jsonl")) if p.parent.name != "teachers"]
+    if len(runs) != 1:
+        raise SystemExit(f"expected one run under {demo_dir}, found {[r.name for r in runs]}: run `make demo` "
+                         f"into an empty folder")
+    return runs[0]
+
+
+def summarise(run_dir: Path) -> dict:
+    from workbench.engine.metrics import read_metrics
+    from workbench.nb.summary import outcome
+
+    records = read_metrics(run_dir)
+    out = outcome(records)
+    top = {}
+    for r in records:
+        if r.get("kind") == "eval" and r.get("role") in ("student", "dynamic_teacher", "teacher"):
+            top.setdefault(r["epoch"], {})[r["role"]] = r["top1"]
+    epochs = [e for e in sorted(top) if e > 0 and len(top[e]) == 3]
+    between = [e for e in epochs if top[e]["student"] < top[e]["dynamic_teacher"] < top[e]["teacher"]]
+    cfg = json.loads((run_dir / "config.json").read_text())
+    out.update(td_between_epochs=len(between), epochs_evaluated=len(epochs),
+               teacher=cfg["teacher"], student=cfg["student"], method=cfg["method"], base=cfg["base"])
+    return out
+
+
+def demo_sentence(s: dict) -> str:
+    from workbench.nb.summary import sentence
+
+    return (f"{sentence(s)} T_d lay strictly between S and T_s in {s['td_between_epochs']} of the "
+            f"{s['epochs_evaluated']} epochs.")
+
+
+def _pm(xs) -> str:
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.mean(xs):.2f} +- {sd:.2f}"
+
+
+def methods_table(m: dict) -> str:
+    rows = ["| method (student resnet8) | best epoch | last epoch | T_d last |", "|---|---|---|---|"]
+    for name, r in m["methods"].items():
+        td = _pm(r["T_d_last"]) if "T_d_last" in r else ""
+        rows.append(f"| {LABELS.get(name, name)} | {_pm(r['best'])} | {_pm(r['last'])} | {td} |")
+    teacher = next((r["T_s"] for r in m["methods"].values() if "T_s" in r), None)
+    seeds = ", ".join(str(s) for s in m["seeds"])
+    note = f"\n\nSeeds {seeds}; static teacher T_s {teacher:.2f} % top-1." if teacher is not None else ""
+    return "\n".join(rows) + note
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < 0:
+        raise SystemExit(f"README.md has no {start} ... {end} block")
+    return text[: i + len(start)] + "\n" + body + "\n" + text[j:]
+
+
+def blocks() -> dict[str, str]:
+    """The README's generated blocks, rendered from the committed JSON files."""
+    out = {}
+    if SUMMARY.exists():
+        out["demo-outcome"] = demo_sentence(json.loads(SUMMARY.read_text()))
+    if METHODS_JSON.exists():
+        out["fashion-table"] = methods_table(json.loads(METHODS_JSON.read_text()))
+    return out
+
+
+def render_figure(run_dir: Path, out: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from workbench.probes import figures
+
+    fig = figures.gap_curves(run_dir, metrics=["acc_gap", "kl"])
+    fig.update_layout(width=FIGURE_SIZE[0], height=FIGURE_SIZE[1],
+                      title="make demo: teacher-student gaps on Fashion-MNIST, GPD on DKD (T_s: resnet20, S: resnet8)")
+    page = Path(tempfile.mkdtemp()) / "fig.html"
+    page.write_text(fig.to_html(include_plotlyjs=True, full_html=True))
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=args)
+        tab = browser.new_page()
+        tab.goto(page.as_uri())
+        tab.wait_for_selector(".js-plotly-plot .main-svg")
+        tab.locator(".js-plotly-plot").first.screenshot(path=str(out))
+        browser.close()
+
+
+def main(argv: list[str]) -> int:
+    demo_dir = Path(next((a for a in argv if not a.startswith("--")), "runs/demo"))
+    run_dir = demo_run(demo_dir)
+    SUMMARY.write_text(json.dumps(summarise(run_dir), indent=1) + "\n")
+    if "--no-figure" not in argv:
+        render_figure(run_dir, FIGURE)
+    text = README.read_text()
+    for name, body in blocks().items():
+        text = replace_block(text, name, body)
+    README.write_text(text)
+    print(f"wrote {SUMMARY}, {'' if '--no-figure' in argv else str(FIGURE) + ', '}{README}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
