@@ -43,8 +43,13 @@ def test_cifar_pairs_use_mdistillers_lr_and_beta_for_every_method(pair):
 def test_every_preset_names_registered_models():
     for name, values in PRESETS.items():
         for key in ("teacher", "student"):
-            if values.get(key, "none") != "none":
-                assert values[key] in models.MODELS, (name, key, values[key])
+            value = values.get(key, "none")
+            if key == "teacher" and value.startswith("embedded:"):  # a shipped teacher: its entry names the model
+                from workbench.embedded_teachers import entry
+
+                value = entry(value).arch
+            if value != "none":
+                assert value in models.MODELS, (name, key, value)
 
 
 def test_cifar_methods_keep_their_shape():
@@ -119,3 +124,27 @@ def test_presets_command_lists_them(capsys):
     assert set(lines) == set(PRESETS)
     assert "student=mobilenet_v1" in lines["imagenet/r50_mbv1/gpd_dkd"] and "amp=off" in lines["imagenet/r50_mbv1/gpd_dkd"]
     assert "lr=0.01" in lines["cifar100/wrn40_2_shv1/dkd"] and "dkd_beta=6.0" in lines["cifar100/wrn40_2_wrn40_1/kd"]
+
+
+def test_shipped_teacher_is_verified_and_a_damaged_copy_is_one_line(tmp_path, monkeypatch):
+    import shutil
+
+    import workbench.embedded_teachers as et
+    from workbench.config import ConfigError
+
+    good = et.path("embedded:fashion_resnet20")
+    assert et.sha256(good) == et.TEACHERS["fashion_resnet20"].sha256
+    bad_dir = tmp_path / "teachers"
+    bad_dir.mkdir()
+    shutil.copyfile(good, bad_dir / good.name)
+    with open(bad_dir / good.name, "r+b") as f:  # one flipped byte
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    monkeypatch.setattr(et, "FOLDER", bad_dir)
+    monkeypatch.setattr(et, "_verified", set())
+    with pytest.raises(ConfigError, match="damaged or not the shipped file.*make_teachers.py"):
+        et.path("embedded:fashion_resnet20")
+    with pytest.raises(ConfigError, match="unknown embedded teacher 'fashion_resnet2'.*did you mean"):
+        et.path("embedded:fashion_resnet2")
