@@ -8,9 +8,13 @@ student S is its CBR view and shares every parameter (hard strategy). Per batch 
     L_S = CE(z_S, y) + L_base(z_S, z_T) + lambda * SCE(z_S, sg(z_D))
 
 and one optimizer step on T_d's parameters for L_D + L_S. L_base is the base method's loss
-(KD or DKD, optionally with CTKD's learnable temperature; ``base=none`` drops it: GPD from
-scratch, no static teacher); CE weights are the base method's (KD 0.1, DKD 1.0, none 1.0), so
-"GPD on X" is X on both views plus the SCE term. SCE: eps 0.1, T 1, lambda 3 (reference).
+(any method with a criterion: KD, DKD, optionally with CTKD's learnable temperature, or a
+feature loss such as ReviewKD or FitNet; ``base=none`` drops it: GPD from scratch, no static
+teacher); CE weights are the base method's (KD 0.1, DKD 1.0, none 1.0), so "GPD on X" is X on
+both views plus the SCE term. A base that reads features gets one instance per view, its
+modules (ABF, regressors) sized for that view's widths (T_d's are r times the student's), as
+the GPD paper's ReviewKD runs; the features are tapped by hooks on T_d and on the student
+view's template. SCE: eps 0.1, T 1, lambda 3 (reference).
 Fine-tuning = the student passed in already holds pre-trained weights (``init=``).
 
 Reference defaults (spec §2-§4; the surgery's guarantees are in ``workbench.gpd``): branches
