@@ -15,11 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench import models
-from workbench.config import RunConfig
 from workbench.engine import Callback, read_metrics
 from workbench.engine.batch import BATCH_TRANSFORMS, cutmix, mixup
 from workbench.experiment import run
-from workbench.methods import Criterion, Distiller, Outputs, build_method, hard_labels
+from workbench.methods import Criterion, Distiller, Outputs, hard_labels
 from workbench.methods.base import run_with_features
 from workbench.models.hooks import FeatureTap
 
