@@ -66,12 +66,19 @@ def main(argv) -> dict:
     p.add_argument("--family", default=FAMILY, help="preset family: each method runs its own '<family>/<method>' "
                    "preset when there is one ('' = the DEFAULTS below plus the method entry)")
     p.add_argument("--json", default="", help="also write the per-seed numbers to this JSON file")
+    p.add_argument("--collect", default="", help="do not train: read the finished runs under this out_dir "
+                   "(e.g. of an interrupted bench) and write --json from them")
     args, rest = p.parse_known_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in CIFAR_METHODS]
     if unknown:
         raise SystemExit(f"unknown method {unknown[0]!r}; valid: {', '.join(CIFAR_METHODS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.collect:
+        rows = collect(Path(args.collect), methods, seeds)
+        if args.json:
+            write_json(args.json, rows, {"collected_from": args.collect}, seeds)
+        return rows
     overrides = parse_overrides(rest)
     base = {} if ("preset" in overrides or args.family) else dict(DEFAULTS)
     base.update(overrides)
@@ -93,6 +100,37 @@ def main(argv) -> dict:
     print(f"\nload average at end: {load()}; results under {base['out_dir']}")
     if args.json:
         write_json(args.json, rows, base, seeds)
+    return rows
+
+
+class Collected:
+    """A finished run read back from its folder (what ``run`` returns, as far as the table needs)."""
+
+    def __init__(self, run_dir: Path):
+        import json
+
+        self.summary = json.loads((run_dir / "summary.json").read_text())
+
+
+def collect(out_dir: Path, methods: list[str], seeds: list[int]) -> dict:
+    """``{method: [Collected per seed]}`` of the finished runs under ``out_dir`` (methods with
+    every seed finished only), matched by the method keys and seed of each run's config."""
+    import json
+
+    rows = {}
+    for name in methods:
+        want = CIFAR_METHODS[name]
+        found = {}
+        for cfg_path in out_dir.glob("*/config.json"):
+            cfg = json.loads(cfg_path.read_text())
+            if (cfg_path.parent / "summary.json").exists() and all(cfg.get(k) == v or str(cfg.get(k)) == str(v)
+                                                                  for k, v in want.items() if k != "grad_clip"):
+                if "base" in want or cfg.get("method") != "gpd":
+                    found[cfg["seed"]] = Collected(cfg_path.parent)
+        if all(s in found for s in seeds):
+            rows[name] = [found[s] for s in seeds]
+        else:
+            print(f"{name}: finished seeds {sorted(found)} of {seeds}: left out", file=sys.stderr)
     return rows
 
 
