@@ -210,3 +210,20 @@ def test_unwritable_output_dir_fails_before_training(fast_cfg, tmp_path):
         ro.write_text("x")
     with pytest.raises(ConfigError, match="out_dir: cannot write"):
         run(dict(fast_cfg, method="ce", out_dir=str(ro / "runs")))
+
+
+def test_cached_static_teacher_gives_exactly_the_metrics_of_evaluating_it_every_epoch(fast_cfg, monkeypatch):
+    """The static teacher's eval outputs are computed once and reused: the records (and the gap
+    probes built on them) equal those of a run that re-evaluates the teacher every epoch."""
+    cached = read_metrics(run(dict(fast_cfg, method="kd", out_dir=fast_cfg["out_dir"] + "/a")).run_dir)
+    orig = Trainer.evaluate
+
+    def fresh(self, epoch):
+        self._static_outputs = None  # forget the cache: the teacher is evaluated again
+        return orig(self, epoch)
+
+    monkeypatch.setattr(Trainer, "evaluate", fresh)
+    every = read_metrics(run(dict(fast_cfg, method="kd", out_dir=fast_cfg["out_dir"] + "/b")).run_dir)
+    pick = lambda recs: strip([r for r in recs if r["kind"] in ("eval", "gap")])  # noqa: E731
+    assert [r for r in pick(cached) if r["kind"] == "eval" and r["role"] == "teacher"]
+    assert pick(cached) == pick(every)  # exact: same inputs, same model, same arithmetic

@@ -283,20 +283,10 @@ class Trainer:
         logits = {r: [] for r in models}
         feats = {r: [] for r in models}
         targets, kept, t0 = [], 0, time.perf_counter()
-        for batch in self.progress.bar(self.test_loader, desc="eval"):
-            x, y, *_ = to_device(batch, self.device, self.channels_last)
-            take = min(len(y), max(0, budget - kept))
-            for role, m in models.items():
-                with autocast(self.device, self.amp):
-                    if take and not role.endswith(EMA_SUFFIX):
-                        with FeatureTap(m, ["penultimate"]) as tap:
-                            z = m(x)
-                        feats[role].append(tap["penultimate"][:take].float().cpu())
-                    else:
-                        z = m(x)
-                logits[role].append(z.float().cpu())
-            targets.append(y.cpu())
-            kept += take
+        from ..gpd.branches import fold_once  # multi-branch convs (T_d) fold their kernels once per pass
+
+        with fold_once(*models.values()):
+            self._eval_batches(models, budget, logits, feats, targets)
         for role, m in models.items():
             m.train(was_training[role])
         y = dist.gather_cat(torch.cat(targets))
@@ -314,6 +304,23 @@ class Trainer:
         records = [self._eval_record(epoch, role, out, elapsed) for role, out in outputs.items()]
         _add_reported(records)
         return records, outputs
+
+    def _eval_batches(self, models, budget, logits, feats, targets) -> None:
+        kept = 0
+        for batch in self.progress.bar(self.test_loader, desc="eval"):
+            x, y, *_ = to_device(batch, self.device, self.channels_last)
+            take = min(len(y), max(0, budget - kept))
+            for role, m in models.items():
+                with autocast(self.device, self.amp):
+                    if take and not role.endswith(EMA_SUFFIX):
+                        with FeatureTap(m, ["penultimate"]) as tap:
+                            z = m(x)
+                        feats[role].append(tap["penultimate"][:take].float().cpu())
+                    else:
+                        z = m(x)
+                logits[role].append(z.float().cpu())
+            targets.append(y.cpu())
+            kept += take
 
     @staticmethod
     def _eval_record(epoch: int, role: str, out: RoleOutputs, elapsed: float) -> dict:

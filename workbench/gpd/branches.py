@@ -38,6 +38,7 @@ or input dim of the channel-mixing stage it belongs to); the plan turns that int
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable
 
@@ -412,3 +413,19 @@ def add_branches(model: nn.Module, kinds: tuple[str, ...], scale_init: str,
         parent = model.get_submodule(parent_path) if parent_path else model
         setattr(parent, leaf, MultiBranchConv2d(getattr(parent, leaf), kinds, scale_init, bias=path in bias_paths))
     return paths
+
+
+@contextlib.contextmanager
+def fold_once(*models: nn.Module):
+    """Within the block, every multi-branch conv of ``models`` folds its kernel once and reuses
+    it (for gradient-free passes whose parameters do not change, e.g. evaluation: the same
+    tensor is computed every batch otherwise, so results are identical)."""
+    convs = [m for model in models for m in model.modules()
+             if isinstance(m, MultiBranchConv2d) and m._fold_cache is None]
+    for m in convs:
+        m._fold_cache = []
+    try:
+        yield
+    finally:
+        for m in convs:
+            m._fold_cache = None
