@@ -27,7 +27,7 @@ def test_string_values_are_converted():
     (dict(epochs="ten"), ["epochs", "integer", "'ten'"]),
     (dict(epochs=0), ["epochs", "0", "range"]),
     (dict(lr="fast"), ["lr", "number", "'fast'"]),
-    (dict(method="kdd"), ["method", "'kdd'", "ce, ctkd, dkd, gpd, kd", "did you mean 'kd'"]),
+    (dict(method="kdd"), ["method", "'kdd'", "ce, ctkd, dkd, fitnet, gpd, kd, reviewkd", "did you mean 'kd'"]),
     (dict(amp="fp8"), ["amp", "'fp8'", "bf16"]),
     (dict(dot="maybe"), ["dot", "boolean", "'maybe'"]),
     (dict(epochs=True), ["epochs", "integer", "True"]),
@@ -76,7 +76,7 @@ def test_help_lists_every_key_with_choices():
     text = help_text()
     for key in RunConfig.keys():
         assert f"  {key}=" in text
-    assert "{ce|ctkd|dkd|gpd|kd}" in text
+    assert "{ce|ctkd|dkd|fitnet|gpd|kd|reviewkd}" in text
 
 
 def test_round_trip_through_dict():
@@ -136,3 +136,30 @@ def test_teacher_trained_on_the_fly_drops_the_students_method_settings():
     student = cfg(method="gpd", grad_clip=5.0, ctkd=True, dot=True)
     teacher = teacher_config(student, "resnet32x4")
     assert (teacher.method, teacher.ctkd, teacher.dot, teacher.resolved_grad_clip) == ("ce", False, False, 0.0)
+
+
+def test_cli_polish(capsys):
+    """Issue 15 item 6: unknown key = one line with the did-you-mean first; help without reST
+    backticks; presets one line each; a closed pipe is not a traceback."""
+    from workbench import cli
+
+    assert cli.main(["train", "epoch=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown config key 'epoch' (did you mean 'epochs'?)") and len(err.splitlines()) == 1
+    assert "valid choices" not in err and "`python -m workbench keys`" in err
+    assert cli.main(["--help"]) == 0 and "``" not in capsys.readouterr().out
+    assert cli.main(["presets"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    from workbench.presets import PRESETS
+
+    assert len(lines) == len(PRESETS) + 2 and lines[0].startswith("cifar100/") and "milestones" not in lines[0]
+    assert cli.main(["presets", "fashion/demo/gpd_dkd"]) == 0 and "teacher=embedded:fashion_resnet20" in capsys.readouterr().out
+
+
+def test_help_through_a_closed_pipe_exits_quietly():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(f"{sys.executable} -m workbench train --help | head -1", shell=True, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr

@@ -63,11 +63,11 @@ def test_missing_cifar_says_where_and_names_digits(tmp_path):
     with pytest.raises(data.DatasetNotFoundError) as e:
         data.build("cifar100", "train", root=tmp_path, download=False)
     msg = str(e.value)
-    assert str(tmp_path) in msg and "cifar-100-python" in msg and "dataset=digits" in msg
+    assert str(tmp_path) in msg and "cifar-100-python" in msg and "preset=fashion/demo/" in msg
 
 
 def test_missing_imagefolder(tmp_path):
-    with pytest.raises(data.DatasetNotFoundError, match=r"train.*val|dataset=digits"):
+    with pytest.raises(data.DatasetNotFoundError, match=r"train.*val|preset=fashion/demo/"):
         data.info("imagefolder", root=tmp_path)
 
 

@@ -194,7 +194,7 @@ def test_teacher_is_trained_once_and_cached(fast_cfg):
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
-    for args, words in ([["method=kdd"], "unknown method 'kdd'"], [["dataset=cifar100", "download=false"], "dataset=digits"],
+    for args, words in ([["method=kdd"], "unknown method 'kdd'"], [["dataset=cifar100", "download=false"], "preset=fashion/demo/"],
                         [["teacher=/nope/t.pth", "dataset=digits"], "does not exist"]):
         p = _cli(args + [f"out_dir={tmp_path}"])
         out = p.communicate(timeout=120)[0]

@@ -4,6 +4,7 @@ Commands
   train     train one run: ``python -m workbench train method=kd teacher=resnet32x4 student=resnet8x4 dataset=cifar100``
             (under ``torchrun --nproc_per_node=N -m workbench train ...`` it runs on N GPUs with DDP)
   presets   list the named presets (use with ``preset=<name>``)
+  methods   list the methods (one line each)
   models    list the model zoo
   keys      list every config key with its default, choices and help (same as ``train --help``)
 
@@ -47,22 +48,59 @@ def _train(args: list[str]) -> int:
     return 0
 
 
+def plain(text: str) -> str:
+    """Terminal text: reST literals ``x`` shown as x."""
+    return text.replace("``", "")
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `... --help | head`: the reader left; exit quietly
+        sys.stderr.close()
+        return 0
+
+
+def _presets(args: list[str]) -> int:
+    """One line per preset (name, teacher -> student, method); ``presets <name>`` shows its values."""
+    from .presets import PRESETS, get_preset
+
+    if args:
+        try:
+            values = get_preset(args[0])
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for k, v in values.items():
+            print(f"  {k}={','.join(map(str, v)) if isinstance(v, tuple) else v}")
+        return 0
+    for name, v in sorted(PRESETS.items()):
+        method = v.get("method", "") + (f" (base {v['base']})" if v.get("base") else "") + (" +dot" if v.get("dot") else "")
+        pair = f"{v.get('teacher', 'none')} -> {v.get('student', '')}" if v.get("teacher", "none") != "none" \
+            else v.get("student", "")
+        print(f"{name:36s} {pair:36s} {method:22s} {v.get('dataset', '')}, {v.get('epochs', 240)} epochs")
+    print(f"\n{len(PRESETS)} presets; `python -m workbench presets <name>` shows one preset's values")
+    return 0
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print(plain(USAGE))
         return 0
     command, args = argv[0], argv[1:]
     if command in ("keys",) or (command == "train" and ("-h" in args or "--help" in args)):
-        print("config keys (key=default {choices}):\n" + help_text())
+        print(plain("config keys (key=default {choices}):\n" + help_text()))
         return 0
     if command == "train":
         return _train(args)
     if command == "presets":
-        from .presets import PRESETS
+        return _presets(args)
+    if command == "methods":
+        from .methods import METHODS
 
-        for name, values in sorted(PRESETS.items()):
-            print(f"{name:34s} " + " ".join(f"{k}={v}" for k, v in values.items()))
+        for name in METHODS.names():
+            print(f"{name:10s} {METHODS.get(name).summary}")
         return 0
     if command == "models":
         from . import models
@@ -70,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in models.available():
             print(f"{name:14s} {models.family(name)}")
         return 0
-    print(f"error: unknown command {command!r}; valid commands: train, presets, models, keys\n\n{USAGE}", file=sys.stderr)
+    print(f"error: unknown command {command!r}; valid commands: train, presets, methods, models, keys\n\n{plain(USAGE)}",
+          file=sys.stderr)
     return 2
 
 

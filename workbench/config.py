@@ -16,6 +16,8 @@ Defaults are the CIFAR-100 KD protocol (RepDistiller/mdistiller); named presets
 """
 from __future__ import annotations
 
+import difflib
+
 import dataclasses
 import math
 import json
@@ -173,7 +175,7 @@ class RunConfigBase:
         known = _fields()
         for k in values:
             if k not in known:
-                raise ConfigError(unknown_choice("config key", k, cls.keys()))
+                raise ConfigError(unknown_key(k, cls.keys()))
         merged: dict[str, Any] = {}
         if values.get("preset"):
             from .presets import get_preset
@@ -453,6 +455,14 @@ def convert(key: str, value: Any) -> Any:
     return value
 
 
+def unknown_key(key: str, known: list[str]) -> str:
+    """One line: the bad key, the closest valid one, and where the full list is (not all ~80
+    keys inline, which buried the did-you-mean)."""
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown config key {key!r}{hint}; `python -m workbench keys` lists all {len(known)} keys"
+
+
 def parse_overrides(args: list[str]) -> dict[str, str]:
     """``["method=kd", "epochs=3"]`` -> ``{"method": "kd", "epochs": "3"}`` (keys checked)."""
     out = {}
@@ -463,7 +473,7 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
         k, v = a.split("=", 1)
         k = k.strip().lstrip("-").replace("-", "_")
         if k not in known:
-            raise ConfigError(unknown_choice("config key", k, list(known)))
+            raise ConfigError(unknown_key(k, list(known)))
         out[k] = v
     return out
 

@@ -213,7 +213,7 @@ def _online(host="www.cs.toronto.edu") -> bool:
 def test_gpd_cifar100_offline_points_to_digits(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path / "empty_datasets"))  # no CIFAR files here
     msg = _error("gpd", tmp_path, dataset="cifar100", epochs=1)
-    assert "cifar100" in msg and "-p dataset digits" in msg, msg
+    assert "cifar100" in msg and "-p dataset fashion_mnist" in msg, msg
 
 
 def test_stored_notebooks_have_no_outputs_and_a_python3_kernelspec():

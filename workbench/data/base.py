@@ -24,8 +24,9 @@ def not_found(name: str, where: str, how: str, root: Path | None = None) -> Data
     where_text = f" {looked_for(root)}" if root is not None else ""
     return DatasetNotFoundError(
         f"dataset {name!r} not found at {where}. {how}{where_text} "
-        f"Offline, use the embedded dataset instead: dataset=digits "
-        f"(papermill: -p dataset digits)."
+        f"Offline, run an embedded-data demo preset instead (a whole recipe, not just the dataset): "
+        f"preset=fashion/demo/<method> (papermill: -p dataset fashion_mnist, whose auto preset does the same) "
+        f"or preset=digits/demo/<method>; `python -m workbench presets` lists them."
     )
 
 

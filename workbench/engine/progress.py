@@ -43,6 +43,11 @@ class TerminalProgress(Progress):
         self.enabled = enabled
         self._bar = None
 
+    def phase(self, title: str, epochs: int, start: int = 1) -> None:
+        """A header line, so the teacher phase and the distillation phase read apart."""
+        if self.enabled:
+            self.line(f"== {title}: epochs {start}..{epochs} ==" if start <= epochs else f"== {title} ==")
+
     def bar(self, iterable, desc, total=None, epoch=0):
         if not (self.enabled and interactive()):
             return iterable

@@ -397,6 +397,11 @@ class Trainer:
         set_rng_state({k: v for k, v in ckpt["rng"].items()})
         self.best = dict(ckpt["best"])
         self.log.truncate_after(ckpt["epoch"], note=self.note)
+        if self.is_main:
+            done = ckpt["epoch"]
+            self.note(f"[workbench] {self.title}: already complete ({done} of {self.epochs} epochs) in {self.run_dir}"
+                      if done >= self.epochs else
+                      f"[workbench] {self.title}: resuming from epoch {done + 1} of {self.epochs} ({path})")
         return ckpt["epoch"] + 1
 
     # ------------------------------------------------------------------ the loop
