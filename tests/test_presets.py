@@ -118,12 +118,16 @@ def test_imagenet_scratch_and_finetune(short, student):
 
 
 def test_presets_command_lists_them(capsys):
+    """One line per preset (name, teacher -> student, method, data); ``presets <name>`` = its values."""
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
-    lines = {line.split()[0]: line for line in out.splitlines()}
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip() and "/" in line.split()[0]}
     assert set(lines) == set(PRESETS)
-    assert "student=mobilenet_v1" in lines["imagenet/r50_mbv1/gpd_dkd"] and "amp=off" in lines["imagenet/r50_mbv1/gpd_dkd"]
-    assert "lr=0.01" in lines["cifar100/wrn40_2_shv1/dkd"] and "dkd_beta=6.0" in lines["cifar100/wrn40_2_wrn40_1/kd"]
+    assert "resnet50 -> mobilenet_v1" in lines["imagenet/r50_mbv1/gpd_dkd"] and "gpd (base dkd)" in lines["imagenet/r50_mbv1/gpd_dkd"]
+    assert main(["presets", "cifar100/wrn40_2_shv1/dkd"]) == 0
+    values = capsys.readouterr().out
+    assert "lr=0.01" in values and "dkd_beta=8.0" in values
+    assert main(["presets", "imagenet/r50_mbv1/gpd_dkd"]) == 0 and "amp=off" in capsys.readouterr().out
 
 
 def test_shipped_teacher_is_verified_and_a_damaged_copy_is_one_line(tmp_path, monkeypatch):

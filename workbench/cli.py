@@ -22,6 +22,8 @@ INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 
 def _train(args: list[str]) -> int:
+    import torch.distributed as tdist
+
     from .data import DatasetNotFoundError
     from .engine import CheckpointError, NonFiniteLossError
     from .experiment import run
@@ -40,7 +42,11 @@ def _train(args: list[str]) -> int:
         return INTERRUPTED
     from .engine import distributed as dist
 
-    if dist.rank() != 0:
+    rank = dist.rank()
+    if dist.is_dist():  # together, before exit: a process group left to interpreter teardown could abort
+        tdist.barrier()  # (gloo: "terminate called without an active exception", seen on a loaded CPU)
+        dist.shutdown()
+    if rank != 0:
         return 0
     s = result.summary.get("student", {})
     print(f"[workbench] done: student top-1 last {s.get('last_top1', float('nan')):.2f} / best "
