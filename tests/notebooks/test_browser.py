@@ -1,6 +1,7 @@
 """Real-browser check (``make browser-test``): JupyterLab + headless Debian Chromium driven by
 Playwright run explore.ipynb; the ipywidgets controls and a plotly figure must render. A
 screenshot is saved under ``runs/browser/`` for a human look."""
+import contextlib
 import os
 import secrets
 import shutil
@@ -61,14 +62,15 @@ def workdir(tmp_path):
     return nbdir
 
 
-@pytest.fixture
-def lab(workdir, tmp_path):
+@contextlib.contextmanager
+def jupyter_lab(root_dir: Path, log: Path, cwd: Path | None = None):
+    """A JupyterLab server on a free local port serving ``root_dir``; yields (base url, token)."""
     port, token = _free_port(), secrets.token_hex(16)
     jupyter = Path(sys.executable).with_name("jupyter")
     proc = subprocess.Popen([str(jupyter), "lab", "--allow-root", "--no-browser", f"--port={port}",
                              "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
-                             f"--ServerApp.root_dir={workdir}"],
-                            stdout=open(tmp_path / "lab.log", "w"), stderr=subprocess.STDOUT)
+                             f"--ServerApp.root_dir={root_dir}"],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=cwd)
     try:
         _wait_for_server(f"http://127.0.0.1:{port}/api/status?token={token}", proc)
         yield f"http://127.0.0.1:{port}", token
@@ -80,19 +82,16 @@ def lab(workdir, tmp_path):
             proc.kill()
 
 
-def test_explore_renders_widgets_and_plotly_in_chromium(lab, tmp_path):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get update && apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+@contextlib.contextmanager
+def lab_notebook_run_all(sync_api, lab, notebook: str, profile: Path):
+    """Chromium on ``notebook`` in the JupyterLab server ``lab``, after Run All; yields the page."""
     base, token = lab
     with sync_api.sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(tmp_path / "chromium-profile"), executable_path=CHROMIUM,
-                                                   headless=True, args=CHROMIUM_ARGS,
-                                                   viewport={"width": 1400, "height": 1000})
+        ctx = p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, headless=True,
+                                                   args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
         try:
             page = ctx.new_page()
-            page.goto(f"{base}/lab/tree/explore.ipynb?token={token}")
-            page.wait_for_selector(".jp-Notebook", timeout=RENDER_TIMEOUT_MS)
+            page.goto(f"{base}/lab/tree/{notebook}?token={token}")
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=RENDER_TIMEOUT_MS)
             try:  # JupyterLab may ask which kernel to start: accept the preselected python3
                 page.locator(".jp-Dialog .jp-mod-accept").click(timeout=DIALOG_TIMEOUT_MS)
@@ -100,6 +99,22 @@ def test_explore_renders_widgets_and_plotly_in_chromium(lab, tmp_path):
                 pass
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.locator('li[data-command="runmenu:run-all"]').click()
+            yield page
+        finally:
+            ctx.close()
+
+
+def _need_chromium():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get update && apt-get install -y chromium)")
+    return pytest.importorskip("playwright.sync_api")
+
+
+def test_explore_renders_widgets_and_plotly_in_chromium(workdir, tmp_path):
+    sync_api = _need_chromium()
+    with jupyter_lab(workdir, tmp_path / "lab.log") as lab, \
+            lab_notebook_run_all(sync_api, lab, "explore.ipynb", tmp_path / "chromium-profile") as page:
+        try:
             page.wait_for_selector(".widget-select-multiple", timeout=RENDER_TIMEOUT_MS)  # ipywidgets rendered
             page.wait_for_selector(".js-plotly-plot .main-svg", timeout=RENDER_TIMEOUT_MS)  # plotly drew
             page.wait_for_selector(".widget-slider", timeout=RENDER_TIMEOUT_MS)
@@ -113,8 +128,6 @@ def test_explore_renders_widgets_and_plotly_in_chromium(lab, tmp_path):
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOT.with_name("explore_failure.png")))
             raise
-        finally:
-            ctx.close()
     assert n_plots >= 1
     assert curves >= 1  # the explorer's gap curves of the tiny run were drawn
     assert SCREENSHOT.stat().st_size > 10_000
@@ -126,10 +139,8 @@ REPORT_SCREENSHOT = ROOT / "runs" / "browser" / "report.png"
 def test_html_report_draws_every_figure_offline_in_chromium(tmp_path):
     """The report of an executed gpd.ipynb (python -m workbench.nb.report) opened from disk, no
     network: every figure is drawn by the one plotly.min.js beside it."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get update && apt-get install -y chromium)")
+    sync_api = _need_chromium()
     pm = pytest.importorskip("papermill")
-    sync_api = pytest.importorskip("playwright.sync_api")
     from workbench.nb.report import write_report
 
     executed = tmp_path / "gpd.ipynb"
@@ -176,50 +187,19 @@ def test_gpd_progress_in_jupyterlab_shows_the_latest_epoch_after_a_long_run(gpd_
     """Run All in JupyterLab: each phase keeps one display updated in place, so after the run
     the visible progress states the last epoch (it used to freeze at ~epoch 16 when JupyterLab
     folded the piling outputs)."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get update && apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    port, token = _free_port(), secrets.token_hex(16)
-    jupyter = Path(sys.executable).with_name("jupyter")
-    proc = subprocess.Popen([str(jupyter), "lab", "--allow-root", "--no-browser", f"--port={port}",
-                             "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
-                             f"--ServerApp.root_dir={gpd_workdir}"],
-                            stdout=open(tmp_path / "lab.log", "w"), stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_for_server(f"{base}/api/status?token={token}", proc)
-        with sync_api.sync_playwright() as p:
-            ctx = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
-                                                       headless=True, args=CHROMIUM_ARGS,
-                                                       viewport={"width": 1400, "height": 1000})
-            try:
-                page = ctx.new_page()
-                page.goto(f"{base}/lab/tree/gpd.ipynb?token={token}")
-                page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=RENDER_TIMEOUT_MS)
-                try:
-                    page.locator(".jp-Dialog .jp-mod-accept").click(timeout=DIALOG_TIMEOUT_MS)
-                except sync_api.TimeoutError:
-                    pass
-                page.get_by_role("menuitem", name="Run", exact=True).click()
-                page.locator('li[data-command="runmenu:run-all"]').click()
-                done = f"done: {LONG_EPOCHS}/{LONG_EPOCHS} epochs"
-                progress = page.locator(".wb-progress", has_text="gpd (base dkd)")
-                progress.filter(has_text=done).wait_for(timeout=RENDER_TIMEOUT_MS * 2)
-                finished = progress.filter(has_text=done).first
-                finished.scroll_into_view_if_needed()
-                visible = finished.inner_text()
-                live_lines = page.locator(".wb-live-gaps polyline").count()
-                LAB_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(LAB_SCREENSHOT), full_page=False)
-                widgets_errors = page.locator("text=Error displaying widget").count()
-            finally:
-                ctx.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    sync_api = _need_chromium()
+    with jupyter_lab(gpd_workdir, tmp_path / "lab.log", cwd=ROOT) as lab, \
+            lab_notebook_run_all(sync_api, lab, "gpd.ipynb", tmp_path / "profile") as page:
+        done = f"done: {LONG_EPOCHS}/{LONG_EPOCHS} epochs"
+        progress = page.locator(".wb-progress", has_text="gpd (base dkd)")
+        progress.filter(has_text=done).wait_for(timeout=RENDER_TIMEOUT_MS * 2)
+        finished = progress.filter(has_text=done).first
+        finished.scroll_into_view_if_needed()
+        visible = finished.inner_text()
+        live_lines = page.locator(".wb-live-gaps polyline").count()
+        LAB_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(LAB_SCREENSHOT), full_page=False)
+        widgets_errors = page.locator("text=Error displaying widget").count()
     assert done in visible and f"epoch {LONG_EPOCHS}/{LONG_EPOCHS}" in visible
     assert widgets_errors == 0
     assert live_lines == 3  # the live chart: T_s-S, T_d-S, T_s-T_d

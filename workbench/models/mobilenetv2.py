@@ -7,12 +7,11 @@ Parameter names and shapes equal RepDistiller's ``mobilenetv2.py`` (``conv1.0``,
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from ._registry import register
+from .init import repdistiller_init
 
 #: (expansion t, channels c, repeats n, first stride s) per block group; t=None means "use T"
 INVERTED_RESIDUAL_SETTING = (
@@ -27,7 +26,6 @@ INVERTED_RESIDUAL_SETTING = (
 STEM_CHANNELS = 32
 LAST_CHANNELS = 1280
 STEM_STRIDE = 2
-LINEAR_INIT_STD = 0.01
 #: RepDistiller's mobile_half
 HALF_EXPANSION, HALF_WIDTH = 6, 0.5
 
@@ -83,7 +81,7 @@ class MobileNetV2(nn.Module):
         self.conv2 = _conv_bn_relu(c, last, 1, 1)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Linear(last, num_classes))
-        _mobilenet_init(self)
+        repdistiller_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
@@ -91,22 +89,6 @@ class MobileNetV2(nn.Module):
             x = group(x)
         x = self.conv2(x)
         return self.classifier(self.avgpool(x).flatten(1))
-
-
-def _mobilenet_init(model: nn.Module) -> None:
-    """RepDistiller's init: conv ~ N(0, 2/(k*k*c_out)), BN 1/0, linear ~ N(0, 0.01), biases 0."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, LINEAR_INIT_STD)
-            nn.init.zeros_(m.bias)
 
 
 @register("MobileNetV2", family="cifar", aliases=("mobile_half",))

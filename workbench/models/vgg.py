@@ -9,13 +9,12 @@ equal RepDistiller's ``vgg.py``. The max-pools use ``ceil_mode=True``: identical
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ._registry import register
+from .init import repdistiller_init
 
 #: conv widths per group for each depth (RepDistiller's cfg S, A, B, D, E)
 VGG_CFGS = {
@@ -27,7 +26,6 @@ VGG_CFGS = {
 }
 #: the original applies pool3 only when the input height is this (Tiny-ImageNet)
 POOL3_INPUT_HEIGHT = 64
-LINEAR_INIT_STD = 0.01
 
 
 def _group(widths, c_in: int) -> nn.Sequential:
@@ -56,7 +54,7 @@ class VGG(nn.Module):
         self.pool0, self.pool1, self.pool2, self.pool3 = (_maxpool() for _ in range(4))
         self.pool4 = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c, num_classes)
-        _vgg_init(self)
+        repdistiller_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height = x.shape[2]
@@ -68,22 +66,6 @@ class VGG(nn.Module):
             x = self.pool3(x)
         x = F.relu(self.block4(x))
         return self.classifier(self.pool4(x).flatten(1))
-
-
-def _vgg_init(model: nn.Module) -> None:
-    """RepDistiller's VGG init: conv ~ N(0, 2/(k*k*c_out)), biases 0, BN 1/0, linear ~ N(0, 0.01)."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, LINEAR_INIT_STD)
-            nn.init.zeros_(m.bias)
 
 
 def _vgg_factory(depth: int):
