@@ -157,6 +157,21 @@ def test_every_trainable_non_teacher_parameter_is_optimised():
     assert not torch.equal(before, m.criterion.proj.weight)
 
 
+def test_wd_exempt_groups_follow_the_one_exemption_rule_for_a_vit_student():
+    """``param_groups(wd_exempt=True)`` and ``models.params.decay_groups`` use one rule: the ViT's
+    tokens and position embedding (3-d) are exempt along with norms and biases."""
+    from workbench.models.params import decay_exempt_names
+
+    student = models.build("vit_nano_dist", K, 1, image_size=8)
+    m = Distiller(student)
+    groups = m.param_groups(lr=0.1, weight_decay=0.05, wd_exempt=True)
+    flat = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    named = dict(student.named_parameters())
+    assert flat == {id(named[n]) for n in decay_exempt_names(student)}
+    assert {id(named[n]) for n in ("cls_token", "dist_token", "pos_embed")} <= flat
+    assert id(named["blocks.0.attn.qkv.weight"]) not in flat
+
+
 def test_run_with_features_without_names_is_the_plain_forward():
     net = models.build("resnet8", K, 1).eval()
     x = torch.randn(2, 1, 8, 8)

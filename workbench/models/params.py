@@ -44,6 +44,12 @@ def _classified(model: nn.Module):
             yield (f"{path}.{name}" if path else name), _exempt(module, name), p
 
 
+def exempt_parameter_ids(model: nn.Module) -> set[int]:
+    """``id()`` of every trainable parameter of ``model`` that is exempt from weight decay (the
+    rule above); what ``Distiller.param_groups(wd_exempt=True)`` splits by."""
+    return {id(p) for _, exempt, p in _classified(model) if exempt}
+
+
 def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two optimizer parameter groups: decayed (``weight_decay``) and exempt (0.0); see above."""
     if not weight_decay >= 0:
