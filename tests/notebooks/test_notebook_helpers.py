@@ -338,3 +338,12 @@ def test_explorer_lists_runs_not_the_teacher_cache_and_toggles_look_different(tm
     assert {n for n in before if n.startswith("T_d-S")} and not any(n.startswith("T_d-S") for n in ex.series())
     on = ex.pairs["T_s-S"]
     assert (on.button_style, on.icon) == ("info", "check") and (off.button_style, off.icon) == ("", "")
+
+
+def test_explorer_axis_titles_say_meaning_and_unit(tmp_path):
+    _gap_run(tmp_path / "b")
+    ex = nb.Explorer(tmp_path)
+    assert ex.fig.layout.yaxis.title.text == "top-1 gap (percentage points)"
+    assert ex.fig.layout.xaxis.title.text == "epoch"
+    ex.metric.value = "top1"
+    assert ex.fig.layout.yaxis.title.text == "top-1 (%)"

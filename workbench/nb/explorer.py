@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..engine.callbacks import PAIRS, ROLE_LABELS
+from ..probes.figures import axis_label
 from .tables import Table
 
 TOP1 = "top1"  # pseudo-metric of the explorer: test top-1 of S, T_d, T_s
@@ -125,8 +126,9 @@ class Explorer:
             e = self.epoch.value
             self.fig.layout.shapes = [dict(type="line", x0=e, x1=e, xref="x", y0=0, y1=1, yref="paper",
                                            line=dict(dash="dot", color="gray"))]
-            self.fig.layout.yaxis.title = self.metric.value
-            self.fig.layout.title = f"{self.metric.value} vs epoch"
+            label = axis_label(self.metric.value)
+            self.fig.layout.yaxis.title = label
+            self.fig.layout.title = f"{label} vs epoch"
         rows = []
         for name, (x, y) in series.items():
             at = dict(zip(x, y))
