@@ -81,7 +81,7 @@ def discriminability_records(outputs: dict[str, RoleOutputs], epoch: Optional[in
             vals["separability"] = M.separability_ratio(o.features, y)
         for metric, value in vals.items():
             rec = {"kind": "probe", "probe": "discriminability", "role": role, "metric": metric,
-                   "value": float(value)}
+                   "value": float(value), **o.readout}
             if metric == "knn_top1":
                 rec["k"] = k
             if epoch is not None:
