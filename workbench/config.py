@@ -91,7 +91,7 @@ class CoreConfig:
                     "'inherit' = weight inheritance from the static teacher (blocks picked uniformly, tensors "
                     "sliced from the front, BN re-estimated on training images); 'inherit:<checkpoint>' = "
                     "inheritance from that file")
-    init_bn_batches: int = opt(200, "init=inherit: training batches (unaugmented) used to re-estimate the "
+    init_bn_batches: int = opt(200, "weight inheritance: unaugmented training batches used to re-estimate the "
                                "BatchNorm statistics (0 = keep the inherited ones; fvcore's precise-BN default 200)",
                                low=0)
     # --- data --------------------------------------------------------------------------------
