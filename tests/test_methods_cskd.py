@@ -265,3 +265,17 @@ def test_cskd_run_records_and_reloaded_student(tmp_path):
     # same model, same 1000 images: equal up to the float32 mean of the logged record; one image
     # more or less right would be 0.1 points
     assert arch == "vit_nano_dist" and again == pytest.approx(logged, abs=0.01)
+
+
+def test_transfer_probe_records_say_which_token_they_read():
+    from torch.utils.data import TensorDataset
+
+    from workbench.probes import TransferabilityProbe
+
+    g = torch.Generator().manual_seed(0)
+    ds = TensorDataset(torch.randn(24, 1, 8, 8, generator=g), torch.arange(24) % 2)
+    probe = TransferabilityProbe(ds, ds, target="toy")
+    vit_recs = probe.compute(models.build("vit_nano_dist", 2, in_channels=1, image_size=8, depth=1))
+    cnn_recs = probe.compute(models.build("resnet8", 2, in_channels=1))
+    assert vit_recs and all(r["features_from"] == "cls_token" for r in vit_recs)
+    assert cnn_recs and all("features_from" not in r for r in cnn_recs)
