@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.hooks import FeatureTap, stage_paths
-from ..models.params import decay_exempt_ids
 from .spec import METHODS  # noqa: F401  (re-exported: the one method registry)
 
 TASK_PREFIX = "loss_ce"
@@ -127,6 +126,13 @@ def freeze(teacher: nn.Module) -> nn.Module:
     return teacher
 
 
+def no_decay(name: str, p: torch.Tensor) -> bool:
+    """Parameters exempt from weight decay with ``wd_exempt``: norm weights, biases (1-d) and
+    token / position embeddings (the ViT recipes' rule)."""
+    leaf = name.rpartition(".")[2]
+    return p.ndim <= 1 or leaf.endswith("token") or leaf == "pos_embed"
+
+
 class Distiller(nn.Module):
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None,
                  criterion: Criterion | None = None, ce_weight: float | None = None):
@@ -212,9 +218,7 @@ class Distiller(nn.Module):
         """Every trainable parameter the method owns except the static teacher's: the trained
         module's, then every other submodule's (projectors, regressors, temperatures) -- a module
         with a ``group_lr`` attribute gets its own group at that lr. With ``wd_exempt`` each group
-        is split into a decayed part and a part without weight decay: norm layers' parameters,
-        biases, and the tokens / position embeddings a model lists in ``no_weight_decay_names``
-        (the DeiT/timm rule, ``models.params``)."""
+        is split into a decayed part and a part without weight decay (:func:`no_decay`)."""
         seen = {id(p) for p in self.teacher.parameters()} if self.teacher is not None else set()
         named: list[tuple[str, nn.Parameter, float]] = []
 
@@ -230,12 +234,11 @@ class Distiller(nn.Module):
                 take(m, m.group_lr)
         take(self, lr)
         out = []
-        exempt = decay_exempt_ids(self) if wd_exempt else set()
         for group_lr in dict.fromkeys(g for _, _, g in named):
             members = [(n, p) for n, p, g in named if g == group_lr]
             if wd_exempt:
-                decay = [p for _, p in members if id(p) not in exempt]
-                flat = [p for _, p in members if id(p) in exempt]
+                decay = [p for n, p in members if not no_decay(n, p)]
+                flat = [p for n, p in members if no_decay(n, p)]
                 out += [{"params": decay, "lr": group_lr, "weight_decay": weight_decay}] if decay else []
                 out += [{"params": flat, "lr": group_lr, "weight_decay": 0.0}] if flat else []
             else:

@@ -29,11 +29,6 @@ def _exempt(module: nn.Module, name: str) -> bool:
             or name in getattr(module, "no_weight_decay_names", ()))
 
 
-def decay_exempt_ids(model: nn.Module) -> set[int]:
-    """``id()`` of every trainable parameter of ``model`` that is exempt (the rule above)."""
-    return {id(p) for _, exempt, p in _classified(model) if exempt}
-
-
 def decay_exempt_names(model: nn.Module) -> list[str]:
     """Dotted names of the trainable parameters ``decay_groups`` puts in the no-decay group."""
     return [name for name, exempt, _ in _classified(model) if exempt]
