@@ -126,15 +126,16 @@ def inherit_student(student: nn.Module, source: nn.Module, train_set, cfg, devic
     inherit(student, source, student_name=cfg.student, teacher_name=source_arch)
     blocks = selected_blocks(student, source)
     student.to(device)
-    n_batches = min(cfg.init_bn_batches, -(-len(train_set) // cfg.batch_size))
-    seen = [0]
+    n_batches = min(cfg.init_bn_batches, -(-len(train_set) // cfg.batch_size))  # at most one pass
+    images = 0
 
     def counted(batches):
+        nonlocal images
         for batch in batches:
-            seen[0] += len(batch[0])
+            images += len(batch[0])
             yield batch
 
-    if n_batches > 0:  # a model without BatchNorm reads no batch (seen stays 0)
+    if n_batches > 0:  # a model without BatchNorm reads no batch (0 images)
         recalibrate_bn(student, counted(bn_batches(train_set, cfg.batch_size, cfg.seed, n_batches)))
     return {"kind": "init", "epoch": 0, "init": INHERIT, "source": source_label, "source_arch": source_arch,
-            "student": cfg.student, "blocks": blocks, "bn_images": seen[0]}
+            "student": cfg.student, "blocks": blocks, "bn_images": images}
