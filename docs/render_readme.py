@@ -3,7 +3,10 @@ cannot drift from what the code gives:
 
     make demo                                                     # runs/demo: the GPD notebook on fashion_mnist
     python bench/fashion_methods.py --methods ce,kd,dkd,gpd_kd,gpd_dkd,gpd_scratch --json docs/fashion_methods.json
+    python bench/fashion_vit.py --json docs/fashion_vit.json probe_every=0
+    python bench/fashion_inherit.py --json docs/fashion_inherit.json probe_every=0
     python docs/render_readme.py [runs/demo] [--no-figure]        # -> docs/demo_summary.json, docs/demo_gap_curves.png, README.md
+    python docs/render_readme.py --tables-only                    # README tables from the committed JSON files only
 
 The README holds generated blocks between ``<!-- name:start -->`` / ``<!-- name:end -->``
 markers; ``tests/test_readme_numbers.py`` checks they equal what this script renders from the
@@ -21,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 SUMMARY = ROOT / "docs" / "demo_summary.json"
 METHODS_JSON = ROOT / "docs" / "fashion_methods.json"
+VIT_JSON = ROOT / "docs" / "fashion_vit.json"
+INHERIT_JSON = ROOT / "docs" / "fashion_inherit.json"
 FIGURE = ROOT / "docs" / "demo_gap_curves.png"
 FIGURE_SIZE = (900, 560)
 LABELS = {"ce": "ce", "kd": "kd", "dkd": "dkd", "gpd_kd": "gpd (base=kd)", "gpd_dkd": "gpd (base=dkd)",
@@ -77,6 +82,37 @@ def methods_table(m: dict) -> str:
     return "\n".join(rows) + note
 
 
+VIT_LABELS = {"ce": "CE, vit_nano (no teacher)", "deit": "DeiT hard, vit_nano_dist", "cskd": "CSKD, vit_nano_dist"}
+INHERIT_LABELS = {"kd": "kd, random init", "kd_inherit": "kd, inherited", "gpd_kd": "gpd (base=kd), random init",
+                  "gpd_kd_inherit": "gpd (base=kd), inherited"}
+
+
+def _cell(r: dict, key: str) -> str:
+    return _pm(r[key]) if r.get(key) else ""
+
+
+def _seeds_note(m: dict) -> str:
+    teacher = next((r["T_s"][0] for r in m["rows"].values() if r.get("T_s")), None)
+    seeds = ", ".join(str(s) for s in m["seeds"])
+    return f"\n\nSeeds {seeds}" + (f"; static teacher T_s (resnet20) {teacher:.2f} % top-1." if teacher is not None else ".")
+
+
+def vit_table(m: dict) -> str:
+    rows = ["| student | best epoch | last epoch |", "|---|---|---|"]
+    for name, r in m["rows"].items():
+        rows.append(f"| {VIT_LABELS.get(name, name)} | {_cell(r, 'best')} | {_cell(r, 'last')} |")
+    return "\n".join(rows) + _seeds_note(m)
+
+
+def inherit_table(m: dict) -> str:
+    rows = ["| student resnet8 | epoch 0 (before training) | T_s-S gap at epoch 0 | best epoch | last epoch | T_d last |",
+            "|---|---|---|---|---|---|"]
+    for name, r in m["rows"].items():
+        cells = " | ".join(_cell(r, k) for k in ("epoch0", "epoch0_gap", "best", "last", "T_d_last"))
+        rows.append(f"| {INHERIT_LABELS.get(name, name)} | {cells} |")
+    return "\n".join(rows) + _seeds_note(m)
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     i, j = text.find(start), text.find(end)
@@ -92,6 +128,10 @@ def blocks() -> dict[str, str]:
         out["demo-outcome"] = demo_sentence(json.loads(SUMMARY.read_text()))
     if METHODS_JSON.exists():
         out["fashion-table"] = methods_table(json.loads(METHODS_JSON.read_text()))
+    if VIT_JSON.exists():
+        out["vit-table"] = vit_table(json.loads(VIT_JSON.read_text()))
+    if INHERIT_JSON.exists():
+        out["inherit-table"] = inherit_table(json.loads(INHERIT_JSON.read_text()))
     return out
 
 
@@ -115,16 +155,24 @@ def render_figure(run_dir: Path, out: Path) -> None:
         browser.close()
 
 
+def write_blocks() -> None:
+    text = README.read_text()
+    for name, body in blocks().items():
+        text = replace_block(text, name, body)
+    README.write_text(text)
+
+
 def main(argv: list[str]) -> int:
+    if "--tables-only" in argv:
+        write_blocks()
+        print(f"wrote {README}")
+        return 0
     demo_dir = Path(next((a for a in argv if not a.startswith("--")), "runs/demo"))
     run_dir = demo_run(demo_dir)
     SUMMARY.write_text(json.dumps(summarise(run_dir), indent=1) + "\n")
     if "--no-figure" not in argv:
         render_figure(run_dir, FIGURE)
-    text = README.read_text()
-    for name, body in blocks().items():
-        text = replace_block(text, name, body)
-    README.write_text(text)
+    write_blocks()
     print(f"wrote {SUMMARY}, {'' if '--no-figure' in argv else str(FIGURE) + ', '}{README}")
     return 0
 

@@ -27,7 +27,7 @@ def test_string_values_are_converted():
     (dict(epochs="ten"), ["epochs", "integer", "'ten'"]),
     (dict(epochs=0), ["epochs", "0", "range"]),
     (dict(lr="fast"), ["lr", "number", "'fast'"]),
-    (dict(method="kdd"), ["method", "'kdd'", "ce, ctkd, dkd, fitnet, gpd, kd, reviewkd", "did you mean 'kd'"]),
+    (dict(method="kdd"), ["method", "'kdd'", "ce, cskd, ctkd, deit, dkd, fitnet, gpd, kd, reviewkd", "did you mean 'kd'"]),
     (dict(amp="fp8"), ["amp", "'fp8'", "bf16"]),
     (dict(dot="maybe"), ["dot", "boolean", "'maybe'"]),
     (dict(epochs=True), ["epochs", "integer", "True"]),
@@ -36,6 +36,11 @@ def test_string_values_are_converted():
     (dict(method="ce", dot=True), ["dot", "method=ce"]),
     (dict(method="gpd", base="none", ctkd=True), ["ctkd", "base=none"]),
     (dict(method="gpd", branches="3x3"), ["branches", "'3x3'", "1x1_avg"]),
+    (dict(method="gpd", base="cskd", student="vit_nano_dist"), ["base", "'cskd'", "GPD's dynamic-teacher views", "kd"]),
+    (dict(method="gpd", base="ce"), ["base", "'ce'", "no loss usable as a base"]),
+    (dict(init="inherit", method="ce", teacher="none"), ["init", "teacher=none", "inherit:<checkpoint>"]),
+    (dict(init="inherit:"), ["init", "needs a checkpoint"]),
+    (dict(method="deit", student="resnet8"), ["student", "distillation token", "vit_nano_dist", "'resnet8'"]),
     (dict(train_per_class=5), ["train_per_class", "digits and fashion_mnist only"]),
     (dict(sce_eps=1.5), ["sce_eps", "1.5"]),
     (dict(milestones="a,b"), ["milestones", "integers"]),
@@ -76,7 +81,7 @@ def test_help_lists_every_key_with_choices():
     text = help_text()
     for key in RunConfig.keys():
         assert f"  {key}=" in text
-    assert "{ce|ctkd|dkd|fitnet|gpd|kd|reviewkd}" in text
+    assert "{ce|cskd|ctkd|deit|dkd|fitnet|gpd|kd|reviewkd}" in text
 
 
 def test_round_trip_through_dict():

@@ -152,3 +152,33 @@ def test_shipped_teacher_is_verified_and_a_damaged_copy_is_one_line(tmp_path, mo
         et.path("embedded:fashion_resnet20")
     with pytest.raises(ConfigError, match="unknown embedded teacher 'fashion_resnet2'.*did you mean"):
         et.path("embedded:fashion_resnet2")
+
+
+def test_vit_presets_follow_deits_recipe_and_match_the_teachers_grid():
+    """DeiT's main.py defaults (AdamW, lr 5e-4 at batch 512, wd 0.05 without norms/biases/tokens,
+    cosine, 5 warm-up epochs, 300 epochs, cutmix 1.0); CE trains the plain ViT, DeiT/CSKD the
+    distillation-token twin; each student's patch grid is its teacher's last map."""
+    import torch
+
+    from workbench.models.dense import dense_logits
+
+    for m in ("ce", "deit", "cskd"):
+        c = preset(f"cifar100/r32x4_vit/{m}")
+        assert (c.optimizer, c.lr, c.batch_size, c.weight_decay, c.wd_exempt, c.schedule, c.warmup_epochs,
+                c.epochs, c.mix, c.mix_alpha) == ("adamw", 5e-4, 512, 0.05, True, "cosine", 5.0, 300, "cutmix", 1.0)
+        assert (c.method, c.teacher, c.student) == (m, "resnet32x4", "vit_tiny" if m == "ce" else "vit_tiny_dist")
+        f = preset(f"fashion/vit/{m}")
+        assert (f.optimizer, f.wd_exempt, f.patch_size, f.teacher, f.student) == \
+            ("adamw", True, 4, "embedded:fashion_resnet20", "vit_nano" if m == "ce" else "vit_nano_dist")
+    for teacher, student, side, in_ch, patch in (("resnet32x4", "vit_tiny_dist", 32, 3, 0), ("resnet20", "vit_nano_dist", 28, 1, 4)):
+        s = models.build(student, 10, in_channels=in_ch, image_size=side, depth=1, **({"patch_size": patch} if patch else {}))
+        with torch.no_grad():
+            _, dense = dense_logits(models.build(teacher, 10, in_channels=in_ch).eval(), torch.randn(1, in_ch, side, side))
+        grid = s.pos_embed.shape[1] - s.num_prefix_tokens
+        assert grid == dense.shape[-2] * dense.shape[-1], (teacher, student)
+
+
+def test_inherit_presets_are_the_demo_started_from_the_teacher():
+    for m in ("ce", "kd", "gpd_kd"):
+        inherit, demo = PRESETS[f"fashion/inherit/{m}"], PRESETS[f"fashion/demo/{m}"]
+        assert inherit == dict(demo, init="inherit")

@@ -85,7 +85,15 @@ class CoreConfig:
                             "(train_per_class not applied: a teacher that has seen more than a low-label "
                             "student)", ("student", "all"))
     student: str = opt("resnet8x4", "student architecture (zoo name)")
-    init: str = opt("", "student checkpoint to start from (fine-tuning); empty = random init")
+    patch_size: int = opt(0, "ViT student: patch size in pixels (0 = the model's default: the smallest of 2, 4, 8, "
+                          "16, 32 with at most 14 patches per side; 32 px -> 4, fashion_mnist 28 px -> 2)", low=0)
+    init: str = opt("", "how the student starts: empty = random init; a student checkpoint (fine-tuning); "
+                    "'inherit' = weight inheritance from the static teacher (blocks picked uniformly, tensors "
+                    "sliced from the front, BN re-estimated on training images); 'inherit:<checkpoint>' = "
+                    "inheritance from that file")
+    init_bn_batches: int = opt(200, "weight inheritance: unaugmented training batches used to re-estimate the "
+                               "BatchNorm statistics (0 = keep the inherited ones; fvcore's precise-BN default 200)",
+                               low=0)
     # --- data --------------------------------------------------------------------------------
     dataset: str = opt("cifar100", "dataset name")
     data_root: str = opt("", "dataset root (empty = datasets/ of the checkout or $WORKBENCH_DATA)")
@@ -218,6 +226,12 @@ class RunConfigBase:
     def uses_teacher(self) -> bool:
         return self.spec.needs_teacher(self.resolved_base)
 
+    @property
+    def loads_teacher(self) -> bool:
+        """Whether the run loads the static teacher: its method uses one, or ``init=inherit``
+        takes the student's weights from it."""
+        return self.uses_teacher or self.init.strip() == "inherit"
+
     def method_default(self, key: str, fallback):
         """The chosen method's default for a core key left at None/auto (``fallback`` if none)."""
         return self.spec.defaults.get(key, fallback)
@@ -270,7 +284,17 @@ class RunConfigBase:
         return default_name(self)
 
     # --- validation -------------------------------------------------------------------------------
+    def _check_base_is_a_loss(self) -> None:
+        """``base=<a method without a base loss>`` (ce, deit, cskd, ...): one line saying why."""
+        from .methods import METHODS, base_methods
+
+        if self.base in METHODS and self.base not in base_methods():
+            reason = METHODS.get(self.base).not_a_base or "it declares no loss usable as a base"
+            raise ConfigError(f"base: method {self.base!r} cannot be the base loss of method={self.method}: "
+                              f"{reason}; valid choices: {AUTO}, {NO_BASE}, {', '.join(base_methods())}")
+
     def validate(self) -> None:
+        self._check_base_is_a_loss()
         for f in fields(self):
             meta, value = f.metadata, getattr(self, f.name)
             if meta.get("choices") and value not in meta["choices"]:
@@ -291,6 +315,13 @@ class RunConfigBase:
             hint = f"; for {self.method} without a teacher use base={NO_BASE}" if NO_BASE in bases else ""
             raise ConfigError(f"teacher: method {self.method!r} with base {self.resolved_base!r} "
                               f"needs a static teacher (an architecture name or a checkpoint path){hint}")
+        if self.init.strip() == "inherit" and self.teacher.lower() in ("", NO_TEACHER):
+            raise ConfigError("init: 'inherit' takes the student's weights from the static teacher, but "
+                              "teacher=none; set teacher=<architecture or checkpoint> or use init=inherit:<checkpoint>")
+        if self.init.strip():
+            from .student_init import parse
+
+            parse(self.init)
         if self.dot and not spec.distills(self.resolved_base):
             raise ConfigError(f"dot: DOT needs a distillation loss; method={self.method} base={self.resolved_base} "
                               f"has none")

@@ -19,9 +19,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import data, embedded_teachers, models, paths
+from . import data, embedded_teachers, models, paths, student_init
 from .config import ConfigError, RunConfig
 from .engine import Trainer
+from .engine.callbacks import Callback
 from .engine.trainer import seed_everything
 from .engine.checkpoint import STUDENT, verify_archive
 from .engine.lock import run_lock
@@ -50,6 +51,8 @@ class Prepared:
     teacher_source: Optional[str]  # None | "arch" | "file"
     teacher_arch: Optional[str]
     run_dir: Path
+    init: student_init.InitSpec = field(default_factory=lambda: student_init.InitSpec(student_init.RANDOM))
+    init_arch: Optional[str] = None  # the architecture inheritance takes the weights from
 
 
 @dataclass
@@ -112,10 +115,35 @@ def _check_space(run_dir: Path, needed: int) -> None:
                           f"{needed / 2**20:.1f} MiB for its checkpoints; free some space or choose another out_dir=...")
 
 
+def student_options(cfg: RunConfig) -> dict:
+    """Keyword options for building the student, wherever it is built or loaded (also
+    ``student.pt`` by the notebooks): ``patch_size`` (ViTs) and the method's own (a distillation-token
+    ViT's inference heads)."""
+    opts = {"patch_size": cfg.patch_size} if cfg.patch_size else {}
+    if cfg.spec.student_options is not None:
+        opts.update(cfg.spec.student_options(cfg))
+    return opts
+
+
+def new_student(cfg: RunConfig, info) -> nn.Module:
+    """A freshly initialised student with :func:`student_options`."""
+    return models.build(cfg.student, info.num_classes, info.in_channels, image_size=info.image_size,
+                        **student_options(cfg))
+
+
+def _check_student(cfg: RunConfig, info) -> None:
+    """The student can be built with these options (patch size, heads) for this dataset."""
+    if cfg.patch_size and models.family(cfg.student) != "vit":
+        raise ConfigError(f"patch_size: applies to ViT students only (student={cfg.student!r})")
+    try:
+        new_student(cfg, info)
+    except ValueError as e:
+        raise ConfigError(f"student: {cfg.student} on {cfg.dataset}: {e}") from None
+
+
 def estimate_checkpoint_bytes(cfg: RunConfig, info) -> int:
     """Rough size of the files one run writes: last + best (+ optimizer state) + student.pt."""
-    n = sum(p.numel() for p in models.build(cfg.student, info.num_classes, info.in_channels,
-                                            image_size=info.image_size).parameters())
+    n = sum(p.numel() for p in new_student(cfg, info).parameters())
     factor = cfg.spec.size_factor(cfg) if cfg.spec.size_factor is not None else 1.0
     return int(4 * n * (3 * factor * 2 + 1) + MIN_FREE_BYTES)
 
@@ -158,8 +186,9 @@ def prepare(cfg: RunConfig) -> Prepared:
         info = data.info(cfg.dataset, **opts)
     except ValueError as e:
         raise ConfigError(f"dataset: {e}") from None
+    _check_student(cfg, info)
     source, arch = None, None
-    if cfg.uses_teacher:
+    if cfg.loads_teacher:
         if embedded_teachers.is_embedded(cfg.teacher):
             source, arch = "file", embedded_teachers.entry(cfg.teacher).arch
             embedded_teachers.path(cfg.teacher)  # checksum verified now: a damaged file is one line
@@ -172,16 +201,51 @@ def prepare(cfg: RunConfig) -> Prepared:
         else:
             _check_model("teacher", cfg.teacher)
             source, arch = "arch", cfg.teacher
-    if cfg.init and not Path(cfg.init).is_file():
-        raise ConfigError(f"init: student checkpoint {cfg.init} does not exist")
-    prep = Prepared(cfg, info, source, arch, cfg.run_dir())
+    init = student_init.parse(cfg.init)
+    init_arch = _init_arch(init, arch)
+    prep = Prepared(cfg, info, source, arch, cfg.run_dir(), init, init_arch)
     teacher_file = _teacher_file(prep)
     if teacher_file is not None:
         _teacher_model(prep, teacher_file)  # wrong classes/architecture/damaged: one line now
+    if init.kind == student_init.INHERIT:
+        student_init.check_compatible(cfg.student, init_arch, info, student_options(cfg))
+        if init.path:
+            _inherit_source(prep)  # the file fits its architecture: one line now
     _check_writable(prep.run_dir)
     _check_space(prep.run_dir, estimate_checkpoint_bytes(cfg, info))
     resume_checkpoint(prep.run_dir, cfg)  # a run this config may not continue: refused now
     return prep
+
+
+def _init_arch(init: student_init.InitSpec, teacher_arch: Optional[str]) -> Optional[str]:
+    """Check ``init``'s file exists; the architecture inheritance reads (None when not inheriting)."""
+    if init.kind == student_init.RANDOM:
+        return None
+    if init.from_teacher:
+        return teacher_arch
+    path = Path(init.path)
+    if not path.is_file():
+        what = "inheritance source" if init.kind == student_init.INHERIT else "student checkpoint"
+        raise ConfigError(f"init: {what} {path} does not exist")
+    if init.kind == student_init.CHECKPOINT:
+        return None
+    try:
+        arch = infer_arch(path)
+    except ConfigError:
+        raise ConfigError(f"init: cannot tell the architecture of {path} (our checkpoints name it; RepDistiller "
+                          f"files by their '<arch>_vanilla' folder)") from None
+    _check_model("init", arch)
+    return arch
+
+
+def _inherit_source(prep: Prepared) -> nn.Module:
+    """The model ``init=inherit:<file>`` takes the student's weights from."""
+    info = prep.info
+    try:
+        return models.load(prep.init_arch, prep.init.path, info.num_classes, info.in_channels,
+                           image_size=info.image_size)
+    except ValueError as e:
+        raise ConfigError(f"init: {e}") from None
 
 
 def teacher_config(cfg: RunConfig, arch: str) -> RunConfig:
@@ -247,11 +311,24 @@ def _teacher_model(prep: Prepared, path: Path) -> nn.Module:
         raise ConfigError(f"teacher: {e}") from None
 
 
-def build_student(prep: Prepared) -> nn.Module:
+def build_student(prep: Prepared, teacher: Optional[nn.Module] = None, device=None) -> tuple[nn.Module, list[dict]]:
+    """The student as ``init`` says (:mod:`workbench.student_init`) and the records to log about
+    it (inheritance: one ``init`` record). ``teacher``: the loaded static teacher (the source of
+    ``init=inherit``); ``device``: where BatchNorm recalibration runs."""
     cfg, info = prep.cfg, prep.info
-    if cfg.init:
-        return models.load(cfg.student, cfg.init, info.num_classes, info.in_channels, image_size=info.image_size).train()
-    return models.build(cfg.student, info.num_classes, info.in_channels, image_size=info.image_size)
+    if prep.init.kind == student_init.CHECKPOINT:
+        student = models.load(cfg.student, cfg.init, info.num_classes, info.in_channels,
+                              image_size=info.image_size, **student_options(cfg)).train()
+        return student, []
+    student = new_student(cfg, info)
+    if prep.init.kind == student_init.RANDOM:
+        return student, []
+    source = teacher if prep.init.from_teacher else _inherit_source(prep)
+    label = f"teacher {cfg.teacher}" if prep.init.from_teacher else prep.init.path
+    plain = data.build(cfg.dataset, "train", **{**cfg.dataset_options(), "augment": False})
+    record = student_init.inherit_student(student, source, plain, cfg, device or torch.device("cpu"),
+                                          label, prep.init_arch)
+    return student.train(), [record]
 
 
 def load_teacher(prep: Prepared, log=print, progress=None) -> Optional[nn.Module]:
@@ -310,6 +387,24 @@ def transfer_target(cfg: RunConfig) -> Optional[tuple[str, dict]]:
     return None
 
 
+class InitRecords(Callback):
+    """Writes the records about the student's initialisation (``init`` records) with epoch 0's
+    evaluation, once."""
+
+    def __init__(self, records: list[dict]):
+        self.records = list(records)
+
+    def on_eval_end(self, state, epoch: int, outputs) -> list[dict]:
+        return self.records if epoch == 0 else []
+
+
+def _run_device(cfg: RunConfig) -> torch.device:
+    from .engine import distributed as dist
+    from .engine.device import select_device
+
+    return dist.local_device(select_device(cfg.device))
+
+
 def phase_title(cfg: RunConfig, teacher_arch: Optional[str] = None) -> str:
     """``gpd (base dkd): resnet20 -> resnet8`` -- what a training phase is doing."""
     method = cfg.method + (f" (base {cfg.resolved_base})" if cfg.method == "gpd" else "")
@@ -337,12 +432,12 @@ def run(cfg: RunConfig | dict, callbacks: Optional[list] = None, log=print,
         opts = cfg.dataset_options()
         train_set, test_set = data.build(cfg.dataset, "train", **opts), data.build(cfg.dataset, "test", **opts)
         seed_everything(cfg.seed)  # initial weights (and GPD's IR noise) depend on the seed only
-        student = build_student(prep)
+        student, init_records = build_student(prep, teacher, _run_device(cfg))
         example = torch.stack([train_set[i][0] for i in range(min(2, len(train_set)))])
-        method = build_method(cfg, student, teacher, example_input=example)
+        method = build_method(cfg, student, teacher if cfg.uses_teacher else None, example_input=example)
         if callbacks is None:
             callbacks = default_callbacks(cfg, prep.info)
-        callbacks = list(callbacks) + list(extra_callbacks or [])
+        callbacks = list(callbacks) + list(extra_callbacks or []) + [InitRecords(init_records)]
         trainer = Trainer(cfg, method, train_set, test_set, prep.run_dir, callbacks, log=log,
                           num_classes=prep.info.num_classes, progress=progress, title=title or phase_title(cfg, prep.teacher_arch))
         summary = trainer.fit()

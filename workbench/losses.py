@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 
-def _kl_rows(p_log_target: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """Per-row KL(p || q) = sum_k p_k (log p_k - log q_k), from log-probabilities.
-    Terms with p_k = 0 contribute 0 (as ``F.kl_div`` does)."""
+def kl_along_classes(p_log_target: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) = sum_k p_k (log p_k - log q_k) along dim 1 (the classes), from log-probabilities:
+    (N, K) -> (N,), (N, K, H, W) -> (N, H, W). Terms with p_k = 0 contribute 0 (as ``F.kl_div`` does)."""
     p = p_log_target.exp()
     return torch.where(p > 0, p * (p_log_target - log_q), torch.zeros_like(p)).sum(dim=1)
 
@@ -21,7 +21,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     t = temperature
     log_ps = F.log_softmax(student_logits / t, dim=1)
     log_pt = F.log_softmax(teacher_logits / t, dim=1)
-    return _kl_rows(log_pt, log_ps).mean() * t**2
+    return kl_along_classes(log_pt, log_ps).mean() * t**2
 
 
 def _binary_log_probs(log_p: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
@@ -46,10 +46,10 @@ def dkd_loss(student_logits, teacher_logits, target, alpha, beta, temperature):
     mask = F.one_hot(target, student_logits.shape[1]).to(student_logits.dtype)
     log_ps = F.log_softmax(student_logits / t, dim=1)
     log_pt = F.log_softmax(teacher_logits / t, dim=1)
-    tckd = _kl_rows(_binary_log_probs(log_pt, mask), _binary_log_probs(log_ps, mask)).mean()
+    tckd = kl_along_classes(_binary_log_probs(log_pt, mask), _binary_log_probs(log_ps, mask)).mean()
     log_ps_nt = F.log_softmax(_non_target(student_logits, mask) / t, dim=1)
     log_pt_nt = F.log_softmax(_non_target(teacher_logits, mask) / t, dim=1)
-    nckd = _kl_rows(log_pt_nt, log_ps_nt).mean()
+    nckd = kl_along_classes(log_pt_nt, log_ps_nt).mean()
     return (alpha * tckd + beta * nckd) * t**2
 
 
@@ -61,6 +61,19 @@ def sce_loss(student_logits: torch.Tensor, target_logits: torch.Tensor, eps: flo
     soft = -(F.softmax(target_logits, dim=1) * log_ps).sum(1)
     uniform = -log_ps.mean(1)
     return ((1 - eps) * soft + eps * uniform).mean()
+
+
+def deit_hard_loss(dist_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """DeiT's hard distillation (Touvron et al., ICML 2021): cross-entropy of the distillation
+    head against the teacher's most probable class, batch mean."""
+    return F.cross_entropy(dist_logits, teacher_logits.argmax(dim=1))
+
+
+def deit_soft_loss(dist_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature) -> torch.Tensor:
+    """DeiT's soft distillation with its public code's normalisation: KL(p_t^T || p_s^T) summed
+    over the batch and the classes, times T^2, divided by the number of logits N * K (so it is
+    :func:`kd_loss` / K)."""
+    return kd_loss(dist_logits, teacher_logits, temperature) / dist_logits.shape[1]
 
 
 def ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,9 @@
   common grid (CIFAR 32 px with patch 4 gives an 8x8 grid, the size of resnet32x4's last map,
   so nothing is pooled there);
 - ``dense_weight(epoch, epochs, schedule)`` and ``fuse_targets(dense, global_logits, weight)``:
-  CSKD's cumulative knowledge fusion, target = d_e * dense + (1 - d_e) * global.
+  CSKD's cumulative knowledge fusion, target = d_e * dense + (1 - d_e) * global;
+- ``dense_hard_loss(student, target)`` / ``dense_soft_loss(student, target, T)``: CSKD's
+  per-position losses (the public code's hard and soft variants and normalisations).
 
 Conventions: maps are channels-first (N, C, H, W) like the teacher's ``dense_logits``; logits
 of a position are along dim 1.
@@ -17,6 +19,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from .losses import kl_along_classes
 
 #: how d_e falls from 1 (epoch 0: the teacher's dense map) to 0 (last epoch: its global logits)
 FUSION_SCHEDULES = ("linear", "squared", "cosine")
@@ -94,3 +98,26 @@ def align_grids(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Ten
     the teacher's 7x7), the teacher to the student's when the teacher's is finer (our addition)."""
     grid = (min(student.shape[-2], teacher.shape[-2]), min(student.shape[-1], teacher.shape[-1]))
     return pool_to_grid(student, grid), pool_to_grid(teacher, grid)
+
+
+def _check_maps(student: torch.Tensor, target: torch.Tensor) -> None:
+    if student.ndim != 4 or student.shape != target.shape:
+        raise ValueError(f"dense losses need two (N, K, H, W) maps of one shape, got {tuple(student.shape)} "
+                         f"and {tuple(target.shape)} (align the grids first: align_grids)")
+
+
+def dense_hard_loss(student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """CSKD's hard per-position loss: at every position, cross-entropy of the student's logits
+    against the target's most probable class; the mean over batch and positions."""
+    _check_maps(student, target)
+    return F.cross_entropy(student, target.argmax(dim=1))
+
+
+def dense_soft_loss(student: torch.Tensor, target: torch.Tensor, temperature) -> torch.Tensor:
+    """CSKD's soft per-position loss with its public code's normalisation: KL(p_target^T ||
+    p_student^T) at every position, summed over the classes *and the positions*, averaged over
+    the batch, times T^2 (so a map of P positions weighs P times a single KL)."""
+    _check_maps(student, target)
+    t = temperature
+    kl = kl_along_classes(F.log_softmax(target / t, dim=1), F.log_softmax(student / t, dim=1))
+    return kl.sum(dim=(1, 2)).mean() * t**2

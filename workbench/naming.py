@@ -53,7 +53,7 @@ def identity(cfg) -> dict:
     d["base"] = cfg.resolved_base
     root = data.resolved_root(cfg.dataset, cfg.data_root or None)
     d["data_root"] = str(root.resolve()) if root is not None else ""
-    if cfg.uses_teacher:
+    if cfg.loads_teacher:
         from .experiment import _is_path
 
         d["teacher_arch"] = teacher_arch(cfg)
@@ -77,6 +77,6 @@ def config_hash(cfg) -> str:
 def default_name(cfg) -> str:
     method = cfg.method if cfg.resolved_base in ("none", cfg.method) else f"{cfg.method}-{cfg.resolved_base}"
     extras = "".join(s for s, on in (("+ctkd", cfg.ctkd), ("+dot", cfg.dot)) if on)
-    pair = f"{teacher_arch(cfg)}-{cfg.student}" if cfg.uses_teacher else cfg.student
+    pair = f"{teacher_arch(cfg)}-{cfg.student}" if cfg.loads_teacher else cfg.student
     return f"{cfg.dataset}_{pair}_{method}{extras}_s{cfg.seed}-{config_hash(cfg)}"
 

@@ -12,7 +12,7 @@ penultimate features -- only on the epochs it is due.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -44,6 +44,9 @@ class RoleOutputs:
     logits: torch.Tensor  # (N, K)
     targets: torch.Tensor  # (N,)
     features: Optional[torch.Tensor] = None  # (M, D), M <= N
+    #: which outputs these are, for models that say (``models.readout``; ViTs:
+    #: ``{"logits_from": "cls+dist", "features_from": "cls_token"}``), copied into their records
+    readout: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,22 @@ This module docstring is the one place the record schema is documented. Every re
 ``train``   one per epoch: ``split="train"``, ``role="student"`` (``top1`` is the student's
             training accuracy, in %), ``loss`` (total) and one key per named loss term
             (``loss_ce``, ``loss_kd``, ...; GPD adds ``loss_ce_dt``, ``loss_kd_dt``, ``loss_sce``),
-            ``lr``, ``time`` (seconds for the epoch), ``images_per_s``, ``temperature``.
+            ``lr``, ``time`` (seconds for the epoch), ``images_per_s``, ``temperature`` (CTKD),
+            ``dense_weight`` (CSKD: the dense share d_e of the fused target); DeiT/CSKD's terms are
+            ``loss_ce`` (cls head), ``loss_deit`` (distillation token), ``loss_cskd`` (patches).
 ``eval``    one per epoch and evaluated model: ``split="test"``, ``role`` in
             {``student``, ``teacher`` (static), ``dynamic_teacher``}, ``top1``, ``top5`` (in %), ``loss``
-            (cross-entropy), ``n`` (examples), ``time``.
+            (cross-entropy), ``n`` (examples), ``time``; for models that say which outputs they
+            give (the ViTs, ``models.readout``) also ``logits_from`` (the heads the logits average,
+            e.g. ``cls+dist+dense``) and ``features_from`` (what penultimate-feature probes read:
+            ``cls_token``), copied into the role's ``probe`` records.
 ``gap``     long format, one per (epoch, pair, metric): ``pair`` in {``T_s-S``, ``T_d-S``,
             ``T_s-T_d``}, ``metric`` (``acc_gap``, ``agreement``, ``kl``, ``cka``, ...), ``value``.
 ``probe``   long format for other probes: ``probe`` (e.g. ``discriminability``,
             ``transferability``), ``role``, ``metric``, ``value`` plus probe-specific keys.
+``init``    once, at epoch 0, when the student starts from weight inheritance (``init=inherit``):
+            ``source``, ``source_arch``, ``student``, ``blocks`` (per container, the source's
+            block taken for each student block), ``bn_images`` (used to re-estimate BN).
 ``summary`` written once at the end: ``role``, ``best_top1``, ``best_epoch``, ``last_top1``.
 
 Readers (notebooks, figures, tests) use :func:`read_metrics` and filter on ``kind``.

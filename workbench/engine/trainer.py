@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from ..data.device import DEVICE_DATASETS, DeviceLoader, Indexed, device_tensors
 from ..methods import TASK_PREFIX, Distiller, hard_labels
+from ..models import readout as model_readout
 from ..models.hooks import FeatureTap
 from . import distributed as dist
 from .callbacks import EMA_SUFFIX, Callback, FitState, RoleOutputs, role_label
@@ -269,6 +270,7 @@ class Trainer:
         (what the GPD reference code reports)."""
         models = self.eval_models()
         order = list(models)  # records keep the roles' order whatever was cached
+        readouts = {role: model_readout(m) for role, m in models.items()}  # which heads/tokens are read
         budget = self._features_due(epoch)
         cached = self._static_outputs if "teacher" in models else None
         if cached is not None and (budget == 0 or cached.features is not None):
@@ -295,7 +297,7 @@ class Trainer:
         for role in models:
             z = dist.gather_cat(torch.cat(logits[role]))
             f = dist.gather_cat(torch.cat(feats[role])) if feats[role] else None
-            outputs[role] = RoleOutputs(z, y, f[:budget] if f is not None else None)
+            outputs[role] = RoleOutputs(z, y, f[:budget] if f is not None else None, readouts[role])
         if cached is not None:
             outputs["teacher"] = cached
         elif "teacher" in outputs:
@@ -330,7 +332,7 @@ class Trainer:
         return {"kind": "eval", "epoch": epoch, "split": "test", "role": role,
                 "top1": 100.0 * (topk[:, 0] == y).float().mean().item(),
                 f"top{TOPK}": 100.0 * (topk == y[:, None]).any(1).float().mean().item(),
-                "loss": F.cross_entropy(z, y).item(), "n": len(y), "time": elapsed}
+                "loss": F.cross_entropy(z, y).item(), "n": len(y), "time": elapsed, **out.readout}
 
     # ------------------------------------------------------------------ divergence
     def _diverged(self, epoch: int, what: str) -> NonFiniteLossError:

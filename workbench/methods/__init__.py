@@ -2,8 +2,10 @@
 everything the engine and the config need (``spec.MethodSpec``).
 
 ``ce`` (no teacher), ``kd``, ``dkd``, ``ctkd`` (learnable temperature around kd/dkd; also the
-``ctkd=true`` extension) and ``gpd`` (dynamic teacher around any base loss or none); more in
-the package. DOT is an optimizer (``engine.optim``).
+``ctkd=true`` extension), ``gpd`` (dynamic teacher around any base loss or none), ``deit`` and
+``cskd`` (distillation-token ViT students, their own forward); more in the package. DOT is an
+optimizer (``engine.optim``); how the student starts (random, checkpoint, weight inheritance) is
+``workbench.student_init``.
 
 Add a method: write ``methods/<name>.py`` with a ``Criterion`` (or ``Distiller`` subclass) and
 a builder decorated with ``@method("<name>", keys=..., criterion=...)``. Every module of this

@@ -106,7 +106,8 @@ KEYS = {
                     "or a comma list of branch kinds", numbers_as_text=True),
     "noise": opt(-1.0, "GPD: std of the symmetry-breaking noise on copied weights (-1 = default)"),
     "scale_init": opt("auto", "GPD: branch scale init: auto (the reference's per-setting choice: "
-                      "one_zero when fine-tuning from init=, reference otherwise), reference "
+                      "one_zero when the student starts from init= (a checkpoint or inheritance), reference "
+                      "otherwise), reference "
                       "(origin/avg/prior/1x1-kxk/kxk/dws = 0.25/0.25/0/0.5/0.05/0.5), one_zero",
                       ("auto", "reference", "one_zero")),
     "widening": opt("reference", "GPD: IR convention: reference (T_d features = student features / r, "
@@ -161,7 +162,8 @@ def expand_student(cfg, student: nn.Module, example_input=None) -> surgery.Dynam
 
 def resolved_scale_init(cfg) -> str:
     """``auto``: the reference's per-setting init -- one/zero when fine-tuning a pre-trained
-    student (``init=``), the reference scale vector otherwise."""
+    student (``init=``: a checkpoint, or weight inheritance, so T_d starts as the inherited
+    student), the reference scale vector otherwise."""
     if cfg.scale_init != "auto":
         return cfg.scale_init
     return "one_zero" if cfg.init else "reference"

@@ -56,6 +56,10 @@ class MethodSpec:
       ``ema_decay``);
     - ``validate(cfg)``: extra checks, raising ``ValueError`` with one clear line;
     - ``size_factor(cfg)``: how many times the student's parameters a checkpoint holds (disk check);
+    - ``student_options(cfg)``: keyword options for building the student (e.g. which heads a
+      distillation-token ViT averages at inference), applied wherever the student is built or
+      loaded, so ``student.pt`` reloads as the run evaluated it;
+    - ``not_a_base``: why the method cannot be another method's ``base`` (shown when asked for);
     - ``summary``: one line for listings.
     """
 
@@ -69,6 +73,8 @@ class MethodSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     validate: Optional[Callable[[Any], None]] = None
     size_factor: Optional[Callable[[Any], float]] = None
+    student_options: Optional[Callable[[Any], dict]] = None
+    not_a_base: str = ""
 
     def valid_bases(self) -> tuple[str, ...]:
         if not self.bases:

@@ -33,7 +33,8 @@ from .checkpoint import load_into, read_state_dict
 from .hooks import FeatureTap, classifier_path, penultimate, stage_paths
 
 __all__ = [
-    "MODELS", "build", "available", "family", "load", "read_state_dict",
+    "MODELS", "build", "available", "family", "load", "read_state_dict", "has_distillation_token",
+    "with_distillation_token", "readout",
     "FeatureTap", "classifier_path", "stage_paths", "penultimate",
 ]
 
@@ -59,6 +60,23 @@ def build(name: str, num_classes: int, in_channels: int = 3, image_size: int | N
 def available(include_aliases: bool = False) -> list[str]:
     """Registered model names (canonical names only unless ``include_aliases``)."""
     return [n for n in MODELS.names() if include_aliases or "alias_of" not in MODELS.meta(n)]
+
+
+def has_distillation_token(name: str) -> bool:
+    """Whether model ``name`` is a ViT with DeiT's distillation token (``vit.DistilledViT``)."""
+    return bool(MODELS.meta(name).get("distillation_token"))
+
+
+def with_distillation_token() -> list[str]:
+    """The registered names of ViTs with a distillation token."""
+    return [n for n in available() if has_distillation_token(n)]
+
+
+def readout(model: nn.Module) -> dict[str, str]:
+    """Which outputs of ``model`` evaluation and probes read (``{"logits_from": ..., "features_from":
+    ...}``) for models that say so (the ViTs); ``{}`` for models with one classifier on pooled features."""
+    describe = getattr(model, "readout", None)
+    return dict(describe()) if callable(describe) else {}
 
 
 def family(name: str) -> str:

@@ -187,6 +187,11 @@ class ViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encode(x)[:, 0])
 
+    def readout(self) -> dict[str, str]:
+        """What evaluation reads (recorded in eval and probe records, ``models.readout``): the
+        logits of the cls head; penultimate features = the final-normed cls token."""
+        return {"logits_from": "cls", "features_from": "cls_token"}
+
 
 #: the heads ``DistilledViT.forward`` can average: the cls head, the dist head, and the dense
 #: prediction (the dist head applied to every patch token, averaged over the patches)
@@ -277,6 +282,11 @@ class DistilledViT(ViT):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.combine(self.forward_parts(x))
 
+    def readout(self) -> dict[str, str]:
+        """Logits: the mean of the ``eval_heads`` (e.g. ``"cls+dist+dense"``); penultimate
+        features (CKA, kNN, linear probes): the final-normed cls token."""
+        return {"logits_from": "+".join(self.eval_heads), "features_from": "cls_token"}
+
 
 #: registered name suffix of the distillation-token variant of each size
 DIST_SUFFIX = "_dist"
@@ -304,5 +314,5 @@ def _vit_factory(size: str, distilled: bool):
 
 
 for _size in VIT_SIZES:
-    register(_size, family="vit")(_vit_factory(_size, distilled=False))
-    register(_size + DIST_SUFFIX, family="vit")(_vit_factory(_size, distilled=True))
+    register(_size, family="vit", distillation_token=False)(_vit_factory(_size, distilled=False))
+    register(_size + DIST_SUFFIX, family="vit", distillation_token=True)(_vit_factory(_size, distilled=True))

@@ -97,7 +97,8 @@ def check_student(cfg: RunConfig, run_dir, records: list[dict]) -> Table:
 
     info = data.info(cfg.dataset, **cfg.dataset_options())
     path = Path(run_dir) / STUDENT
-    student = models.load(cfg.student, path, info.num_classes, info.in_channels, image_size=info.image_size).eval()
+    student = models.load(cfg.student, path, info.num_classes, info.in_channels, image_size=info.image_size,
+                          **experiment.student_options(cfg)).eval()
     correct = total = 0
     loader = torch.utils.data.DataLoader(test_set(cfg), batch_size=cfg.eval_batch_size)
     with torch.no_grad():

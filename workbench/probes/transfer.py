@@ -28,6 +28,9 @@ Records (``kind="probe"``; accuracies in percent, like ``top1`` of eval records)
     {"kind": "probe", "probe": "discriminability", "role": "student", "metric": "knn_top1", "value": 93.1, "k": 5}
     {"kind": "probe", "probe": "transferability", "role": "student", "metric": "linear_top1",
      "value": 88.2, "target": "digits[5-9]", "protocol": "lbfgs", "bn": "frozen", "n_train": 450, "n_test": 441}
+
+For a ViT both kinds also say what they read (``models.readout``): ``features_from`` (``cls_token``)
+and, for the discriminability ``top1`` (from the eval logits), ``logits_from`` (e.g. ``cls+dist``).
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ import torch
 from torch import nn
 
 from ..engine.callbacks import ROLES, Callback, RoleOutputs
+from ..models import readout
 from ..registry import unknown_choice
 from . import cache as C
 from . import metrics as M
@@ -81,7 +85,7 @@ def discriminability_records(outputs: dict[str, RoleOutputs], epoch: Optional[in
             vals["separability"] = M.separability_ratio(o.features, y)
         for metric, value in vals.items():
             rec = {"kind": "probe", "probe": "discriminability", "role": role, "metric": metric,
-                   "value": float(value)}
+                   "value": float(value), **o.readout}
             if metric == "knn_top1":
                 rec["k"] = k
             if epoch is not None:
@@ -279,6 +283,9 @@ class TransferabilityProbe(Callback):
         res = linear_probe(Xtr, tr.labels, Xte, te.labels, self.protocol, self.seed, **options)
         base = {"kind": "probe", "probe": "transferability", "role": role, "target": self.target,
                 "protocol": self.protocol, "bn": self.bn, "n_train": len(tr.index), "n_test": len(te.index)}
+        features_from = readout(module).get("features_from")
+        if features_from is not None:  # a ViT: which token the penultimate features are
+            base["features_from"] = features_from
         if epoch is not None:
             base["epoch"] = epoch
         out = []
