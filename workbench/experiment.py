@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import data, embedded_teachers, models, paths
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, snapshot_epoch
 from .engine import Trainer
 from .engine.trainer import seed_everything
 from .engine.checkpoint import STUDENT, verify_archive
@@ -47,7 +47,7 @@ TEACHER_INHERITS = ("dataset", "data_root", "data_source", "download", "image_si
 class Prepared:
     cfg: RunConfig
     info: data.DatasetInfo
-    teacher_source: Optional[str]  # None | "arch" | "file"
+    teacher_source: Optional[str]  # None | "arch" | "file" | "snapshot"
     teacher_arch: Optional[str]
     run_dir: Path
 
@@ -160,7 +160,9 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise ConfigError(f"dataset: {e}") from None
     source, arch = None, None
     if cfg.uses_teacher:
-        if embedded_teachers.is_embedded(cfg.teacher):
+        if snapshot_epoch(cfg.teacher) is not None:  # a frozen copy of the student, made in training
+            source, arch = "snapshot", cfg.student
+        elif embedded_teachers.is_embedded(cfg.teacher):
             source, arch = "file", embedded_teachers.entry(cfg.teacher).arch
             embedded_teachers.path(cfg.teacher)  # checksum verified now: a damaged file is one line
         elif _is_path(cfg.teacher):
@@ -256,7 +258,7 @@ def build_student(prep: Prepared) -> nn.Module:
 
 def load_teacher(prep: Prepared, log=print, progress=None) -> Optional[nn.Module]:
     cfg = prep.cfg
-    if prep.teacher_source is None:
+    if prep.teacher_source in (None, "snapshot"):  # a snapshot teacher is made by build_method
         return None
     path = _teacher_file(prep)
     if prep.teacher_source == "arch":
@@ -314,6 +316,8 @@ def phase_title(cfg: RunConfig, teacher_arch: Optional[str] = None) -> str:
     """``gpd (base dkd): resnet20 -> resnet8`` -- what a training phase is doing."""
     method = cfg.method + (f" (base {cfg.resolved_base})" if cfg.method == "gpd" else "")
     uses_teacher = cfg.spec.needs_teacher(cfg.resolved_base) and cfg.teacher != "none"
+    if snapshot_epoch(cfg.teacher) is not None:
+        teacher_arch = cfg.teacher
     teacher = f"{teacher_arch or cfg.teacher} -> " if uses_teacher else ""
     return f"{method}: {teacher}{cfg.student}"
 
@@ -339,7 +343,7 @@ def run(cfg: RunConfig | dict, callbacks: Optional[list] = None, log=print,
         seed_everything(cfg.seed)  # initial weights (and GPD's IR noise) depend on the seed only
         student = build_student(prep)
         example = torch.stack([train_set[i][0] for i in range(min(2, len(train_set)))])
-        method = build_method(cfg, student, teacher, example_input=example)
+        method = build_method(cfg, student, teacher, example_input=example, train_labels=data.labels(train_set))
         if callbacks is None:
             callbacks = default_callbacks(cfg, prep.info)
         callbacks = list(callbacks) + list(extra_callbacks or [])

@@ -32,9 +32,12 @@ def check_name(name: str) -> None:
 
 def teacher_arch(cfg) -> str:
     """The static teacher's architecture: its name, or what a checkpoint file holds."""
+    from .config import snapshot_epoch
     from .embedded_teachers import entry, is_embedded
     from .experiment import _is_path, infer_arch
 
+    if snapshot_epoch(cfg.teacher) is not None:
+        return f"snapshot{snapshot_epoch(cfg.teacher)}"
     if is_embedded(cfg.teacher):
         return entry(cfg.teacher).arch
     if not _is_path(cfg.teacher):

@@ -103,7 +103,7 @@ def _check(cfg) -> None:
                          f"method={cfg.method} base={cfg.resolved_base} has none")
 
 
-def _apply(method_, cfg) -> None:
+def _apply(method_, cfg, ctx=None) -> None:
     for criterion in method_.criteria():
         if criterion.temperature is None:
             raise ValueError(f"ctkd: the {type(criterion).__name__} loss has no temperature to learn")
