@@ -26,6 +26,9 @@ METHODS = {
     "kd": dict(method="kd"),
     "dkd_ctkd": dict(method="dkd", ctkd="true"),
     "gpd_none": dict(method="gpd", base="none"),
+    # 2 epochs: stage 1 (instance memory) in epoch 1, snapshot + refresh at its end, stage 2 in epoch 2;
+    # exact InfoNCE over all negatives (no per-rank sampling), features all-gathered before every update
+    "ctc": dict(method="ctc"),
 }
 # float32: DDP sums each gradient as two 10-example halves plus an all-reduce instead of one
 # 20-example sum (another order); over 2 epochs of steps the weights drift by ~1e-7 (measured
@@ -79,7 +82,7 @@ def test_gpd_with_dot_under_two_process_ddp_equals_one_process(tmp_path):
     _case(tmp_path, "gpd_kd_dot")
 
 
-@pytest.mark.parametrize("name", ["ce", "kd", "dkd_ctkd", "gpd_none"])  # ~20 s each on 2 idle cores
+@pytest.mark.parametrize("name", ["ce", "kd", "dkd_ctkd", "gpd_none", "ctc"])  # ~20 s each on 2 idle cores
 def test_method_under_two_process_ddp_equals_one_process(tmp_path, name):
     _case(tmp_path, name)
 

@@ -133,6 +133,10 @@ class Criterion(nn.Module):
     def set_epoch(self, epoch: int, epochs: int) -> None:
         self.epoch = epoch
 
+    def temperature_owner(self) -> "Criterion":
+        """The criterion whose ``temperature`` the loss uses (a wrapping loss names its inner one)."""
+        return self
+
     def terms(self, s: Outputs, t: Outputs, y: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -427,6 +431,7 @@ class Distiller(nn.Module):
         """Extra per-epoch scalars for the train record (e.g. CTKD's temperature)."""
         out = {}
         for c in self.criteria()[:1]:
+            c = c.temperature_owner()
             if c.temperature is not None:
                 t = c.temperature()
                 out["temperature"] = float(t.detach()) if torch.is_tensor(t) else float(t)

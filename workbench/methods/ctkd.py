@@ -104,7 +104,7 @@ def _check(cfg) -> None:
 
 
 def _apply(method_, cfg, ctx=None) -> None:
-    for criterion in method_.criteria():
+    for criterion in (c.temperature_owner() for c in method_.criteria()):
         if criterion.temperature is None:
             raise ValueError(f"ctkd: the {type(criterion).__name__} loss has no temperature to learn")
         if not isinstance(criterion.temperature, LearnableTemperature):
