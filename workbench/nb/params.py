@@ -24,8 +24,10 @@ MIN_EMBED_POINTS = 10
 # Methods compare.ipynb knows, by short name -> the presets' method entries (one definition).
 COMPARE_METHODS = Registry("compare method")
 for _name, _key in (("ce", "ce"), ("kd", "kd"), ("dkd", "dkd"), ("kd+dot", "kd_dot"), ("kd+ctkd", "kd_ctkd"),
-                    ("gpd+kd", "gpd_kd"), ("gpd+dkd", "gpd_dkd"), ("gpd-scratch", "gpd_scratch")):
+                    ("gpd+kd", "gpd_kd"), ("gpd+dkd", "gpd_dkd"), ("gpd-scratch", "gpd_scratch"), ("embed", "embed"),
+                    ("gpd+embed", "gpd_embed")):
     COMPARE_METHODS.register(_name, presets.CIFAR_METHODS[_key])
+COMPARE_METHODS.register("ctc", dict(method="ctc"))  # no teacher; the paper's transferability setting by default
 
 
 # ------------------------------------------------------------------------- notebook-only checks
