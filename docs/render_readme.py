@@ -3,7 +3,9 @@ cannot drift from what the code gives:
 
     make demo                                                     # runs/demo: the GPD notebook on fashion_mnist
     python bench/fashion_methods.py --methods ce,kd,dkd,gpd_kd,gpd_dkd,gpd_scratch --json docs/fashion_methods.json
+    python bench/ctc_embed_study.py                               # -> docs/ctc_embed_study.json (CTC / embed study)
     python docs/render_readme.py [runs/demo] [--no-figure]        # -> docs/demo_summary.json, docs/demo_gap_curves.png, README.md
+    python docs/render_readme.py --tables                         # only re-render the README blocks from the JSON files
 
 The README holds generated blocks between ``<!-- name:start -->`` / ``<!-- name:end -->``
 markers; ``tests/test_readme_numbers.py`` checks they equal what this script renders from the
@@ -22,6 +24,7 @@ README = ROOT / "README.md"
 SUMMARY = ROOT / "docs" / "demo_summary.json"
 METHODS_JSON = ROOT / "docs" / "fashion_methods.json"
 FIGURE = ROOT / "docs" / "demo_gap_curves.png"
+STUDY_JSON = ROOT / "docs" / "ctc_embed_study.json"
 FIGURE_SIZE = (900, 560)
 LABELS = {"ce": "ce", "kd": "kd", "dkd": "dkd", "gpd_kd": "gpd (base=kd)", "gpd_dkd": "gpd (base=dkd)",
           "gpd_scratch": "gpd (base=none, no teacher)"}
@@ -77,6 +80,24 @@ def methods_table(m: dict) -> str:
     return "\n".join(rows) + note
 
 
+def study_table(m: dict) -> str:
+    """The CTC / embed study (bench/ctc_embed_study.py): mean +- std over seeds per method."""
+    rows = ["| method (student resnet8) | source top-1, last epoch (%) | transfer probe, peak (%) | peak epoch per seed "
+            "| transfer probe, last epoch (%) | linear CKA to the teacher |", "|---|---|---|---|---|---|"]
+    for name, per_seed in m["methods"].items():
+        cells = [_pm([r[k] for r in per_seed]) for k in ("source_top1", "transfer_peak", "transfer_last", "cka_teacher")]
+        peaks = ", ".join(str(r["transfer_peak_epoch"]) for r in per_seed)
+        rows.append(f"| {m['labels'].get(name, name)} | {cells[0]} | {cells[1]} | {peaks} | {cells[2]} | {cells[3]} |")
+    seeds = ", ".join(str(s) for s in m["seeds"])
+    n = {len(v) for v in m["methods"].values()}
+    walls = [w for ws in m.get("seconds_per_run", {}).values() for w in ws]
+    wall = f"; {statistics.mean(walls) / 60:.1f} min per run on the shared 2-core machine" if walls else ""
+    note = (f"\n\nSeeds {seeds}{'' if n == {len(m['seeds'])} else ' (not every method finished every seed)'}; "
+            f"transfer target {m['target']}; teacher (resnet20 on the 2500 source training images) "
+            f"{m['teacher_top1']:.2f} % source top-1{wall}.")
+    return "\n".join(rows) + note
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     i, j = text.find(start), text.find(end)
@@ -92,6 +113,8 @@ def blocks() -> dict[str, str]:
         out["demo-outcome"] = demo_sentence(json.loads(SUMMARY.read_text()))
     if METHODS_JSON.exists():
         out["fashion-table"] = methods_table(json.loads(METHODS_JSON.read_text()))
+    if STUDY_JSON.exists():
+        out["ctc-table"] = study_table(json.loads(STUDY_JSON.read_text()))
     return out
 
 
@@ -116,6 +139,13 @@ def render_figure(run_dir: Path, out: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if "--tables" in argv:  # only the generated blocks, from the committed JSON files
+        text = README.read_text()
+        for name, body in blocks().items():
+            text = replace_block(text, name, body)
+        README.write_text(text)
+        print(f"wrote {README}")
+        return 0
     demo_dir = Path(next((a for a in argv if not a.startswith("--")), "runs/demo"))
     run_dir = demo_run(demo_dir)
     SUMMARY.write_text(json.dumps(summarise(run_dir), indent=1) + "\n")

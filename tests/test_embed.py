@@ -4,7 +4,6 @@ with embed as its base (student view == plain method on the extracted student, T
 sized for T_d), a training run with the projector out of ``student.pt``."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import float_tol
 from workbench import gpd, models
