@@ -173,7 +173,7 @@ def main(argv) -> dict:
     print(f"\nload average at end: {load()}; runs under {args.out_dir}")
     if args.json:
         out = {"settings": {k: str(v) for k, v in settings.items() if k not in ("out_dir", "progress")},
-               "seeds": seeds, "labels": {k: LABELS[k] for k in results}, "teacher_top1": next((r["teacher_top1"] for rs in results.values() for r in rs
+               "seeds": sorted({r["seed"] for rs in results.values() for r in rs}), "labels": {k: LABELS[k] for k in results}, "teacher_top1": next((r["teacher_top1"] for rs in results.values() for r in rs
                                                      if r["teacher_top1"] is not None), None),
                "target": next(r["target"] for rs in results.values() for r in rs),
                "seconds_per_run": {k: v for k, v in walls.items() if v}, "load_average_end": load(),
