@@ -111,7 +111,7 @@ _RUN = [  # shared by gpd.ipynb and compare.ipynb; CIFAR-100 protocol defaults f
     ("dataset", "dataset: cifar100 (downloaded into datasets/), fashion_mnist or digits (embedded, offline CPU demos)"),
     ("data_root", "dataset folder ('' means $WORKBENCH_DATA, else datasets/ of the checkout)"),
     ("preset", "auto: on fashion_mnist and digits, parameters left at their default take the measured CPU demo values; '' turns this off; or a preset name"),
-    ("teacher", "static teacher: a zoo architecture (trained once and cached under runs/teachers/) or a checkpoint path"),
+    ("teacher", "static teacher: a zoo architecture (trained once and cached under runs/teachers/), a checkpoint path, or snapshot@E (the student's frozen copy from epoch E)"),
     ("teacher_arch", "architecture of a teacher checkpoint file when neither the file nor its folder name tells it"),
     ("teacher_epochs", "epochs when the teacher is trained here (0: same as epochs)"),
     ("student", "student architecture (zoo name)"),
