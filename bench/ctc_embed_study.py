@@ -81,19 +81,26 @@ def teacher_file(cfg: RunConfig) -> Path:
     return cached_teacher(teacher_config(kd, prep.teacher_arch))
 
 
+def base_teacher_arch(cfg: RunConfig) -> str:
+    return cfg.teacher  # an architecture name here (trained and cached by teacher_file)
+
+
 def cka_to_teacher(run_dir: Path, cfg: RunConfig, teacher: Path) -> float:
     """Linear CKA of the final student's and the teacher's penultimate features on the first
     ``probe_samples`` source test images (what the gap probe's ``cka`` uses during training)."""
-    from workbench import data
+    from workbench import data, models
     from workbench.probes.features import collect_outputs
     from workbench.probes.metrics import linear_cka
 
     opts = cfg.dataset_options()
     info = data.info(cfg.dataset, **opts)
     test = data.build(cfg.dataset, "test", **opts)
-    kw = dict(num_classes=info.num_classes, in_channels=info.in_channels)
-    out = collect_outputs({"teacher": str(teacher), "student": str(run_dir / "student.pt")}, test,
-                          probe_samples=cfg.probe_samples, **kw)
+
+    def load(arch: str, path: Path):
+        return models.load(arch, path, info.num_classes, info.in_channels, image_size=info.image_size)
+
+    out = collect_outputs({"teacher": load(base_teacher_arch(cfg), teacher), "student": load(cfg.student, run_dir / "student.pt")},
+                          test, probe_samples=cfg.probe_samples, cache_dir=False)
     return float(linear_cka(out["teacher"].features, out["student"].features))
 
 
