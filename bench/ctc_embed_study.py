@@ -165,9 +165,11 @@ def main(argv) -> dict:
             cfg = RunConfig.from_dict({**settings, **METHODS[name], "seed": s, "name": run_name(name, s)})
             wall = cfg.run_dir() / WALL_FILE
             if not args.collect:
+                finished = (cfg.run_dir() / "summary.json").exists()
                 t0 = time.perf_counter()
                 run(cfg, log=lambda *_: None)
-                wall.write_text(f"{time.perf_counter() - t0:.1f}\n")
+                if not finished or not wall.exists():  # a finished run is only re-read: keep its wall time
+                    wall.write_text(f"{time.perf_counter() - t0:.1f}\n")
             elif not (cfg.run_dir() / "summary.json").exists():
                 print(f"{name} seed {s}: not finished in {args.out_dir}: left out", file=sys.stderr)
                 continue
