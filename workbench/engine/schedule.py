@@ -34,7 +34,8 @@ def lr_factor(schedule: str, progress: float, epochs: int, milestones=(), decay:
 class TwoStageSchedule:
     """A method's per-epoch rescaling of the run's schedule (the trainer's ``Distiller.schedule``
     seam): the run's lr schedule runs over epochs 1..E (``boundary``) and restarts at epoch E + 1
-    over the remaining epochs, scaled by ``stage2_lr``; weight decay is multiplied by
+    over the remaining epochs, scaled by ``stage2_lr`` (a configured warm-up runs again there);
+    weight decay is multiplied by
     ``stage1_wd`` in the first stage and by ``stage2_wd`` in the second. (CTC, Cui et al. 2022:
     a cosine over each stage, the second from lr x 0.1, weight decay doubled in stage 1.)"""
 
