@@ -80,19 +80,26 @@ def methods_table(m: dict) -> str:
     return "\n".join(rows) + note
 
 
+def _pm_or_one(xs) -> str:
+    """mean +- std over seeds; a single seed's value alone (no fake 0.00 spread)."""
+    return _pm(xs) if len(xs) > 1 else f"{xs[0]:.2f}"
+
+
 def study_table(m: dict) -> str:
     """The CTC / embed study (bench/ctc_embed_study.py): mean +- std over seeds per method."""
     rows = ["| method (student resnet8) | source top-1, last epoch (%) | transfer probe, peak (%) | peak epoch per seed "
             "| transfer probe, last epoch (%) | linear CKA to the teacher |", "|---|---|---|---|---|---|"]
     for name, per_seed in m["methods"].items():
-        cells = [_pm([r[k] for r in per_seed]) for k in ("source_top1", "transfer_peak", "transfer_last", "cka_teacher")]
+        cells = [_pm_or_one([r[k] for r in per_seed]) for k in ("source_top1", "transfer_peak", "transfer_last",
+                                                                 "cka_teacher")]
         peaks = ", ".join(str(r["transfer_peak_epoch"]) for r in per_seed)
         rows.append(f"| {m['labels'].get(name, name)} | {cells[0]} | {cells[1]} | {peaks} | {cells[2]} | {cells[3]} |")
     seeds = ", ".join(str(s) for s in m["seeds"])
     n = {len(v) for v in m["methods"].values()}
     walls = [w for ws in m.get("seconds_per_run", {}).values() for w in ws]
     wall = f"; {statistics.mean(walls) / 60:.1f} min per run on the shared 2-core machine" if walls else ""
-    note = (f"\n\nSeeds {seeds}{'' if n == {len(m['seeds'])} else ' (not every method finished every seed)'}; "
+    note = (f"\n\nSeed{'s' if len(m['seeds']) > 1 else ''} {seeds}"
+            f"{'' if n == {len(m['seeds'])} else ' (not every method finished every seed)'}; "
             f"transfer target {m['target']}; teacher (resnet20 on the 2500 source training images) "
             f"{m['teacher_top1']:.2f} % source top-1{wall}.")
     return "\n".join(rows) + note
