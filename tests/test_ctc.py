@@ -313,7 +313,7 @@ def test_killed_ctc_run_resumes_across_the_boundary_to_the_same_state(tmp_path):
     """Killed inside epoch 3, after the boundary checkpoint of epoch 2: the snapshot, the three
     memory banks and CRD's normalisers come back from last.pt, so the resumed run ends exactly
     where the uninterrupted one does."""
-    base = dict(method="ctc", ctc_nce="crd", ctc_nce_k=50, dataset="digits", train_per_class=40, student="resnet8",
+    base = dict(method="ctc", ctc_nce="crd", ctc_nce_k=50, dataset="digits", train_per_class=20, student="resnet8",
                 epochs=3, ctc_stage_epoch=2, batch_size=16, lr=0.05, schedule="cosine", probe_every=0,
                 out_dir=tmp_path, progress="false")
     ref = _cli(_args(dict(base, name="ref")))
