@@ -5,8 +5,9 @@ cannot drift from what the code gives:
     python bench/fashion_methods.py --methods ce,kd,dkd,gpd_kd,gpd_dkd,gpd_scratch --json docs/fashion_methods.json
     python bench/fashion_vit.py --json docs/fashion_vit.json probe_every=0
     python bench/fashion_inherit.py --json docs/fashion_inherit.json probe_every=0
+    python bench/ctc_embed_study.py                               # -> docs/ctc_embed_study.json (CTC / embed study)
     python docs/render_readme.py [runs/demo] [--no-figure]        # -> docs/demo_summary.json, docs/demo_gap_curves.png, README.md
-    python docs/render_readme.py --tables-only                    # README tables from the committed JSON files only
+    python docs/render_readme.py --tables                         # README tables from the committed JSON files only
 
 The README holds generated blocks between ``<!-- name:start -->`` / ``<!-- name:end -->``
 markers; ``tests/test_readme_numbers.py`` checks they equal what this script renders from the
@@ -27,6 +28,7 @@ METHODS_JSON = ROOT / "docs" / "fashion_methods.json"
 VIT_JSON = ROOT / "docs" / "fashion_vit.json"
 INHERIT_JSON = ROOT / "docs" / "fashion_inherit.json"
 FIGURE = ROOT / "docs" / "demo_gap_curves.png"
+STUDY_JSON = ROOT / "docs" / "ctc_embed_study.json"
 FIGURE_SIZE = (900, 560)
 LABELS = {"ce": "ce", "kd": "kd", "dkd": "dkd", "gpd_kd": "gpd (base=kd)", "gpd_dkd": "gpd (base=dkd)",
           "gpd_scratch": "gpd (base=none, no teacher)"}
@@ -113,6 +115,31 @@ def inherit_table(m: dict) -> str:
     return "\n".join(rows) + _seeds_note(m)
 
 
+def _pm_or_one(xs) -> str:
+    """mean +- std over seeds; a single seed's value alone (no fake 0.00 spread)."""
+    return _pm(xs) if len(xs) > 1 else f"{xs[0]:.2f}"
+
+
+def study_table(m: dict) -> str:
+    """The CTC / embed study (bench/ctc_embed_study.py): mean +- std over seeds per method."""
+    rows = ["| method (student resnet8) | source top-1, last epoch (%) | transfer probe, peak (%) | peak epoch per seed "
+            "| transfer probe, last epoch (%) | linear CKA to the teacher |", "|---|---|---|---|---|---|"]
+    for name, per_seed in m["methods"].items():
+        cells = [_pm_or_one([r[k] for r in per_seed]) for k in ("source_top1", "transfer_peak", "transfer_last",
+                                                                 "cka_teacher")]
+        peaks = ", ".join(str(r["transfer_peak_epoch"]) for r in per_seed)
+        rows.append(f"| {m['labels'].get(name, name)} | {cells[0]} | {cells[1]} | {peaks} | {cells[2]} | {cells[3]} |")
+    seeds = ", ".join(str(s) for s in m["seeds"])
+    n = {len(v) for v in m["methods"].values()}
+    walls = [w for ws in m.get("seconds_per_run", {}).values() for w in ws]
+    wall = f"; {statistics.mean(walls) / 60:.1f} min per run on the shared 2-core machine" if walls else ""
+    note = (f"\n\nSeed{'s' if len(m['seeds']) > 1 else ''} {seeds}"
+            f"{'' if n == {len(m['seeds'])} else ' (not every method finished every seed)'}; "
+            f"transfer target {m['target']}; teacher (resnet20 on the 2500 source training images) "
+            f"{m['teacher_top1']:.2f} % source top-1{wall}.")
+    return "\n".join(rows) + note
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     i, j = text.find(start), text.find(end)
@@ -132,6 +159,8 @@ def blocks() -> dict[str, str]:
         out["vit-table"] = vit_table(json.loads(VIT_JSON.read_text()))
     if INHERIT_JSON.exists():
         out["inherit-table"] = inherit_table(json.loads(INHERIT_JSON.read_text()))
+    if STUDY_JSON.exists():
+        out["ctc-table"] = study_table(json.loads(STUDY_JSON.read_text()))
     return out
 
 
@@ -163,7 +192,7 @@ def write_blocks() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if "--tables-only" in argv:
+    if "--tables" in argv:  # only the generated blocks, from the committed JSON files
         write_blocks()
         print(f"wrote {README}")
         return 0

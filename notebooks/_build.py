@@ -274,6 +274,19 @@ for label, seed, run_cfg in runs:
         code('figures.top1_curves({label: recs[0] for label, recs in records.items()}, roles=["student"])'),
         md("## Feature maps of each method's student (first seed)"),
         code('nb.method_feature_maps(students, cfg, options["embed_points"], options["embed_method"])'),
+        md("""
+## Discriminability vs transferability: CTC and DisCo-style embedding distillation
+
+The runs of `python bench/ctc_embed_study.py` (Fashion-MNIST classes 0-4 as the source task, the
+held-out classes 5-9 as the transfer target; CE, CTC with both paper presets, KD, `embed` at three
+`embed_hidden` widths; under `<out_dir>/ctc_embed_study/`): source test top-1 (top) and the linear
+probe on the held-out classes (bottom) per epoch, mean over seeds. Over-compression shows as a
+transfer curve that peaks and then falls while the source curve still rises.
+"""),
+        code("""
+study = nb.study_runs(nb.study_root(cfg))
+nb.study_disc_transfer(study) if study else print(f"no study runs under {nb.study_root(cfg)}: run python bench/ctc_embed_study.py")
+"""),
     ]
 
 

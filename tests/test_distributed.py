@@ -29,6 +29,9 @@ METHODS = {
     # a distillation-token ViT from a frozen CNN teacher (eval-mode BN): 4x4 patch grid pooled
     # onto resnet8's 2x2 map, every CSKD term on
     "cskd": dict(method="cskd", student="vit_nano_dist"),
+    # 2 epochs: stage 1 (instance memory) in epoch 1, snapshot + refresh at its end, stage 2 in epoch 2;
+    # exact InfoNCE over all negatives (no per-rank sampling), features all-gathered before every update
+    "ctc": dict(method="ctc"),
 }
 # float32: DDP sums each gradient as two 10-example halves plus an all-reduce instead of one
 # 20-example sum (another order); over 2 epochs of steps the weights drift by ~1e-7 (measured
@@ -82,7 +85,7 @@ def test_gpd_with_dot_under_two_process_ddp_equals_one_process(tmp_path):
     _case(tmp_path, "gpd_kd_dot")
 
 
-@pytest.mark.parametrize("name", ["ce", "kd", "dkd_ctkd", "gpd_none", "cskd"])  # ~20 s each on 2 idle cores
+@pytest.mark.parametrize("name", ["ce", "kd", "dkd_ctkd", "gpd_none", "cskd", "ctc"])  # ~20 s each on 2 idle cores
 def test_method_under_two_process_ddp_equals_one_process(tmp_path, name):
     _case(tmp_path, name)
 

@@ -32,6 +32,7 @@ BIG = 10**6
 # Keys whose validity depends on other keys: covered by the exhaustive interaction test.
 COUPLED = {"method", "base", "teacher", "ctkd", "dot", "optimizer", "train_per_class", "source_classes",
            "data_source", "dataset", "branches", "preset", "cache_teacher", "augment"}
+COUPLED |= {"ctc_stage_epoch", "ctc_alpha"}  # CTC on needs epochs >= 2 and a stage epoch below epochs: tests/test_ctc.py
 
 
 def kind(name: str) -> str:

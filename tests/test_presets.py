@@ -55,7 +55,8 @@ def test_every_preset_names_registered_models():
 def test_cifar_methods_keep_their_shape():
     """Bench scripts and notebooks read these entries: method name -> dict of config keys."""
     assert set(CIFAR_METHODS) == {"ce", "kd", "dkd", "kd_dot", "dkd_dot", "kd_ctkd", "dkd_ctkd",
-                                  "gpd_kd", "gpd_dkd", "gpd_scratch", "fitnet", "reviewkd", "gpd_reviewkd"}
+                                  "gpd_kd", "gpd_dkd", "gpd_scratch", "fitnet", "reviewkd", "gpd_reviewkd",
+                                  "embed", "gpd_embed"}
     assert all(isinstance(m, dict) and "method" in m for m in CIFAR_METHODS.values())
 
 

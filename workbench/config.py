@@ -47,6 +47,21 @@ class ConfigError(ValueError):
     """A bad configuration key or value (raised before any expensive work)."""
 
 
+#: ``teacher=snapshot@E``: the static teacher is a frozen copy of the student taken at the end of epoch E
+SNAPSHOT_TEACHER = "snapshot@"
+
+
+def snapshot_epoch(teacher: str) -> Optional[int]:
+    """E of ``teacher=snapshot@E`` (None for any other teacher); a malformed E is a ConfigError."""
+    if not isinstance(teacher, str) or not teacher.startswith(SNAPSHOT_TEACHER):
+        return None
+    text = teacher[len(SNAPSHOT_TEACHER):]
+    if not text.isdigit():
+        raise ConfigError(f"teacher: {teacher!r}: expected snapshot@E with E the epoch (a positive integer) "
+                          f"after which the student's frozen copy becomes the teacher, e.g. snapshot@10")
+    return int(text)
+
+
 def opt(default, help: str, choices=None, low=None, high=None, kind: str | None = None,
         numbers_as_text: bool = False):
     """A config field with its help text, valid choices and numeric bounds. ``kind`` names the
@@ -76,7 +91,8 @@ class CoreConfig:
                     "method's default), none (gpd: from scratch, no teacher) or a method with a loss")
     teacher: str = opt("resnet32x4", "static teacher: a zoo architecture name (trained and cached "
                        "on the fly if no checkpoint is cached), a checkpoint path (ours or a "
-                       "RepDistiller-style file), or 'none'")
+                       "RepDistiller-style file), 'snapshot@E' (a frozen copy of the student taken at "
+                       "the end of epoch E; CE only before it), or 'none'")
     teacher_arch: str = opt("", "architecture of a teacher checkpoint file when it cannot be "
                             "inferred (RepDistiller files: inferred from a '<arch>_vanilla' folder)")
     teacher_epochs: int = opt(0, "epochs when the teacher is trained on the fly (0 = same as epochs)", low=0)
@@ -333,6 +349,13 @@ class RunConfigBase:
                               "inputs and need a static teacher; use it with augment=false, mix=none and a "
                               f"teacher (got augment={self.augment}, mix={self.mix}, method={self.method}, "
                               f"base={self.resolved_base})")
+        snapshot_at = snapshot_epoch(self.teacher) if self.uses_teacher else None
+        if snapshot_at is not None and not 1 <= snapshot_at < self.epochs:
+            raise ConfigError(f"teacher: snapshot@{snapshot_at} must name an epoch in [1, {self.epochs - 1}] "
+                              f"(epochs={self.epochs}): the snapshot taken at its end teaches the epochs after it")
+        if snapshot_at is not None and self.cache_teacher:
+            raise ConfigError("cache_teacher: a snapshot teacher does not exist before its epoch, so its logits "
+                              "cannot be cached up front; use cache_teacher=false with teacher=snapshot@E")
         if self.schedule == "multistep" and any(m <= 0 for m in self.milestones):
             raise ConfigError(f"milestones: epochs must be positive, got {list(self.milestones)}")
         for key, option, unset in (("train_per_class", "train_per_class", None), ("source_classes", "classes", ""),

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import data, embedded_teachers, models, paths, student_init
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, snapshot_epoch
 from .engine import Trainer
 from .engine.callbacks import Callback
 from .engine.trainer import seed_everything
@@ -48,7 +48,7 @@ TEACHER_INHERITS = ("dataset", "data_root", "data_source", "download", "image_si
 class Prepared:
     cfg: RunConfig
     info: data.DatasetInfo
-    teacher_source: Optional[str]  # None | "arch" | "file"
+    teacher_source: Optional[str]  # None | "arch" | "file" | "snapshot"
     teacher_arch: Optional[str]
     run_dir: Path
     init: student_init.InitSpec = field(default_factory=lambda: student_init.InitSpec(student_init.RANDOM))
@@ -189,7 +189,13 @@ def prepare(cfg: RunConfig) -> Prepared:
     _check_student(cfg, info)
     source, arch = None, None
     if cfg.loads_teacher:
-        if embedded_teachers.is_embedded(cfg.teacher):
+        if snapshot_epoch(cfg.teacher) is not None:  # a frozen copy of the student, made in training
+            if not cfg.uses_teacher:
+                raise ConfigError(f"init: init=inherit takes the student's weights from the static teacher, but "
+                                  f"teacher={cfg.teacher} does not exist before training; use "
+                                  f"init=inherit:<checkpoint> or a teacher checkpoint/architecture")
+            source, arch = "snapshot", cfg.student
+        elif embedded_teachers.is_embedded(cfg.teacher):
             source, arch = "file", embedded_teachers.entry(cfg.teacher).arch
             embedded_teachers.path(cfg.teacher)  # checksum verified now: a damaged file is one line
         elif _is_path(cfg.teacher):
@@ -333,7 +339,7 @@ def build_student(prep: Prepared, teacher: Optional[nn.Module] = None, device=No
 
 def load_teacher(prep: Prepared, log=print, progress=None) -> Optional[nn.Module]:
     cfg = prep.cfg
-    if prep.teacher_source is None:
+    if prep.teacher_source in (None, "snapshot"):  # a snapshot teacher is made by build_method
         return None
     path = _teacher_file(prep)
     if prep.teacher_source == "arch":
@@ -409,6 +415,8 @@ def phase_title(cfg: RunConfig, teacher_arch: Optional[str] = None) -> str:
     """``gpd (base dkd): resnet20 -> resnet8`` -- what a training phase is doing."""
     method = cfg.method + (f" (base {cfg.resolved_base})" if cfg.method == "gpd" else "")
     uses_teacher = cfg.spec.needs_teacher(cfg.resolved_base) and cfg.teacher != "none"
+    if snapshot_epoch(cfg.teacher) is not None:
+        teacher_arch = cfg.teacher
     teacher = f"{teacher_arch or cfg.teacher} -> " if uses_teacher else ""
     return f"{method}: {teacher}{cfg.student}"
 
@@ -434,7 +442,8 @@ def run(cfg: RunConfig | dict, callbacks: Optional[list] = None, log=print,
         seed_everything(cfg.seed)  # initial weights (and GPD's IR noise) depend on the seed only
         student, init_records = build_student(prep, teacher, _run_device(cfg))
         example = torch.stack([train_set[i][0] for i in range(min(2, len(train_set)))])
-        method = build_method(cfg, student, teacher if cfg.uses_teacher else None, example_input=example)
+        method = build_method(cfg, student, teacher if cfg.uses_teacher else None, example_input=example,
+                              train_labels=data.labels(train_set))
         if callbacks is None:
             callbacks = default_callbacks(cfg, prep.info)
         callbacks = list(callbacks) + list(extra_callbacks or []) + [InitRecords(init_records)]

@@ -2,7 +2,7 @@
 trained, so two different settings never share a folder (and refuse or, worse, mix each other),
 while rerunning the same command finds its folder again (resume).
 
-``<dataset>_<teacher arch>-<student>_<method>[+ctkd][+dot]_s<seed>-<hash>``, e.g.
+``<dataset>_<teacher arch>-<student>_<method>[+ctkd][+ctc][+dot]_s<seed>-<hash>``, e.g.
 ``digits_resnet8x4-resnet8_gpd-dkd_s0-1f2e3d4c``. The teacher part is the *resolved*
 architecture (a checkpoint file is named by the architecture it holds, not by its file name).
 The hash covers the config minus the runtime keys (:data:`workbench.config.RUNTIME_KEYS`), with
@@ -32,9 +32,12 @@ def check_name(name: str) -> None:
 
 def teacher_arch(cfg) -> str:
     """The static teacher's architecture: its name, or what a checkpoint file holds."""
+    from .config import snapshot_epoch
     from .embedded_teachers import entry, is_embedded
     from .experiment import _is_path, infer_arch
 
+    if snapshot_epoch(cfg.teacher) is not None:
+        return f"snapshot{snapshot_epoch(cfg.teacher)}"
     if is_embedded(cfg.teacher):
         return entry(cfg.teacher).arch
     if not _is_path(cfg.teacher):
@@ -76,7 +79,10 @@ def config_hash(cfg) -> str:
 
 def default_name(cfg) -> str:
     method = cfg.method if cfg.resolved_base in ("none", cfg.method) else f"{cfg.method}-{cfg.resolved_base}"
-    extras = "".join(s for s, on in (("+ctkd", cfg.ctkd), ("+dot", cfg.dot)) if on)
+    from .methods import EXTENSIONS
+
+    on = [name for name in EXTENSIONS if EXTENSIONS.get(name).active(cfg)] + (["dot"] if cfg.dot else [])
+    extras = "".join(f"+{name}" for name in on)  # +ctkd, +ctc, +dot
     pair = f"{teacher_arch(cfg)}-{cfg.student}" if cfg.loads_teacher else cfg.student
     return f"{cfg.dataset}_{pair}_{method}{extras}_s{cfg.seed}-{config_hash(cfg)}"
 

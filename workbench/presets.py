@@ -23,6 +23,13 @@ Naming: ``<dataset>/<pair>/<method>``. Where each value comes from:
   so the CIFAR ViT presets are that recipe with the CIFAR pair (32 px, patch 4: an 8x8 grid, the
   size of resnet32x4's last map).
 - ``digits/...`` and ``fashion/...``: the CPU demo settings on the embedded data (measured, see below).
+- CTC (``cifar100/ctc/{transferability,discriminability}``): the two commands of the public CTC
+  code's README (DTennant/dt-tradeoff: 300 epochs, stage 2 from epoch 201, lr 0.05, batch 64, wd
+  5e-4 x2 in stage 1, momentum 0.9 for both memories, beta 1, K 16384 with CRD's NCE; alpha /
+  tau_ins / tau_nce 0.5 / 0.1 / 0.1 and 0.1 / 0.5 / 0.4; cosine per stage). Its model,
+  resnext32_16x4d, is not in our zoo: the presets use its ``ResNet18`` choice (train_ctc.py's
+  ``--model`` list). ``fashion/ctc/...``: the same two settings on the embedded data (5 source
+  classes, the held-out 5 as transfer target; exact InfoNCE), as ``bench/ctc_embed_study.py``.
 
 ``CIFAR_METHODS`` (method name -> method keys) is also read by the bench scripts and notebooks.
 """
@@ -63,6 +70,10 @@ CIFAR_METHODS = {
     "fitnet": dict(method="fitnet"),  # mdistiller configs/cifar100/fitnet.yaml (+ engine/cfg.py FITNET)
     "reviewkd": dict(method="reviewkd"),  # mdistiller configs/cifar100/reviewkd.yaml (+ cfg.py REVIEWKD)
     "gpd_reviewkd": dict(method="gpd", base="reviewkd", grad_clip=GPD_GRAD_CLIP),  # the GPD paper's second base
+    # DisCo-style embedding distillation (supervised adaptation, no published CIFAR recipe: our defaults,
+    # DisCo's 2048-wide projector hidden layer); GPD on it gives each view its own projector
+    "embed": dict(method="embed"),
+    "gpd_embed": dict(method="gpd", base="embed", grad_clip=GPD_GRAD_CLIP),
 }
 #: per-pair method settings of mdistiller's configs (others: its defaults)
 CIFAR_PAIR_METHOD = {("r32x4_r8x4", "reviewkd"): dict(reviewkd_weight=5.0),  # configs/cifar100/reviewkd.yaml
@@ -197,7 +208,28 @@ def _build() -> dict[str, dict]:
         presets[f"cifar100/r32x4_vit/{mname}"] = dict(VIT_RECIPE, dataset="cifar100", teacher="resnet32x4",
                                                      student=vit_student("tiny", mname), **entry)
         presets[f"fashion/vit/{mname}"] = dict(fashion, **FASHION_VIT, student=vit_student("nano", mname), **entry)
+    presets.update(_ctc())
     return presets
+
+
+#: DTennant/dt-tradeoff README commands (both presets share everything but alpha / tau_ins / tau_nce)
+CTC_PAPER = dict(method="ctc", teacher="none", dataset="cifar100", student="ResNet18", epochs=300, ctc_stage_epoch=200,
+                 lr=0.05, batch_size=64, weight_decay=5e-4, momentum=0.9, schedule="cosine", ctc_nce="crd",
+                 ctc_nce_k=16384, ctc_momentum=0.9, ctc_beta=1.0, ctc_stage2_lr=0.1, ctc_wd_factor=2.0)
+#: bench/ctc_embed_study.py's source task: Fashion-MNIST classes 0-4, the held-out 5-9 as transfer target
+FASHION_TRANSFER = dict(dataset="fashion_mnist", data_source="embedded", source_classes="0,1,2,3,4",
+                        train_per_class=100, student="resnet8", epochs=20, batch_size=64, lr=0.05, schedule="cosine",
+                        eval_batch_size=500, probe_samples=500)
+
+
+def _ctc() -> dict[str, dict]:
+    from .methods.ctc import PRESETS as CTC_SETTINGS
+
+    out = {}
+    for name, keys in CTC_SETTINGS.items():
+        out[f"cifar100/ctc/{name}"] = dict(CTC_PAPER, **keys)
+        out[f"fashion/ctc/{name}"] = dict(FASHION_TRANSFER, method="ctc", teacher="none", ctc_nce="exact", **keys)
+    return out
 
 
 PRESETS = _build()

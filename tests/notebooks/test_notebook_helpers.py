@@ -347,3 +347,33 @@ def test_explorer_axis_titles_say_meaning_and_unit(tmp_path):
     assert ex.fig.layout.xaxis.title.text == "epoch"
     ex.metric.value = "top1"
     assert ex.fig.layout.yaxis.title.text == "top-1 (%)"
+
+
+def test_study_helpers_group_runs_by_method_and_average_curves_over_seeds(tmp_path):
+    """compare.ipynb's discriminability/transferability section reads bench/ctc_embed_study.py's
+    run folders (``<method>_s<seed>``): curves are the mean over seeds, epoch by epoch."""
+    import json
+
+    def fake_run(name, top1, transfer):
+        d = tmp_path / name
+        d.mkdir()
+        recs = [{"kind": "eval", "epoch": e, "role": "student", "split": "test", "top1": t} for e, t in enumerate(top1)]
+        recs += [{"kind": "probe", "probe": "transferability", "role": "student", "metric": "linear_top1", "epoch": e,
+                  "value": v, "target": "fashion_mnist[5-9]"} for e, v in enumerate(transfer)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        (d / "summary.json").write_text("{}")
+
+    fake_run("ctc_transfer_s0", [20.0, 60.0, 70.0], [50.0, 80.0, 76.0])
+    fake_run("ctc_transfer_s1", [30.0, 70.0, 80.0], [60.0, 90.0, 84.0])
+    fake_run("ce_s0", [25.0, 65.0, 75.0], [55.0, 85.0, 70.0])
+    (tmp_path / "unfinished_s0").mkdir()  # no summary.json: left out
+    runs = nb.study_runs(tmp_path)
+    assert list(runs) == ["ce", "ctc_transfer"] and [p.name for p in runs["ctc_transfer"]] == ["ctc_transfer_s0", "ctc_transfer_s1"]
+    curves = nb.mean_curves(runs["ctc_transfer"])
+    top1 = [r["top1"] for r in curves if r["kind"] == "eval"]
+    transfer = [r["value"] for r in curves if r["kind"] == "probe"]
+    assert top1 == [25.0, 65.0, 75.0] and transfer == [55.0, 85.0, 80.0]  # means of two exact halves
+    fig = nb.study_disc_transfer(runs)
+    names = {t.name for t in fig.data}
+    assert len(fig.data) == 4 and any("ctc_transfer (mean of 2)" in n for n in names)
+    assert fig.layout.yaxis.title.text == "source test top-1 (%)" and fig.layout.xaxis2.title.text == "epoch"

@@ -50,9 +50,22 @@ def resolved_root(name: str, root=None):
     return _entry(name).resolved_root(root)
 
 
+def labels(dataset):
+    """The labels of a built dataset in index order, as a LongTensor (N,): its ``targets``
+    when it has them (every dataset here), the labels of a TensorDataset, else read item by item."""
+    import torch
+
+    targets = getattr(dataset, "targets", None)
+    if targets is None and isinstance(dataset, torch.utils.data.TensorDataset):
+        targets = dataset.tensors[1]
+    if targets is None:
+        targets = [int(dataset[i][1]) for i in range(len(dataset))]
+    return torch.as_tensor(targets, dtype=torch.long).reshape(-1).clone()
+
+
 def option_names(name: str) -> list[str]:
     return list(_entry(name).OPTIONS)
 
 
 __all__ = ["DATASETS", "DatasetInfo", "DatasetNotFoundError", "available", "build", "info",
-           "check_available", "option_names", "resolved_root"]
+           "check_available", "labels", "option_names", "resolved_root"]

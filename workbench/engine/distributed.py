@@ -55,15 +55,17 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
-def wrap(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """DDP around the method when running distributed. All trained parameters take part in
-    every forward (GPD computes both views in one call), so no ``find_unused_parameters``."""
+def wrap(module: torch.nn.Module, device: torch.device, find_unused: bool = False) -> torch.nn.Module:
+    """DDP around the method when running distributed. Normally all trained parameters take part
+    in every forward (GPD computes both views in one call), so no ``find_unused_parameters``; a
+    method with stage-dependent parameters (CTC's heads) asks for it (``find_unused``): DDP then
+    leaves the gradients of parameters no rank used at None, as one process would."""
     if not is_dist():
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
-    return DDP(module, device_ids=ids)
+    return DDP(module, device_ids=ids, find_unused_parameters=find_unused)
 
 
 def no_sync(model):
@@ -153,6 +155,24 @@ def gather_cat(t: torch.Tensor) -> torch.Tensor:
     for r, (part, size) in enumerate(zip(parts, sizes)):
         out[r::w][:size] = part[:size].cpu()
     return out
+
+
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of ``t`` (this step's batch shards), on ``t``'s device, in the global
+    batch's order: what one process would hold. Used before updating state every rank keeps a
+    copy of (memory banks), so all copies stay equal. One process: ``t`` itself."""
+    if not is_dist():
+        return t
+    return gather_cat(t.detach()).to(t.device)
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of a scalar over ranks (one process: ``t``)."""
+    if not is_dist():
+        return t
+    v = t.detach().to(_comm_device(), torch.float64).clone()
+    tdist.all_reduce(v)
+    return (v / world_size()).to(t.device, t.dtype)
 
 
 def broadcast_object(obj):

@@ -29,3 +29,27 @@ def lr_factor(schedule: str, progress: float, epochs: int, milestones=(), decay:
     if warmup_epochs > 0 and progress < warmup_epochs:
         f *= min(1.0, (progress + 1.0 / steps_per_epoch) / warmup_epochs)
     return f
+
+
+class TwoStageSchedule:
+    """A method's per-epoch rescaling of the run's schedule (the trainer's ``Distiller.schedule``
+    seam): the run's lr schedule runs over epochs 1..E (``boundary``) and restarts at epoch E + 1
+    over the remaining epochs, scaled by ``stage2_lr`` (a configured warm-up runs again there);
+    weight decay is multiplied by
+    ``stage1_wd`` in the first stage and by ``stage2_wd`` in the second. (CTC, Cui et al. 2022:
+    a cosine over each stage, the second from lr x 0.1, weight decay doubled in stage 1.)"""
+
+    def __init__(self, boundary: int, stage2_lr: float = 1.0, stage1_wd: float = 1.0, stage2_wd: float = 1.0):
+        self.boundary, self.stage2_lr = int(boundary), float(stage2_lr)
+        self.stage1_wd, self.stage2_wd = float(stage1_wd), float(stage2_wd)
+
+    def lr_factor(self, progress: float, epochs: int, run_factor) -> float:
+        """``run_factor(progress, epochs)`` is the run's own schedule; ``progress`` as in
+        :func:`lr_factor` (fractional 0-based epoch)."""
+        if progress < self.boundary:
+            return run_factor(progress, self.boundary)
+        return self.stage2_lr * run_factor(progress - self.boundary, epochs - self.boundary)
+
+    def weight_decay_factor(self, epoch: int) -> float:
+        """Factor for 1-based ``epoch``."""
+        return self.stage1_wd if epoch <= self.boundary else self.stage2_wd

@@ -95,7 +95,7 @@ class Trainer:
         self.optimizer = build_optimizer(cfg.optimizer, method.param_groups(cfg.lr, cfg.weight_decay, cfg.wd_exempt),
                                          cfg.lr, cfg.momentum, cfg.weight_decay, cfg.dot, cfg.dot_delta)
         for g in self.optimizer.param_groups:
-            g["base_lr"] = g["lr"]
+            g["base_lr"], g["base_weight_decay"] = g["lr"], g["weight_decay"]
         self.dot = isinstance(self.optimizer, DOT)
         if self.dot and self.amp == torch.float16:
             raise ValueError("dot=true with fp16 autocast is not supported (no loss scaling for two "
@@ -108,7 +108,8 @@ class Trainer:
                 nn.SyncBatchNorm.convert_sync_batchnorm(module)  # replaces BN children in place
         decay = cfg.resolved_ema_decay
         self.ema = ModelEMA(method.trained_module(), decay) if decay > 0 else None
-        self.model = dist.wrap(method, self.device)  # DDP around the method when world > 1
+        # DDP around the method when world > 1
+        self.model = dist.wrap(method, self.device, find_unused=method.find_unused_parameters)
         if cfg.compile:
             self.model = torch.compile(self.model)
         self.teacher_cache = self._teacher_cache() if cfg.cache_teacher else None
@@ -134,7 +135,7 @@ class Trainer:
         if train and batch % self.world:
             raise ValueError(f"batch_size={batch} is not divisible by the {self.world} processes")
         per_rank = batch // self.world if train else batch
-        with_index = train and cfg.cache_teacher
+        with_index = train and (cfg.cache_teacher or self.method.needs_index)
         tensors = self._device_tensors(dataset)
         if tensors is not None:
             return DeviceLoader(tensors, sampler, per_rank, self.device, self.channels_last, with_index)
@@ -162,6 +163,10 @@ class Trainer:
         self.train_loader.generator.manual_seed(seed)  # worker seeds
         dist.set_sampler_epoch(self.train_loader, epoch_seed(self.cfg.seed, epoch))
         self.method.on_epoch_start(epoch, self.epochs)
+        schedule = self.method.schedule
+        wd = schedule.weight_decay_factor(epoch) if schedule is not None else 1.0
+        for g in self.optimizer.param_groups:  # a method may rescale weight decay per epoch (CTC)
+            g["weight_decay"] = g.get("base_weight_decay", g["weight_decay"]) * wd
 
     # ------------------------------------------------------------------ one epoch of training
     def train_epoch(self, epoch: int) -> dict:
@@ -172,12 +177,13 @@ class Trainer:
         bar = self.progress.bar(self.train_loader, desc=f"epoch {epoch}/{self.epochs}", total=steps, epoch=epoch)
         for step, batch in enumerate(bar):
             x, y, *index = to_device(batch, self.device, self.channels_last)
-            if index:
-                self.method.use_cached_teacher_logits(self.teacher_cache[index[0]])
+            index = index[0] if index else None
+            if self.teacher_cache is not None:
+                self.method.use_cached_teacher_logits(self.teacher_cache[index])
             x, y = self.mix(x, y, self.num_classes, self.cfg.mix_alpha)
             self._set_lr((epoch - 1) + step / steps, steps)
             with autocast(self.device, self.amp):
-                logits, losses = self.model(x, y)
+                logits, losses = self.model(x, y, index) if self.method.needs_index else self.model(x, y)
             loss = sum(losses.values())
             if not torch.isfinite(loss.detach()).item():
                 terms = {k: float(v.detach()) for k, v in losses.items()}
@@ -204,7 +210,12 @@ class Trainer:
 
     def _set_lr(self, progress: float, steps: int) -> None:
         c = self.cfg
-        f = lr_factor(c.schedule, progress, c.epochs, c.milestones, c.lr_decay, c.warmup_epochs, steps)
+
+        def run_factor(p: float, epochs: int) -> float:
+            return lr_factor(c.schedule, p, epochs, c.milestones, c.lr_decay, c.warmup_epochs, steps)
+
+        schedule = self.method.schedule  # a method may restart / rescale the run's schedule (CTC)
+        f = schedule.lr_factor(progress, c.epochs, run_factor) if schedule is not None else run_factor(progress, c.epochs)
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * f
 
@@ -244,6 +255,16 @@ class Trainer:
                 p.grad.mul_(factor)
             if p in kd:
                 kd[p].mul_(factor)
+
+    @torch.no_grad()
+    def _data_pass(self, epoch: int) -> None:
+        """One pass over the training data (this rank's share, the epoch's order and augmentation
+        draws) without gradients, for the method's own terms (CTC's memory refresh from the
+        snapshot at its stage boundary)."""
+        for batch in self.progress.bar(self.train_loader, desc="data pass"):
+            x, y, *index = to_device(batch, self.device, self.channels_last)
+            with autocast(self.device, self.amp):
+                self.method.observe_batch(x, y, index[0] if index else None, epoch)
 
     # ------------------------------------------------------------------ evaluation
     def eval_models(self) -> dict[str, nn.Module]:
@@ -431,6 +452,8 @@ class Trainer:
             self.epoch = epoch
             self._start_epoch(epoch)
             train_record = self.train_epoch(epoch)
+            if self.method.end_epoch(epoch, self.epochs):  # snapshot taken; a term wants a data pass
+                self._data_pass(epoch)
             self.log.append([train_record])
             student_top1 = self._eval_and_callbacks(epoch)
             self.log.append(r for cb in self.callbacks for r in _stamp(cb.on_epoch_end(state, epoch), epoch))

@@ -14,8 +14,11 @@ pick the method, its keys and their checks up from the registry.
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import pkgutil
+
+from ..config import snapshot_epoch
 
 from .base import TASK_PREFIX, Criterion, Distiller, Outputs, hard_labels
 from .spec import (EXTENSIONS, METHODS, BuildContext, Extension, MethodSpec, base_methods, build_criterion,
@@ -27,15 +30,22 @@ for _info in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_info.name}")
 
 
-def build_method(cfg, student, teacher=None, example_input=None) -> Distiller:
+def build_method(cfg, student, teacher=None, example_input=None, train_labels=None) -> Distiller:
     """The configured method around ``student`` (and the frozen static ``teacher``), with the
-    active extensions applied."""
-    ctx = BuildContext(cfg, student, teacher, example_input)
+    active extensions applied. ``train_labels``: the training set's labels in dataset order
+    (methods with per-image state need them). With ``teacher=snapshot@E`` the teacher is a
+    frozen copy of the student made here and filled at the end of epoch E."""
+    snapshot_at = snapshot_epoch(cfg.teacher) if cfg.uses_teacher else None
+    if snapshot_at is not None and teacher is None:
+        teacher = copy.deepcopy(student)  # placeholder of the right shape; the snapshot fills it
+    ctx = BuildContext(cfg, student, teacher, example_input, train_labels=train_labels)
     built = METHODS.get(cfg.method).build(ctx)
+    if snapshot_at is not None:
+        built.use_snapshot_teacher(snapshot_at)
     for name in EXTENSIONS:
         ext = EXTENSIONS.get(name)
         if ext.active(cfg):
-            ext.apply(built, cfg)
+            ext.apply(built, cfg, ctx)
     return built
 
 

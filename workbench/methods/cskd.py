@@ -69,11 +69,11 @@ class CSKD(TokenDistiller):
             pooled_map_site(teacher)
         except ValueError as e:
             raise ValueError(f"cskd: the teacher {type(teacher).__name__} has no dense logits ({e})") from None
-        self.dense_loss, self.weight, self.schedule = dense_loss, float(weight), schedule
+        self.dense_loss, self.weight, self.fusion_schedule = dense_loss, float(weight), schedule
 
     def dense_share(self) -> float:
         """d_e of the current epoch (the public code's 0-based epoch over the epoch count)."""
-        return dense_weight(self.epoch - 1, self.epochs, self.schedule)
+        return dense_weight(self.epoch - 1, self.epochs, self.fusion_schedule)
 
     def teacher_targets(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():

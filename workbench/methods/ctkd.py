@@ -103,8 +103,8 @@ def _check(cfg) -> None:
                          f"method={cfg.method} base={cfg.resolved_base} has none")
 
 
-def _apply(method_, cfg) -> None:
-    for criterion in method_.criteria():
+def _apply(method_, cfg, ctx=None) -> None:
+    for criterion in (c.temperature_owner() for c in method_.criteria()):
         if criterion.temperature is None:
             raise ValueError(f"ctkd: the {type(criterion).__name__} loss has no temperature to learn")
         if not isinstance(criterion.temperature, LearnableTemperature):

@@ -64,12 +64,13 @@ class GPD(Distiller):
     def criteria(self) -> list:
         return [c for c in (self.criterion, self.dt_criterion) if c is not None]
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor):
+    def forward(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None):
         t = self.teacher_outputs(x)
         dt, on_s = self.dt, self.criterion
         on_d = self.dt_criterion or self.criterion
         names_d = feature_names(dt.wide, on_d.student_features if on_d is not None else ())
-        names_s = feature_names(dt.student_template, on_s.student_features if on_s is not None else ())
+        own = on_s.student_features if on_s is not None else ()
+        names_s = feature_names(dt.student_template, dict.fromkeys((*own, *self.aux_features())))
         with FeatureTap(dt.wide, names_d, detach=False) as tap_d, \
                 FeatureTap(dt.student_template, names_s, detach=False) as tap_s:
             zd, zs = dt(x, view="both")
@@ -80,13 +81,15 @@ class GPD(Distiller):
         losses.update({k + DT_SUFFIX: self.dt_base_weight * v for k, v in dt_terms.items()})
         losses.update(self.loss_terms(s, t, y, on_s))
         losses["loss_sce"] = self.lam * sce_loss(zs, zd.detach(), self.eps)
+        losses.update(self.aux_losses(s, x, y, index))  # own terms (CTC) on the student view
         return zs, losses
+
     def eval_models(self, trained: surgery.DynamicTeacher | None = None) -> dict[str, nn.Module]:
         # The extracted student equals the student view exactly (same weights, same BN stats)
         # and is a plain zoo model, so feature hooks and probes treat it like any student.
         dt = self.dt if trained is None else trained
         models = {"student": surgery.extract_student(dt), "dynamic_teacher": dt.wide}
-        if self.teacher is not None and trained is None:
+        if self.teacher_ready() and trained is None:
             models["teacher"] = self.teacher
         return models
 

@@ -38,6 +38,9 @@ class BuildContext:
     #: how to run a model that cannot run on its own, ``{id(model): (owner, call)}``: GPD's
     #: student view runs its parameter-less template through the dynamic teacher
     calls: Mapping[int, Any] = field(default_factory=dict)
+    #: the training set's labels in dataset order (N,), for methods that keep one entry per
+    #: training image (CTC's memory banks); None when the caller did not give them
+    train_labels: Any = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,8 @@ class MethodSpec:
 @dataclass(frozen=True)
 class Extension:
     """A flag that changes another method's loss (e.g. ``ctkd=true``): its config keys, when it
-    is on (``active(cfg)``), a check, and ``apply(method, cfg)`` run after the method is built."""
+    is on (``active(cfg)``), a check, and ``apply(method, cfg, ctx)`` run after the method is
+    built (``ctx``: the method's :class:`BuildContext`)."""
 
     name: str
     keys: Mapping[str, Any]

@@ -24,8 +24,10 @@ MIN_EMBED_POINTS = 10
 # Methods compare.ipynb knows, by short name -> the presets' method entries (one definition).
 COMPARE_METHODS = Registry("compare method")
 for _name, _key in (("ce", "ce"), ("kd", "kd"), ("dkd", "dkd"), ("kd+dot", "kd_dot"), ("kd+ctkd", "kd_ctkd"),
-                    ("gpd+kd", "gpd_kd"), ("gpd+dkd", "gpd_dkd"), ("gpd-scratch", "gpd_scratch")):
+                    ("gpd+kd", "gpd_kd"), ("gpd+dkd", "gpd_dkd"), ("gpd-scratch", "gpd_scratch"), ("embed", "embed"),
+                    ("gpd+embed", "gpd_embed")):
     COMPARE_METHODS.register(_name, presets.CIFAR_METHODS[_key])
+COMPARE_METHODS.register("ctc", dict(method="ctc"))  # no teacher; the paper's transferability setting by default
 
 
 # ------------------------------------------------------------------------- notebook-only checks
@@ -109,7 +111,7 @@ _RUN = [  # shared by gpd.ipynb and compare.ipynb; CIFAR-100 protocol defaults f
     ("dataset", "dataset: cifar100 (downloaded into datasets/), fashion_mnist or digits (embedded, offline CPU demos)"),
     ("data_root", "dataset folder ('' means $WORKBENCH_DATA, else datasets/ of the checkout)"),
     ("preset", "auto: on fashion_mnist and digits, parameters left at their default take the measured CPU demo values; '' turns this off; or a preset name"),
-    ("teacher", "static teacher: a zoo architecture (trained once and cached under runs/teachers/) or a checkpoint path"),
+    ("teacher", "static teacher: a zoo architecture (trained once and cached under runs/teachers/), a checkpoint path, or snapshot@E (the student's frozen copy from epoch E)"),
     ("teacher_arch", "architecture of a teacher checkpoint file when neither the file nor its folder name tells it"),
     ("teacher_epochs", "epochs when the teacher is trained here (0: same as epochs)"),
     ("student", "student architecture (zoo name)"),
