@@ -423,6 +423,27 @@ def test_10_default_names_never_share_a_folder_between_settings(tmp_path, monkey
     assert RunConfig.from_dict(cifar).run_dir() != in_a
 
 
+def test_10_a_key_added_later_at_its_default_keeps_every_run_name(tmp_path):
+    """A later version that adds a config key (a new method's option) must name the same command's
+    run folder -- and its cached teacher -- as before, so an upgrade resumes instead of silently
+    starting over; the new key at another value is another run."""
+    import dataclasses
+
+    from workbench.experiment import teacher_config
+    from workbench.naming import config_hash
+
+    values = dict(dataset="digits", method="gpd", base="kd", teacher="resnet8x4", student="resnet8", epochs=7,
+                  out_dir=str(tmp_path))
+    now = RunConfig.from_dict(values)
+    Later = dataclasses.make_dataclass("Later", [("some_new_key", int, dataclasses.field(default=3))], bases=(RunConfig,))
+    later = Later(**{f.name: getattr(now, f.name) for f in dataclasses.fields(RunConfig)})
+    assert config_hash(later) == config_hash(now)
+    assert config_hash(teacher_config(later, "resnet8x4")) == config_hash(teacher_config(now, "resnet8x4"))
+    assert config_hash(dataclasses.replace(later, some_new_key=4)) != config_hash(now)
+    # an explicit default is the same run as an implicit one
+    assert RunConfig.from_dict(dict(values, lr=RunConfig().lr)).run_dir() == now.run_dir()
+
+
 def test_10_default_names_carry_the_resolved_teacher_architecture(tmp_path):
     a = _teacher_file(tmp_path / "save" / "models" / "resnet8_vanilla" / "ckpt_epoch_240.pth")
     b = _teacher_file(tmp_path / "save" / "models" / "resnet14_vanilla" / "ckpt_epoch_240.pth", "resnet14")

@@ -5,9 +5,13 @@ while rerunning the same command finds its folder again (resume).
 ``<dataset>_<teacher arch>-<student>_<method>[+ctkd][+ctc][+dot]_s<seed>-<hash>``, e.g.
 ``digits_resnet8x4-resnet8_gpd-dkd_s0-1f2e3d4c``. The teacher part is the *resolved*
 architecture (a checkpoint file is named by the architecture it holds, not by its file name).
-The hash covers the config minus the runtime keys (:data:`workbench.config.RUNTIME_KEYS`), with
-``base`` resolved, the dataset root resolved (``data_root=`` / ``$WORKBENCH_DATA`` / default), and
-the teacher keys dropped when no teacher is used.
+The hash covers the config minus the runtime keys (:data:`workbench.config.RUNTIME_KEYS`) and
+minus every key left at its default, with ``base`` resolved, the dataset root resolved
+(``data_root=`` / ``$WORKBENCH_DATA`` / default), and the teacher keys dropped when no teacher is
+used. Leaving defaults out means a later version that adds keys (a new method's options) names
+the same command's run folder, and its cached teacher, as before, so an upgrade resumes instead
+of silently starting over; a default whose value changed is caught by the resume check, which
+compares every recorded value (:func:`workbench.engine.resume.config_diff`).
 """
 from __future__ import annotations
 
@@ -52,7 +56,8 @@ def identity(cfg) -> dict:
     """The settings that change what is trained, normalised (what the name's hash covers)."""
     from . import data
 
-    d = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS}
+    defaults = _defaults(type(cfg))
+    d = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS and not (k in defaults and defaults[k] == v)}
     d["base"] = cfg.resolved_base
     root = data.resolved_root(cfg.dataset, cfg.data_root or None)
     d["data_root"] = str(root.resolve()) if root is not None else ""
@@ -70,6 +75,11 @@ def identity(cfg) -> dict:
         for k in TEACHER_KEYS:
             d.pop(k, None)
     return d
+
+
+def _defaults(config_type) -> dict:
+    """Every key's default value, as ``to_dict`` writes it."""
+    return config_type().to_dict()
 
 
 def config_hash(cfg) -> str:
