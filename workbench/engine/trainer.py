@@ -35,6 +35,7 @@ from .checkpoint import BEST, LAST, STUDENT, CheckpointError, atomic_save, rng_s
 from .device import amp_dtype, autocast, select_device, to_device, use_channels_last
 from .batch import BATCH_TRANSFORMS
 from .ema import ModelEMA
+from .memory import release_freed_memory
 from .metrics import MetricsLog
 from .optim import DOT, build_optimizer
 from .progress import Progress, TerminalProgress
@@ -423,16 +424,22 @@ class Trainer:
         return self.finish()
 
     def _loop(self, start: int, state: FitState) -> None:
+        # between phases (set-up, training, evaluation) the heap memory one phase freed goes
+        # back to the OS, so it does not add to the next phase's peak (engine.memory)
+        release_freed_memory()
         if start == 1:
             self._eval_and_callbacks(0)
+            release_freed_memory()
         for epoch in range(start, self.epochs + 1):
             self.epoch = epoch
             self._start_epoch(epoch)
             train_record = self.train_epoch(epoch)
             self.log.append([train_record])
+            release_freed_memory()
             student_top1 = self._eval_and_callbacks(epoch)
             self.log.append(r for cb in self.callbacks for r in _stamp(cb.on_epoch_end(state, epoch), epoch))
             self.save(epoch, student_top1)
+            release_freed_memory()
             self._print_epoch(train_record, student_top1)
 
     def state(self) -> FitState:

@@ -147,21 +147,8 @@ def trace_io(model: nn.Module, x: torch.Tensor) -> tuple[set[str], set[str], dic
     shapes: dict[str, tuple] = {}
 
     def walk_to_input(t: torch.Tensor) -> bool:
-        if t is x:
-            return True
-        seen, todo = set(), deque([t.grad_fn])
-        while todo:
-            node = todo.popleft()
-            if node is None or node in seen:
-                continue
-            seen.add(node)
-            owner = node_owner.get(node)
-            if owner is not None and _mixes_channels(layers[owner]):
-                continue
-            if getattr(node, "variable", None) is x:
-                return True
-            todo.extend(n for n, _ in node.next_functions)
-        return False
+        return t is x or any(getattr(node, "variable", None) is x
+                             for node in _walk_back(t.grad_fn, node_owner, layers))
 
     def pre(path):
         def hook(_m, args):
@@ -187,20 +174,23 @@ def trace_io(model: nn.Module, x: torch.Tensor) -> tuple[set[str], set[str], dic
             h.remove()
     if not isinstance(out, torch.Tensor):
         raise UnsupportedLayerError(f"{type(model).__name__}.forward must return a logits tensor, got {type(out).__name__}")
-    writes: set[str] = set()
-    seen, todo = set(), deque([out.grad_fn])
+    writes = {node_owner[node] for node in _walk_back(out.grad_fn, node_owner, layers) if node in node_owner}
+    return reads, writes, shapes
+
+
+def _walk_back(start, node_owner: dict, layers: dict):
+    """Autograd nodes reached backwards from ``start`` (breadth first, each once) without crossing
+    a channel-mixing layer: such a layer's output node is yielded, the nodes behind it are not."""
+    seen, todo = set(), deque([start])
     while todo:
         node = todo.popleft()
         if node is None or node in seen:
             continue
         seen.add(node)
+        yield node
         owner = node_owner.get(node)
-        if owner is not None:
-            writes.add(owner)
-            if _mixes_channels(layers[owner]):
-                continue
-        todo.extend(n for n, _ in node.next_functions)
-    return reads, writes, shapes
+        if owner is None or not _mixes_channels(layers[owner]):
+            todo.extend(n for n, _ in node.next_functions)
 
 
 def run_example(model: nn.Module, x: torch.Tensor):
