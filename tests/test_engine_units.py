@@ -117,3 +117,14 @@ def test_release_freed_memory_returns_heap_blocks_to_the_os():
     release_freed_memory()
     assert before + retained - rss() > n * mib / 2  # at least half of the freed 126 MiB went back
     del keep
+
+
+def test_auto_channels_last_follows_device_and_input_size():
+    from workbench.engine.device import use_channels_last
+
+    cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+    assert [use_channels_last(cpu, "auto", s) for s in ((1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 224, 224))] == \
+        [False, True, True, True]  # digits stays contiguous: a measured tie there (bench/bench_layout.py)
+    assert not use_channels_last(cpu, "auto", None) and not use_channels_last(cpu, "auto", (64,))  # not an image
+    assert use_channels_last(cuda, "auto", (1, 8, 8)) and not use_channels_last(mps, "auto", (3, 32, 32))
+    assert use_channels_last(cpu, "on", (1, 8, 8)) and not use_channels_last(cuda, "off", (3, 32, 32))

@@ -82,7 +82,7 @@ class Trainer:
         self.is_main = self.rank == 0
         self.device = device or dist.local_device(select_device(cfg.device))
         self.amp = amp_dtype(self.device, cfg.resolved_amp)
-        self.channels_last = use_channels_last(self.device, cfg.channels_last)
+        self.channels_last = use_channels_last(self.device, cfg.channels_last, _input_shape(test_set, train_set))
         self.log = MetricsLog(self.run_dir, enabled=self.is_main)
         self.best = {"top1": -1.0, "epoch": 0}
         self.show = cfg.progress and self.is_main
@@ -91,7 +91,7 @@ class Trainer:
 
         method.to(self.device)
         if self.channels_last:
-            method.to(memory_format=torch.channels_last)
+            self._set_memory_format(method)
         self.optimizer = build_optimizer(cfg.optimizer, method.param_groups(cfg.lr, cfg.weight_decay, cfg.wd_exempt),
                                          cfg.lr, cfg.momentum, cfg.weight_decay, cfg.dot, cfg.dot_delta)
         for g in self.optimizer.param_groups:
@@ -114,6 +114,16 @@ class Trainer:
         self.teacher_cache = self._teacher_cache() if cfg.cache_teacher else None
         self.train_loader = self._loader(train_set, train=True)
         self.test_loader = self._loader(test_set, train=False)
+
+    def _set_memory_format(self, *modules: nn.Module) -> None:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        for m in modules:
+            m.to(memory_format=fmt)
+
+    @property
+    def memory_format(self) -> str:
+        """``channels_last`` or ``contiguous``: the layout this run trains in (train records)."""
+        return "channels_last" if self.channels_last else "contiguous"
 
     # ------------------------------------------------------------------ data
     def _device_tensors(self, dataset):
@@ -198,7 +208,8 @@ class Trainer:
                   "top1": 100.0 * float(stats.pop("_correct")) / n,
                   "loss": sum(float(v) for v in stats.values()) / n,
                   **{k: float(v) / n for k, v in stats.items()},
-                  "lr": self.optimizer.param_groups[0]["lr"], "time": elapsed, "images_per_s": n / elapsed}
+                  "lr": self.optimizer.param_groups[0]["lr"], "time": elapsed, "images_per_s": n / elapsed,
+                  "memory_format": self.memory_format}
         record.update(self.method.scalars())
         return record
 
@@ -365,7 +376,7 @@ class Trainer:
                 "method": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in self.method.state().items()},
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "ema": _cpu(self.ema.state_dict()) if self.ema is not None else None,
-                "rng": rng_state(), "best": dict(self.best)}
+                "rng": rng_state(), "best": dict(self.best), "memory_format": self.memory_format}
 
     def save(self, epoch: int, student_top1: float | None) -> None:
         if not self.is_main:
@@ -396,6 +407,7 @@ class Trainer:
                                       f"{self.cfg.resolved_ema_decay} (it was written without EMA)")
             self.ema.load_state_dict(ckpt["ema"])
         set_rng_state({k: v for k, v in ckpt["rng"].items()})
+        self._keep_memory_format(ckpt.get("memory_format"))
         self.best = dict(ckpt["best"])
         self.log.truncate_after(ckpt["epoch"], note=self.note)
         if self.is_main:
@@ -404,6 +416,16 @@ class Trainer:
                       if done >= self.epochs else
                       f"[workbench] {self.title}: resuming from epoch {done + 1} of {self.epochs} ({path})")
         return ckpt["epoch"] + 1
+
+    def _keep_memory_format(self, saved: str | None) -> None:
+        """Under ``channels_last=auto`` a resumed run keeps the layout it was started in (the
+        rule could have changed since), so its float summation order stays that of the start."""
+        if saved is None or self.cfg.channels_last != "auto" or saved == self.memory_format:
+            return
+        self.channels_last = saved == "channels_last"
+        self._set_memory_format(self.method, *([self.ema.module] if self.ema is not None else []))
+        self.train_loader = self._loader(self.train_set, train=True)
+        self.test_loader = self._loader(self.test_set, train=False)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
@@ -495,6 +517,15 @@ class Trainer:
 
 
 STUDENT_EMA = "student_ema.pt"
+
+
+def _input_shape(*datasets) -> tuple[int, ...] | None:
+    """One example's input shape (the first non-empty dataset's first item), for the layout rule."""
+    for ds in datasets:
+        if ds is not None and len(ds):
+            x = ds[0][0]
+            return tuple(x.shape) if torch.is_tensor(x) else None
+    return None
 
 
 def _cpu(state: dict) -> dict:
