@@ -6,7 +6,8 @@ This module docstring is the one place the record schema is documented. Every re
 ``train``   one per epoch: ``split="train"``, ``role="student"`` (``top1`` is the student's
             training accuracy, in %), ``loss`` (total) and one key per named loss term
             (``loss_ce``, ``loss_kd``, ...; GPD adds ``loss_ce_dt``, ``loss_kd_dt``, ``loss_sce``),
-            ``lr``, ``time`` (seconds for the epoch), ``images_per_s``, ``temperature``.
+            ``lr``, ``time`` (seconds for the epoch), ``images_per_s``, ``temperature``,
+            ``memory_format`` (``channels_last`` | ``contiguous``: the layout the run trains in).
 ``eval``    one per epoch and evaluated model: ``split="test"``, ``role`` in
             {``student``, ``teacher`` (static), ``dynamic_teacher``}, ``top1``, ``top5`` (in %), ``loss``
             (cross-entropy), ``n`` (examples), ``time``.
