@@ -82,7 +82,7 @@ class Trainer:
         self.is_main = self.rank == 0
         self.device = device or dist.local_device(select_device(cfg.device))
         self.amp = amp_dtype(self.device, cfg.resolved_amp)
-        self.channels_last = use_channels_last(self.device, cfg.channels_last, _input_shape(test_set, train_set))
+        self.channels_last = self._resolve_channels_last(test_set, train_set)
         self.log = MetricsLog(self.run_dir, enabled=self.is_main)
         self.best = {"top1": -1.0, "epoch": 0}
         self.show = cfg.progress and self.is_main
@@ -91,7 +91,7 @@ class Trainer:
 
         method.to(self.device)
         if self.channels_last:
-            self._set_memory_format(method)
+            method.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(cfg.optimizer, method.param_groups(cfg.lr, cfg.weight_decay, cfg.wd_exempt),
                                          cfg.lr, cfg.momentum, cfg.weight_decay, cfg.dot, cfg.dot_delta)
         for g in self.optimizer.param_groups:
@@ -115,10 +115,15 @@ class Trainer:
         self.train_loader = self._loader(train_set, train=True)
         self.test_loader = self._loader(test_set, train=False)
 
-    def _set_memory_format(self, *modules: nn.Module) -> None:
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        for m in modules:
-            m.to(memory_format=fmt)
+    def _resolve_channels_last(self, *datasets) -> bool:
+        """``channels_last``: the device's and input shape's rule (``engine.device``); under
+        ``auto`` a run that resumes keeps the layout it started in (the rule may have changed
+        since), so its float summation order stays that of its start."""
+        if self.cfg.channels_last == "auto" and self.cfg.resume:
+            started = _saved_memory_format(self.run_dir / LAST)
+            if started is not None:
+                return started == "channels_last"
+        return use_channels_last(self.device, self.cfg.channels_last, _input_shape(*datasets))
 
     @property
     def memory_format(self) -> str:
@@ -407,7 +412,6 @@ class Trainer:
                                       f"{self.cfg.resolved_ema_decay} (it was written without EMA)")
             self.ema.load_state_dict(ckpt["ema"])
         set_rng_state({k: v for k, v in ckpt["rng"].items()})
-        self._keep_memory_format(ckpt.get("memory_format"))
         self.best = dict(ckpt["best"])
         self.log.truncate_after(ckpt["epoch"], note=self.note)
         if self.is_main:
@@ -416,16 +420,6 @@ class Trainer:
                       if done >= self.epochs else
                       f"[workbench] {self.title}: resuming from epoch {done + 1} of {self.epochs} ({path})")
         return ckpt["epoch"] + 1
-
-    def _keep_memory_format(self, saved: str | None) -> None:
-        """Under ``channels_last=auto`` a resumed run keeps the layout it was started in (the
-        rule could have changed since), so its float summation order stays that of the start."""
-        if saved is None or self.cfg.channels_last != "auto" or saved == self.memory_format:
-            return
-        self.channels_last = saved == "channels_last"
-        self._set_memory_format(self.method, *([self.ema.module] if self.ema is not None else []))
-        self.train_loader = self._loader(self.train_set, train=True)
-        self.test_loader = self._loader(self.test_set, train=False)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
@@ -517,6 +511,17 @@ class Trainer:
 
 
 STUDENT_EMA = "student_ema.pt"
+
+
+def _saved_memory_format(path: Path) -> str | None:
+    """The layout recorded in a checkpoint (memory-mapped: nothing big is read), or None when
+    there is none or it cannot be read (``resume`` then reports the problem)."""
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("memory_format")
+    except Exception:  # noqa: BLE001 -- an unreadable checkpoint gets its one-line error in resume()
+        return None
 
 
 def _input_shape(*datasets) -> tuple[int, ...] | None:
