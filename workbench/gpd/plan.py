@@ -7,7 +7,9 @@ Conventions (``CONVENTIONS``), both exact in function (T_d == student at noise 0
   with groups 1 or G, linears) divide the OUTPUT dims of their tensors by ``cnt`` and copy the
   input dims; per-channel layers (BatchNorm, LayerNorm, depthwise convs, non-homogeneous
   activation modules such as GELU) keep the student's values and run on full-scale copies (a
-  pre-hook multiplies their input by ``cnt``, a hook divides their output); attention's q and k
+  pre-hook multiplies their input by ``cnt``, a hook divides their output; a BatchNorm whose
+  channels share one count computes the same map on the divided input instead,
+  ``layers.count_scaled``); attention's q and k
   are multiplied back by ``cnt`` after ``qkv`` (so q.k is the student's); ViT tokens are
   divided. CBR multiplies the sliced output dims by ``cnt``: one student SGD step then moves
   every widened conv/linear ``cnt^2`` times as far as a standalone student's, BN and the
