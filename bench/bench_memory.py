@@ -29,9 +29,10 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
+
+from git_tree import export  # bench/git_tree.py (this folder is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,14 +167,6 @@ def child(code: str, arg: dict, tree: Path | None) -> list[str]:
 
 def maxrss_gb(lines: list[str]) -> float:
     return int(next(line.split()[1] for line in lines if line.startswith("MAXRSS"))) / 1024**2
-
-
-def export(rev: str, dest: Path) -> Path:
-    archive = dest / "tree.tar"
-    subprocess.run(["git", "archive", "--format=tar", "-o", str(archive), rev, "workbench"], cwd=ROOT, check=True)
-    with tarfile.open(archive) as t:
-        t.extractall(dest / "tree", filter="data")
-    return dest / "tree"
 
 
 def cifar(methods: list[str], epochs: int, extra: dict, tree: Path | None, where: bool) -> None:

@@ -17,9 +17,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
+
+from git_tree import export  # bench/git_tree.py (this folder is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = r'''
@@ -47,14 +48,6 @@ for _ in range(steps):
     step()
 print((time.perf_counter() - t0) / steps)
 '''
-
-
-def export(rev: str, dest: Path) -> Path:
-    archive = dest / "old.tar"
-    subprocess.run(["git", "archive", "--format=tar", "-o", str(archive), rev, "workbench"], cwd=ROOT, check=True)
-    with tarfile.open(archive) as t:
-        t.extractall(dest / "tree", filter="data")
-    return dest / "tree"
 
 
 def time_tree(tree: Path, steps: int, threads: int, layout: str) -> float:
