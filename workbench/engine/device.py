@@ -43,10 +43,11 @@ def amp_dtype(device: torch.device, amp: str):
 
 #: ``channels_last=auto`` on CPU: image inputs of at least this many pixels per channel go
 #: channels_last. Measured with ``bench/bench_layout.py`` (CPU time, 1 thread, AVX-512; figures in
-#: bench/README.md): at 28x28 (fashion_mnist) and 32x32 (CIFAR) channels_last took 0.57-0.94x the
-#: contiguous time for every model measured, train step and eval alike (resnet8/20/56, resnet8x4,
-#: resnet32x4, wrn_16_2, wrn_40_2, vgg8/13, MobileNetV2, ShuffleV1/V2, GPD's T_d); at 8x8
-#: (digits) it was a tie (resnet8x4, T_d: 0.92-1.02x), so digits runs keep the contiguous layout.
+#: bench/README.md): at 28x28 (fashion_mnist) and 32x32 (CIFAR) a channels_last training step
+#: took 0.57-0.93x the contiguous time for every model measured (resnet8/20/56, resnet8x4,
+#: resnet32x4, wrn_16_2, wrn_40_2, vgg8/13, MobileNetV2, ShuffleV1/V2, GPD's T_d), an eval
+#: forward 0.65-0.94x (resnet8x4 at 32x32: 1.02, a tie); at 8x8 (digits) it was a tie
+#: (resnet8x4, T_d: 0.92-1.02x), so digits runs keep the contiguous layout.
 CPU_CHANNELS_LAST_MIN_PIXELS = 28 * 28
 
 
