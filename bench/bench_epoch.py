@@ -1,7 +1,7 @@
 """A whole epoch (train + evaluation + default probes) vs a peer-style loop, ratios in ONE run.
 
     python bench/bench_epoch.py                      # 320 train / 256 test images, 2 rounds
-    python bench/bench_epoch.py --train 1280 --test 512 --rounds 3
+    python bench/bench_epoch.py --train 1280 --test 512 --rounds 3 [--threads 1]
 
 Measured (resnet32x4 -> resnet8x4, 3x32x32, 100 classes, batch 64, random weights):
 
@@ -15,6 +15,11 @@ Measured (resnet32x4 -> resnet8x4, 3x32x32, 100 classes, batch 64, random weight
   ``kd`` method from ``build_method``; the same fake images, our augmentation (translate+flip);
 * **ours GPD**: the same for ``gpd`` base=kd (the preset).
 
+After each of our epochs (and outside its time) the roles that change (KD: the student; GPD:
+S, T_d and their EMA twins) run one bare no-grad forward over the test set each, in the
+trainer's layout: ``eval+probes / plain forwards`` <= 1 says the evaluation with its records
+and default probes costs no more than a plain forward per changing role.
+
 The fake data are made here (seeded uint8 images, random labels). Each measurement is warmed
 up once (the static teacher's eval outputs are cached from then on, as in a real run after
 epoch 0), then rounds interleave the three with a rotating order; ratios are taken inside each
@@ -23,6 +28,7 @@ round and printed as median (min..max).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -37,6 +43,7 @@ from workbench import data, models
 from workbench.config import RunConfig
 from workbench.engine import Trainer
 from workbench.experiment import default_callbacks
+from workbench.gpd.branches import fold_once
 from workbench.methods import build_method
 from workbench.presets import CIFAR_METHODS
 
@@ -127,15 +134,32 @@ def ours(method_key, teacher, train_set, test_set, out_dir):
     for cb in tr.callbacks:
         cb.on_fit_start(tr.state())
     tr._start_epoch(1)
-    timings = {"train": [], "eval+probes": []}
+    timings = {"train": [], "eval+probes": [], "plain forwards": []}
+
+    def plain_forwards():
+        """A bare no-grad forward over the test set per role that changes (no records, no
+        features, no probes): what the evaluation pass should cost at most."""
+        roles = {r: m for r, m in tr.eval_models().items() if r != "teacher"}
+        with torch.no_grad(), fold_once(*roles.values()):
+            for m in roles.values():
+                was = m.training
+                m.eval()
+                if tr.channels_last:
+                    m.to(memory_format=torch.channels_last)
+                for x, _ in tr.test_loader:
+                    m(x.contiguous(memory_format=torch.channels_last) if tr.channels_last else x)
+                m.train(was)
 
     def epoch():
         t0 = time.perf_counter()
         tr.train_epoch(1)
         t1 = time.perf_counter()
         tr._eval_and_callbacks(1)
+        t2 = time.perf_counter()
+        plain_forwards()
         timings["train"].append(t1 - t0)
-        timings["eval+probes"].append(time.perf_counter() - t1)
+        timings["eval+probes"].append(t2 - t1)
+        timings["plain forwards"].append(time.perf_counter() - t2)
     return epoch, timings
 
 
@@ -145,9 +169,12 @@ def main():
     ap.add_argument("--test", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-gpd", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; train {a.train}, test {a.test}, "
-          f"batch {BATCH}, {a.rounds} rounds")
+          f"batch {BATCH}, {a.rounds} rounds; load average {os.getloadavg()[0]:.1f}")
     teacher = models.build(TEACHER, NUM_CLASSES, 3, image_size=SIZE).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -158,10 +185,12 @@ def main():
     kd, kd_t = ours("kd", teacher, train_set, test_set, out)
     benches["ours KD epoch"] = kd
     split = {"ours KD": kd_t}
+    split_of = {"ours KD epoch": kd_t}
     if not a.no_gpd:
         gpd, gpd_t = ours("gpd_kd", teacher, train_set, test_set, out)
         benches["ours GPD epoch"] = gpd
         split["ours GPD"] = gpd_t
+        split_of["ours GPD epoch"] = gpd_t
     names = list(benches)
     secs = {n: [] for n in names}
     for n in names:  # warm-up (and the static teacher's eval cache)
@@ -172,6 +201,8 @@ def main():
     for r in range(a.rounds):
         for n in names[r % len(names):] + names[:r % len(names)]:
             t0 = time.perf_counter(); benches[n](); secs[n].append(time.perf_counter() - t0)
+            if n in split_of:  # the epoch only, not the plain-forward check timed after it
+                secs[n][-1] = split_of[n]["train"][-1] + split_of[n]["eval+probes"][-1]
         print(f"round {r + 1}: " + ", ".join(f"{n} {secs[n][-1]:.1f}s" for n in names))
 
     def show(label, num, den):
@@ -182,7 +213,9 @@ def main():
     for k, s in split.items():
         print(f"{k} train / eval+probes median: {statistics.median(s['train']):.1f}s / "
               f"{statistics.median(s['eval+probes']):.1f}s")
+        show(f"{k} eval+probes / plain forwards", s["eval+probes"], s["plain forwards"])
     show("ours KD epoch / peer epoch", secs["ours KD epoch"], secs["peer KD epoch"])
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if not a.no_gpd:
         show("ours GPD epoch / ours KD epoch", secs["ours GPD epoch"], secs["ours KD epoch"])
 

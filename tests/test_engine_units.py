@@ -1,5 +1,7 @@
 """Schedules, DOT, determinism helpers: exact values."""
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,3 +93,38 @@ def test_global_batch_sampler_splits_each_global_batch_across_ranks():
         glob = single[4 * b: 4 * b + 4]
         local = ranks[0][2 * b: 2 * b + 2] + ranks[1][2 * b: 2 * b + 2]
         assert sorted(glob) == sorted(local)
+
+
+def test_release_freed_memory_returns_heap_blocks_to_the_os():
+    """Blocks freed into glibc's heap stay resident until trimmed; the trim the trainer runs
+    between phases hands them back (the measured cut in bench/README.md)."""
+    from workbench.engine.memory import release_freed_memory
+
+    statm = Path("/proc/self/statm")
+    if not statm.exists() or not release_freed_memory():
+        pytest.skip("needs Linux with glibc's malloc_trim")
+    rss = lambda: int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")  # noqa: E731
+    mib, n = 2**20, 64
+    big = torch.ones(16 * mib // 4)
+    del big  # a freed 16 MiB mmapped block lifts glibc's mmap threshold above 2 MiB
+    before = rss()
+    blocks = [torch.ones(2 * mib // 4) for _ in range(n)]  # heap blocks of 2 MiB, touched
+    keep = blocks[-1]  # the heap's top stays in use: no automatic trim
+    del blocks
+    retained = rss() - before
+    if retained < n * mib / 2:
+        pytest.skip(f"this allocator returned the blocks by itself ({retained / mib:.0f} MiB kept)")
+    release_freed_memory()
+    assert before + retained - rss() > n * mib / 2  # at least half of the freed 126 MiB went back
+    del keep
+
+
+def test_auto_channels_last_follows_device_and_input_size():
+    from workbench.engine.device import use_channels_last
+
+    cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+    assert [use_channels_last(cpu, "auto", s) for s in ((1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 224, 224))] == \
+        [False, True, True, True]  # digits stays contiguous: a measured tie there (bench/bench_layout.py)
+    assert not use_channels_last(cpu, "auto", None) and not use_channels_last(cpu, "auto", (64,))  # not an image
+    assert use_channels_last(cuda, "auto", (1, 8, 8)) and not use_channels_last(mps, "auto", (3, 32, 32))
+    assert use_channels_last(cpu, "on", (1, 8, 8)) and not use_channels_last(cuda, "off", (3, 32, 32))

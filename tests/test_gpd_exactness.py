@@ -123,3 +123,26 @@ def test_heavy_nets_with_all_default_branches(name, ratio):
     assert rel_err(z_d, z_v) <= TOL
 
 
+
+
+@pytest.mark.parametrize("name", ["resnet8x4", "MobileNetV2", "ShuffleV2"])
+def test_channels_last_layout_keeps_ir_and_cbr_exact(name):
+    """channels_last is the CPU layout for >= 28x28 inputs (``channels_last=auto``): there too T_d
+    equals its student view and the extracted student, and both equal the contiguous T_d's
+    logits within the grid's TOL (another summation order). Covers multi-branch folds, depthwise
+    convs and ShuffleNet's layout hooks (index_select on the channel dim)."""
+    torch.manual_seed(0)
+    dt = expand(models.build(name, num_classes=NUM_CLASSES), ratio=2.0, noise=0.0,
+                example_input=torch.randn(2, 3, 32, 32)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        z_plain = dt(x)
+        dt.to(memory_format=torch.channels_last)
+        xc = x.contiguous(memory_format=torch.channels_last)
+        z_d, z_v = dt(xc, view="both")
+        z_s = extract_student(dt).to(memory_format=torch.channels_last)(xc)
+    assert rel_err(z_d, z_v) <= TOL and rel_err(z_s, z_v) <= TOL and rel_err(z_d, z_plain) <= TOL
+    dt.train()
+    zd, zs = dt(xc, view="both")
+    (zd.square().mean() + zs.square().mean()).backward()
+    assert all(p.grad is not None and p.grad.shape == p.shape for p in dt.parameters() if p.requires_grad)

@@ -196,3 +196,60 @@ def test_bad_example_input_is_reported():
     with pytest.raises(ValueError, match="example_input"):
         expand(student)
     expand(student, example_input=torch.randn(2, 3, 8, 8))
+
+
+def _expanded_pair(monkeypatch, name, ratio, dtype=torch.float32):
+    """(T_d with count-scaled BatchNorms, the same T_d with the input/output scale hooks)."""
+    from workbench.gpd import layers
+
+    def build():
+        torch.manual_seed(0)
+        return expand(models.build(name, 10).to(dtype), ratio=ratio, example_input=torch.randn(2, 3, 16, 16, dtype=dtype))
+
+    fused = build()
+    with monkeypatch.context() as m:
+        m.setattr(layers, "COUNT_SCALED", {})  # every BN keeps the hooks
+        hooked = build()
+    return fused, hooked
+
+
+def _train_and_compare(fused, hooked, dtype, steps=2):
+    """Largest |difference| of logits and of every state-dict tensor after SGD steps on both views."""
+    from torch.nn import functional as F
+
+    opts = [torch.optim.SGD(dt.parameters(), lr=0.1, momentum=0.9) for dt in (fused, hooked)]
+    g = torch.Generator().manual_seed(1)
+    worst = 0.0
+    for _ in range(steps):
+        x, y = torch.randn(4, 3, 16, 16, generator=g, dtype=dtype), torch.randint(0, 10, (4,), generator=g)
+        outs = []
+        for dt, opt in zip((fused, hooked), opts):
+            opt.zero_grad()
+            zd, zs = dt.train()(x, view="both")
+            (F.cross_entropy(zd, y) + F.cross_entropy(zs, y)).backward()
+            opt.step()
+            outs.append(torch.cat([zd, zs]).detach())
+        worst = max(worst, float((outs[0] - outs[1]).abs().max()))
+    a, b = fused.state_dict(), hooked.state_dict()
+    assert a.keys() == b.keys()  # same checkpoint layout
+    return max([worst] + [float((a[k] - b[k]).abs().max()) for k in a if torch.is_tensor(a[k]) and a[k].is_floating_point()])
+
+
+@pytest.mark.parametrize("name", ["resnet8", "MobileNetV2"])
+def test_count_scaled_batchnorm_is_bit_identical_to_the_scale_hooks_at_ratio_2(monkeypatch, name):
+    """Reference convention, r = 2: every BatchNorm runs on divided inputs as its count-scaled
+    twin instead of "x * 2, BN, / 2" hooks; scaling by a power of two is exact in floating point,
+    so logits, updated weights and running statistics after training steps are bit-identical."""
+    from workbench.gpd import layers
+
+    fused, hooked = _expanded_pair(monkeypatch, name, 2.0)
+    bns = [m for m in fused.wide.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(isinstance(m, layers.CountScaledBatchNorm2d) and not m._forward_hooks for m in bns)
+    assert not any(isinstance(m, layers.CountScaledBatchNorm2d) for m in hooked.modules())
+    assert _train_and_compare(fused, hooked, torch.float32) == 0.0
+
+
+def test_count_scaled_batchnorm_at_ratio_3_agrees_to_rounding(monkeypatch):
+    """r = 3 is not a power of two: the two forms round differently, by float64 rounding only."""
+    fused, hooked = _expanded_pair(monkeypatch, "resnet8", 3.0, torch.float64)
+    assert _train_and_compare(fused, hooked, torch.float64) < 1e-10  # float64 eps 2.2e-16 over ~10 layers and 2 steps

@@ -227,3 +227,34 @@ def test_cached_static_teacher_gives_exactly_the_metrics_of_evaluating_it_every_
     pick = lambda recs: strip([r for r in recs if r["kind"] in ("eval", "gap")])  # noqa: E731
     assert [r for r in pick(cached) if r["kind"] == "eval" and r["role"] == "teacher"]
     assert pick(cached) == pick(every)  # exact: same inputs, same model, same arithmetic
+
+
+def test_auto_memory_format_is_recorded_and_kept_when_a_run_resumes(fast_cfg, monkeypatch):
+    """``channels_last=auto`` is a function of device and input shape (digits 8x8 on CPU:
+    contiguous), recorded in every train record and checkpoint; a run resumed after the rule
+    changed keeps the layout it started in, so it ends exactly as the uninterrupted run."""
+    from workbench.engine import device
+
+    cfg = dict(fast_cfg, method="kd")
+    ref = run(dict(cfg, name="ref"))
+    assert [r["memory_format"] for r in read_metrics(ref.run_dir, kind="train")] == ["contiguous"] * 2
+    assert load_checkpoint(ref.run_dir / LAST)["memory_format"] == "contiguous"
+
+    def crash_after_first_checkpoint(self, train, top1):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "_print_epoch", crash_after_first_checkpoint)
+        with pytest.raises(KeyboardInterrupt):
+            run(dict(cfg, name="cut"))
+    assert load_checkpoint(Path(cfg["out_dir"]) / "cut" / LAST)["epoch"] == 1
+    monkeypatch.setattr(device, "CPU_CHANNELS_LAST_MIN_PIXELS", 1)  # the rule now picks channels_last
+    fresh = run(dict(cfg, name="fresh"))
+    assert [r["memory_format"] for r in read_metrics(fresh.run_dir, kind="train")] == ["channels_last"] * 2
+    resumed = run(dict(cfg, name="cut"))
+    assert [r["memory_format"] for r in read_metrics(resumed.run_dir, kind="train")] == ["contiguous"] * 2
+    a, b, c = (load_checkpoint(r.run_dir / LAST)["method"] for r in (ref, resumed, fresh))
+    assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))  # bit-identical to uninterrupted
+    assert strip(read_metrics(ref.run_dir)) == strip(read_metrics(resumed.run_dir))
+    # the layout does change the float summation order: without keeping it the resume would differ
+    assert not all(torch.equal(a[k], c[k]) for k in a if torch.is_tensor(a[k]) and a[k].is_floating_point())

@@ -7,7 +7,8 @@ This module docstring is the one place the record schema is documented. Every re
             training accuracy, in %), ``loss`` (total) and one key per named loss term
             (``loss_ce``, ``loss_kd``, ...; GPD adds ``loss_ce_dt``, ``loss_kd_dt``, ``loss_sce``),
             ``lr``, ``time`` (seconds for the epoch), ``images_per_s``, ``temperature`` (CTKD),
-            ``dense_weight`` (CSKD: the dense share d_e of the fused target); DeiT/CSKD's terms are
+            ``dense_weight`` (CSKD: the dense share d_e of the fused target), ``memory_format``
+            (``channels_last`` | ``contiguous``: the layout the run trains in); DeiT/CSKD's terms are
             ``loss_ce`` (cls head), ``loss_deit`` (distillation token), ``loss_cskd`` (patches).
 ``eval``    one per epoch and evaluated model: ``split="test"``, ``role`` in
             {``student``, ``teacher`` (static), ``dynamic_teacher``}, ``top1``, ``top5`` (in %), ``loss``

@@ -36,6 +36,7 @@ from .checkpoint import BEST, LAST, STUDENT, CheckpointError, atomic_save, rng_s
 from .device import amp_dtype, autocast, select_device, to_device, use_channels_last
 from .batch import BATCH_TRANSFORMS
 from .ema import ModelEMA
+from .memory import release_freed_memory
 from .metrics import MetricsLog
 from .optim import DOT, build_optimizer
 from .progress import Progress, TerminalProgress
@@ -82,7 +83,7 @@ class Trainer:
         self.is_main = self.rank == 0
         self.device = device or dist.local_device(select_device(cfg.device))
         self.amp = amp_dtype(self.device, cfg.resolved_amp)
-        self.channels_last = use_channels_last(self.device, cfg.channels_last)
+        self.channels_last = self._resolve_channels_last(test_set, train_set)
         self.log = MetricsLog(self.run_dir, enabled=self.is_main)
         self.best = {"top1": -1.0, "epoch": 0}
         self.show = cfg.progress and self.is_main
@@ -115,6 +116,21 @@ class Trainer:
         self.teacher_cache = self._teacher_cache() if cfg.cache_teacher else None
         self.train_loader = self._loader(train_set, train=True)
         self.test_loader = self._loader(test_set, train=False)
+
+    def _resolve_channels_last(self, *datasets) -> bool:
+        """``channels_last``: the device's and input shape's rule (``engine.device``); under
+        ``auto`` a run that resumes keeps the layout it started in (the rule may have changed
+        since), so its float summation order stays that of its start."""
+        if self.cfg.channels_last == "auto" and self.cfg.resume:
+            started = _saved_memory_format(self.run_dir / LAST)
+            if started is not None:
+                return started == "channels_last"
+        return use_channels_last(self.device, self.cfg.channels_last, _input_shape(*datasets))
+
+    @property
+    def memory_format(self) -> str:
+        """``channels_last`` or ``contiguous``: the layout this run trains in (train records)."""
+        return "channels_last" if self.channels_last else "contiguous"
 
     # ------------------------------------------------------------------ data
     def _device_tensors(self, dataset):
@@ -204,7 +220,8 @@ class Trainer:
                   "top1": 100.0 * float(stats.pop("_correct")) / n,
                   "loss": sum(float(v) for v in stats.values()) / n,
                   **{k: float(v) / n for k, v in stats.items()},
-                  "lr": self.optimizer.param_groups[0]["lr"], "time": elapsed, "images_per_s": n / elapsed}
+                  "lr": self.optimizer.param_groups[0]["lr"], "time": elapsed, "images_per_s": n / elapsed,
+                  "memory_format": self.memory_format}
         record.update(self.method.scalars())
         return record
 
@@ -387,7 +404,7 @@ class Trainer:
                 "method": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in self.method.state().items()},
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "ema": _cpu(self.ema.state_dict()) if self.ema is not None else None,
-                "rng": rng_state(), "best": dict(self.best)}
+                "rng": rng_state(), "best": dict(self.best), "memory_format": self.memory_format}
 
     def save(self, epoch: int, student_top1: float | None) -> None:
         if not self.is_main:
@@ -446,8 +463,12 @@ class Trainer:
         return self.finish()
 
     def _loop(self, start: int, state: FitState) -> None:
+        # between phases (set-up, training, evaluation) the heap memory one phase freed goes
+        # back to the OS, so it does not add to the next phase's peak (engine.memory)
+        release_freed_memory()
         if start == 1:
             self._eval_and_callbacks(0)
+            release_freed_memory()
         for epoch in range(start, self.epochs + 1):
             self.epoch = epoch
             self._start_epoch(epoch)
@@ -455,9 +476,11 @@ class Trainer:
             if self.method.end_epoch(epoch, self.epochs):  # snapshot taken; a term wants a data pass
                 self._data_pass(epoch)
             self.log.append([train_record])
+            release_freed_memory()
             student_top1 = self._eval_and_callbacks(epoch)
             self.log.append(r for cb in self.callbacks for r in _stamp(cb.on_epoch_end(state, epoch), epoch))
             self.save(epoch, student_top1)
+            release_freed_memory()
             self._print_epoch(train_record, student_top1)
 
     def state(self) -> FitState:
@@ -513,6 +536,26 @@ class Trainer:
 
 
 STUDENT_EMA = "student_ema.pt"
+
+
+def _saved_memory_format(path: Path) -> str | None:
+    """The layout recorded in a checkpoint (memory-mapped: nothing big is read), or None when
+    there is none or it cannot be read (``resume`` then reports the problem)."""
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("memory_format")
+    except Exception:  # noqa: BLE001 -- an unreadable checkpoint gets its one-line error in resume()
+        return None
+
+
+def _input_shape(*datasets) -> tuple[int, ...] | None:
+    """One example's input shape (the first non-empty dataset's first item), for the layout rule."""
+    for ds in datasets:
+        if ds is not None and len(ds):
+            x = ds[0][0]
+            return tuple(x.shape) if torch.is_tensor(x) else None
+    return None
 
 
 def _cpu(state: dict) -> dict:

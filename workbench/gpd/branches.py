@@ -45,6 +45,7 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from workbench.registry import Registry, unknown_choice
 
@@ -362,7 +363,19 @@ class MultiBranchConv2d(nn.Conv2d):
 
     def fold(self, get: Getter, in_ch: int, out_ch: int, groups: int) -> torch.Tensor:
         """The single kxk kernel equal to the sum of all scaled branches, computed from the
-        tensors ``get`` returns (differentiable; widths given, so it folds any slice)."""
+        tensors ``get`` returns (differentiable; widths given, so it folds any slice).
+
+        With gradients on, the fold keeps none of its intermediate kernels for backward (every
+        branch's composite kernel, the sliced and rescaled CBR tensors ``get`` makes): backward
+        recomputes them (``torch.utils.checkpoint``), which costs one more fold -- a small
+        fraction of the conv it feeds -- and saves their memory. Values and gradients are the
+        same ops on the same tensors, so they are identical."""
+        if torch.is_grad_enabled():
+            return checkpoint(self._fold, get, in_ch, out_ch, groups, use_reentrant=False,
+                              preserve_rng_state=False)  # the fold draws no random numbers
+        return self._fold(get, in_ch, out_ch, groups)
+
+    def _fold(self, get: Getter, in_ch: int, out_ch: int, groups: int) -> torch.Tensor:
         k = self.kernel_size[0]
         w = get("weight") * get("origin_scale")[:, None, None, None]
         for i, b in enumerate(self.branches):

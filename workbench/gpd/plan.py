@@ -7,7 +7,9 @@ Conventions (``CONVENTIONS``), both exact in function (T_d == student at noise 0
   with groups 1 or G, linears) divide the OUTPUT dims of their tensors by ``cnt`` and copy the
   input dims; per-channel layers (BatchNorm, LayerNorm, depthwise convs, non-homogeneous
   activation modules such as GELU) keep the student's values and run on full-scale copies (a
-  pre-hook multiplies their input by ``cnt``, a hook divides their output); attention's q and k
+  pre-hook multiplies their input by ``cnt``, a hook divides their output; a BatchNorm whose
+  channels share one count computes the same map on the divided input instead,
+  ``layers.count_scaled``); attention's q and k
   are multiplied back by ``cnt`` after ``qkv`` (so q.k is the student's); ViT tokens are
   divided. CBR multiplies the sliced output dims by ``cnt``: one student SGD step then moves
   every widened conv/linear ``cnt^2`` times as far as a standalone student's, BN and the
@@ -147,21 +149,8 @@ def trace_io(model: nn.Module, x: torch.Tensor) -> tuple[set[str], set[str], dic
     shapes: dict[str, tuple] = {}
 
     def walk_to_input(t: torch.Tensor) -> bool:
-        if t is x:
-            return True
-        seen, todo = set(), deque([t.grad_fn])
-        while todo:
-            node = todo.popleft()
-            if node is None or node in seen:
-                continue
-            seen.add(node)
-            owner = node_owner.get(node)
-            if owner is not None and _mixes_channels(layers[owner]):
-                continue
-            if getattr(node, "variable", None) is x:
-                return True
-            todo.extend(n for n, _ in node.next_functions)
-        return False
+        return t is x or any(getattr(node, "variable", None) is x
+                             for node in _walk_back(t.grad_fn, node_owner, layers))
 
     def pre(path):
         def hook(_m, args):
@@ -187,20 +176,23 @@ def trace_io(model: nn.Module, x: torch.Tensor) -> tuple[set[str], set[str], dic
             h.remove()
     if not isinstance(out, torch.Tensor):
         raise UnsupportedLayerError(f"{type(model).__name__}.forward must return a logits tensor, got {type(out).__name__}")
-    writes: set[str] = set()
-    seen, todo = set(), deque([out.grad_fn])
+    writes = {node_owner[node] for node in _walk_back(out.grad_fn, node_owner, layers) if node in node_owner}
+    return reads, writes, shapes
+
+
+def _walk_back(start, node_owner: dict, layers: dict):
+    """Autograd nodes reached backwards from ``start`` (breadth first, each once) without crossing
+    a channel-mixing layer: such a layer's output node is yielded, the nodes behind it are not."""
+    seen, todo = set(), deque([start])
     while todo:
         node = todo.popleft()
         if node is None or node in seen:
             continue
         seen.add(node)
+        yield node
         owner = node_owner.get(node)
-        if owner is not None:
-            writes.add(owner)
-            if _mixes_channels(layers[owner]):
-                continue
-        todo.extend(n for n, _ in node.next_functions)
-    return reads, writes, shapes
+        if owner is None or not _mixes_channels(layers[owner]):
+            todo.extend(n for n, _ in node.next_functions)
 
 
 def run_example(model: nn.Module, x: torch.Tensor):

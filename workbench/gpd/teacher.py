@@ -186,7 +186,7 @@ class DynamicTeacher(nn.Module):
                 conv = self.wide.get_submodule(rule.source)
                 plain = self.student_template.get_submodule(rule.source)
                 prefix = rule.source + "."
-                out[rule.name] = conv.fold(lambda n: self._slice(prefix + n), plain.in_channels,
+                out[rule.name] = conv.fold(lambda n, p=prefix: self._slice(p + n), plain.in_channels,
                                            plain.out_channels, plain.groups)
             else:
                 out[rule.name] = self._slice(rule.source)

@@ -66,10 +66,13 @@ def widen_model(model: nn.Module, plan: WideningPlan) -> nn.Module:
 def attach_hooks(model: nn.Module, plan: WideningPlan, wide_shapes: dict[str, tuple]) -> None:
     """Hooks that keep the widened ``model`` exact: layout permutations (grouped convs, channel
     shuffle/split/concat) always; in the reference convention also scale hooks on per-channel
-    modules and the q/k hook. ``wide_shapes``: every module's (input, output) shapes in the
+    modules (a BatchNorm with one copy count for all channels becomes its count-scaled twin
+    instead, ``layers.count_scaled``: the same map without the two activation passes) and the
+    q/k hook. ``wide_shapes``: every module's (input, output) shapes in the
     widened model, to find the channel dim of parameter-free modules."""
     dtype = next(model.parameters()).dtype
     r = plan.copies
+    replace: dict[str, nn.Module] = {}
     for path, m in model.named_modules():
         lp = plan.layers.get(path)
         if path not in plan.shapes:
@@ -90,6 +93,9 @@ def attach_hooks(model: nn.Module, plan: WideningPlan, wide_shapes: dict[str, tu
         if not plan.divides_outputs:
             continue
         if lp is not None and lp.per_channel and lp.out_map is not None:
+            if type(m) in layers.COUNT_SCALED and lp.in_map == lp.out_map and lp.in_map.uniform:
+                replace[path] = layers.count_scaled(m, lp.in_map.wide // lp.in_map.narrow)  # no hooks needed
+                continue
             ndim = len(wide_shapes[path][1][0])
             layers.attach_scale(m, lp.in_map, lp.out_map, lp.out_dim % ndim, ndim, dtype)
         elif lp is not None and path.rpartition(".")[2] in SEGMENTED_LINEARS and lp.out_map is not None \
@@ -101,6 +107,8 @@ def attach_hooks(model: nn.Module, plan: WideningPlan, wide_shapes: dict[str, tu
                 dim, narrow, wide = found
                 cmap = ChannelMap(narrow, wide)
                 layers.attach_scale(m, cmap, cmap, dim, len(wide_shapes[path][0][0]), dtype)
+    for path, new in replace.items():
+        _set_child(model, path, new)
 
 
 def _input_width(plan: WideningPlan, path: str) -> int:
