@@ -39,6 +39,7 @@ def test_string_values_are_converted():
     (dict(method="gpd", branches="3x3"), ["branches", "'3x3'", "1x1_avg"]),
     (dict(method="gpd", base="cskd", student="vit_nano_dist"), ["base", "'cskd'", "GPD's dynamic-teacher views", "kd"]),
     (dict(method="gpd", base="ce"), ["base", "'ce'", "no loss usable as a base"]),
+    (dict(method="gpd", sync_bn=True), ["sync_bn", "widening=reference", "widening=full_scale"]),
     (dict(init="inherit", method="ce", teacher="none"), ["init", "teacher=none", "inherit:<checkpoint>"]),
     (dict(init="inherit:"), ["init", "needs a checkpoint"]),
     (dict(method="deit", student="resnet8"), ["student", "distillation token", "vit_nano_dist", "'resnet8'"]),

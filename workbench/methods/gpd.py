@@ -150,6 +150,13 @@ def _validate(cfg) -> None:
         gpd_branches(cfg)
     except ValueError as e:
         raise ValueError(f"branches: {e}") from None
+    if cfg.sync_bn and cfg.widening == "reference":
+        # PyTorch's SyncBatchNorm conversion builds plain BatchNorms: it drops the copy-count
+        # scaling of T_d's BNs (count-scaled twins and scale hooks), so T_d would no longer be an
+        # exact widening of the student
+        raise ValueError("sync_bn: not supported with gpd widening=reference (SyncBatchNorm would drop the "
+                         "copy-count scaling of the dynamic teacher's BatchNorms); use sync_bn=false "
+                         "(per-GPU statistics) or widening=full_scale")
 
 
 def _size_factor(cfg) -> float:
