@@ -19,8 +19,8 @@ def test_readme_demo_blocks_equal_the_committed_summaries():
     r = _renderer()
     readme = (ROOT / "README.md").read_text()
     blocks = r.blocks()
-    assert set(blocks) == {"demo-outcome", "fashion-table", "vit-table"}, \
-        "docs/demo_summary.json, fashion_methods.json or fashion_vit.json missing"
+    assert set(blocks) == {"demo-outcome", "fashion-table", "vit-table", "inherit-table"}, \
+        "docs/demo_summary.json, fashion_methods.json, fashion_vit.json or fashion_inherit.json missing"
     for name, body in blocks.items():
         assert f"<!-- {name}:start -->\n{body}\n<!-- {name}:end -->" in readme, f"re-run docs/render_readme.py ({name})"
 
