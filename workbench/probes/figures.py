@@ -84,6 +84,15 @@ def axis_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric)
 
 
+def axis_unit(metric: str) -> str:
+    """The unit of a metric's label (its last parenthesised part: "percentage points", "nats"), for
+    the y axis of a panel whose title already spells the metric out; the whole label if it has none."""
+    label = axis_label(metric)
+    if label.endswith(")") and " (" in label:
+        return label[label.rindex(" (") + 2:-1]
+    return label
+
+
 def _series(records: Iterable[dict], x: str = "epoch", y: str = "value") -> tuple[list, list]:
     pts = sorted((r[x], r[y]) for r in records if r.get(x) is not None and r.get(y) is not None)
     return [p[0] for p in pts], [p[1] for p in pts]
@@ -139,7 +148,7 @@ def gap_curves(source: Source, metrics: Optional[Sequence[str]] = None, pairs: O
     if mode == "facet":
         fig.update_xaxes(title_text="epoch", row=max(1, len(metrics)), col=1)
         for i, metric in enumerate(metrics):
-            fig.update_yaxes(title_text=metric, row=i + 1, col=1)  # the panel title spells it out
+            fig.update_yaxes(title_text=axis_unit(metric), row=i + 1, col=1)  # the panel title spells it out
         fig.update_layout(height=max(320, 230 * len(metrics)))
     else:
         buttons = [dict(label=m, method="update",
