@@ -16,13 +16,9 @@ not a timed test; the README table is rendered from its JSON by docs/render_read
 """
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
-from study_runs import collect, load, markdown_row, row_values, train_row, write_json
-
-from workbench.config import parse_overrides
+from study_runs import study_main
 
 ROWS = {"kd": "fashion/demo/kd", "kd_inherit": "fashion/inherit/kd", "gpd_kd": "fashion/demo/gpd_kd",
         "gpd_kd_inherit": "fashion/inherit/gpd_kd"}
@@ -33,31 +29,9 @@ OUT_DIR = "runs/fashion_inherit"
 
 
 def main(argv) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", default="0,1,2", help="comma list of training seeds")
-    p.add_argument("--rows", default=",".join(ROWS), help=f"comma list of rows ({', '.join(ROWS)})")
-    p.add_argument("--json", default="", help="also write the per-seed numbers to this JSON file")
-    p.add_argument("--collect", default="", help="do not train: read the finished runs under this out_dir")
-    args, rest = p.parse_known_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    overrides = parse_overrides(rest)
-    out_dir = overrides.pop("out_dir", OUT_DIR)
-    names = [n for n in args.rows.split(",") if n]
-    values = {n: row_values(ROWS[n], overrides) for n in names}
-    print(f"rows: {values}\nseeds: {seeds}; load average at start: {load()}\n", flush=True)
-    print("| student resnet8 (teacher resnet20) | epoch 0 | T_s-S gap at epoch 0 | best epoch | last epoch | "
-          "T_d last | s/run |\n|---|---|---|---|---|---|---|", flush=True)
-    if args.collect:
-        rows = collect(Path(args.collect), values, seeds)
-    else:
-        rows = {}
-        for n in names:
-            rows[n] = train_row(values[n], seeds, out_dir)
-            print(markdown_row(LABELS[n], rows[n], KEYS), flush=True)
-    print(f"\nload average at end: {load()}; runs under {args.collect or out_dir}")
-    if args.json:
-        write_json(args.json, rows, {"rows": ", ".join(f"{n}={ROWS[n]}" for n in names), **overrides}, seeds)
-    return rows
+    header = ("| student resnet8 (teacher resnet20) | epoch 0 | T_s-S gap at epoch 0 | best epoch | last epoch | "
+              "T_d last | s/run |\n|---|---|---|---|---|---|---|")
+    return study_main(argv, __doc__.split("\n\n")[0], ROWS, LABELS, KEYS, OUT_DIR, header)
 
 
 if __name__ == "__main__":

@@ -73,17 +73,59 @@ def write_json(path: str, rows: dict, settings: dict, seeds: list[int]) -> None:
 
 
 def collect(out_dir: Path, wanted: dict[str, dict], seeds: list[int]) -> dict:
-    """``{row: [numbers per seed]}`` from finished runs under ``out_dir`` whose config has every
-    key of ``wanted[row]`` (rows with every seed finished only)."""
+    """``{row: [numbers per seed]}`` from finished runs under ``out_dir`` trained with exactly the
+    row's config (every recorded key equal to the row's value or default, runtime keys aside: a run
+    with one more key set, e.g. ``init=inherit``, is another row's); rows with every seed only."""
+    from workbench.config import RunConfig
+    from workbench.engine.resume import config_diff
+
     rows = {}
     for name, want in wanted.items():
         found = {}
         for cfg_path in out_dir.glob("*/config.json"):
             cfg = json.loads(cfg_path.read_text())
-            if (cfg_path.parent / "summary.json").exists() and all(str(cfg.get(k)) == str(v) for k, v in want.items()):
+            expected = RunConfig.from_dict({**want, "seed": cfg.get("seed", 0)}).to_dict()
+            if (cfg_path.parent / "summary.json").exists() and not config_diff(cfg, expected):
                 found[cfg["seed"]] = numbers(cfg_path.parent)
         if all(s in found for s in seeds):
             rows[name] = [dict(found[s], seconds=float("nan")) for s in seeds]
         else:
             print(f"{name}: finished seeds {sorted(found)} of {seeds}: left out")
     return rows
+
+
+def study_main(argv, description: str, rows: dict[str, str], labels: dict[str, str], keys, out_dir: str,
+               header: str, settings=None) -> dict:
+    """The command line every study script shares: ``[--seeds] [--rows] [--json] [--collect DIR]
+    [key=value ...]``; trains (or, with ``--collect``, re-reads) each row's seeds, prints the
+    markdown table (``header``: its first two lines), writes the JSON. ``settings(values, names)``
+    gives the settings recorded in the JSON (default: the rows' presets)."""
+    import argparse
+
+    from workbench.config import parse_overrides
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--seeds", default="0,1,2", help="comma list of training seeds")
+    p.add_argument("--rows", default=",".join(rows), help=f"comma list of rows ({', '.join(rows)})")
+    p.add_argument("--json", default="", help="also write the per-seed numbers to this JSON file")
+    p.add_argument("--collect", default="", help="do not train: read the finished runs under this out_dir")
+    args, rest = p.parse_known_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    overrides = parse_overrides(rest)
+    out_dir = overrides.pop("out_dir", out_dir)
+    names = [n for n in args.rows.split(",") if n]
+    values = {n: row_values(rows[n], overrides) for n in names}
+    print(f"rows: {values}\nseeds: {seeds}; load average at start: {load()}\n", flush=True)
+    print(header, flush=True)
+    if args.collect:
+        found = collect(Path(args.collect), values, seeds)
+    else:
+        found = {}
+        for n in names:
+            found[n] = train_row(values[n], seeds, out_dir)
+            print(markdown_row(labels[n], found[n], keys), flush=True)
+    print(f"\nload average at end: {load()}; runs under {args.collect or out_dir}")
+    if args.json:
+        recorded = settings(values, names) if settings else {"rows": ", ".join(f"{n}={rows[n]}" for n in names)}
+        write_json(args.json, found, {**recorded, **overrides}, seeds)
+    return found
