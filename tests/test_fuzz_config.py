@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -23,7 +24,8 @@ from workbench.config import ConfigError, RunConfig, convert, parse_overrides
 from workbench.methods.gpd import gpd_branches
 from workbench.presets import PRESETS
 
-EXAMPLES = 200
+#: examples per fuzz test; WORKBENCH_FUZZ_EXAMPLES=5000 for a long hunt before a release
+EXAMPLES = int(os.environ.get("WORKBENCH_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -33,6 +35,7 @@ BIG = 10**6
 COUPLED = {"method", "base", "teacher", "ctkd", "dot", "optimizer", "train_per_class", "source_classes",
            "data_source", "dataset", "branches", "preset", "cache_teacher", "augment"}
 COUPLED |= {"ctc_stage_epoch", "ctc_alpha"}  # CTC on needs epochs >= 2 and a stage epoch below epochs: tests/test_ctc.py
+COUPLED |= {"sync_bn", "widening"}  # gpd refuses sync_bn=true with widening=reference: tests/test_config.py
 
 
 def kind(name: str) -> str:
@@ -139,7 +142,7 @@ def invalid_value(name: str) -> st.SearchStrategy:
     meta, k = FIELDS[name].metadata, kind(name)
     low, high = bounds(name)
     junk = st.text(min_size=1, max_size=12).filter(lambda s: not _parses_as_number(s) and s.strip().lower()
-                                                   not in TRUE_WORDS + FALSE_WORDS + ("none", "null"))
+                                                   not in TRUE_WORDS + FALSE_WORDS + ("none", "null", ""))  # blank = unset
     wrong_types = st.sampled_from([[1, 2], {"a": 1}, object()]) if k != "tuple" else st.sampled_from([{"a": 1}, object()])
     options = [wrong_types]
     if meta.get("choices"):
@@ -287,16 +290,52 @@ def test_method_base_teacher_ctkd_dot_optimizer_interactions_exhaustively():
     assert 0 < accepted < len(COMBOS)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=max(60, EXAMPLES * 3 // 10), deadline=None)
 @given(st.sampled_from(sorted(PRESETS)), st.sampled_from(INDEPENDENT).flatmap(
     lambda n: valid_value(n).map(lambda v: (n, v[0], v[1]))))
 def test_presets_apply_under_explicit_valid_keys(preset, pair):
     name, value, expected = pair
+    assume(name not in preset_coupled(preset))
     cfg = RunConfig.from_dict({"preset": preset, name: value})
     assert getattr(cfg, name) == expected
     for k, v in PRESETS[preset].items():
         if k != name:
             assert getattr(cfg, k) == convert(k, v), k
+
+
+def preset_coupled(preset: str) -> set[str]:
+    """Keys a preset ties to its own values: a two-stage CTC preset fixes its stage epoch, so
+    ``epochs`` must stay above it (refusal tested in tests/test_ctc.py)."""
+    p = PRESETS[preset]
+    return {"epochs"} if p.get("method") == "ctc" or p.get("ctc_alpha", 0) else set()
+
+
+def extreme_values(name: str) -> list:
+    """Every choice, both booleans, or the finite bounds of one key."""
+    meta, k = FIELDS[name].metadata, kind(name)
+    if meta.get("choices"):
+        return list(meta["choices"])
+    if k == "bool":
+        return [True, False]
+    return [v for v in bounds(name) if v is not None and abs(v) < BIG]
+
+
+def test_every_preset_takes_every_independent_key_at_its_extremes():
+    """Deterministic sweep behind the fuzz test above: every preset x every independent key x
+    its choices / bounds builds, and the key reads back; the only refusals are the couplings
+    named in preset_coupled."""
+    tried = 0
+    for preset in sorted(PRESETS):
+        for name in INDEPENDENT:
+            for value in extreme_values(name):
+                if name in preset_coupled(preset):
+                    continue
+                assert getattr(RunConfig.from_dict({"preset": preset, name: value}), name) == convert(name, value)
+                tried += 1
+    assert tried > len(PRESETS) * len(INDEPENDENT)
+    ctc = next(p for p in sorted(PRESETS) if "epochs" in preset_coupled(p))
+    with pytest.raises(ConfigError, match="^ctc"):
+        RunConfig.from_dict({"preset": ctc, "epochs": 1})
 
 
 @FUZZ
