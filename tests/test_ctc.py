@@ -19,7 +19,8 @@ from workbench.engine.checkpoint import LAST, load_checkpoint
 from workbench.engine.schedule import TwoStageSchedule, lr_factor
 from workbench.experiment import run
 from workbench.methods import Outputs, build_method
-from workbench.methods.ctc import CTCTerm, MemoryBank, crd_nce, info_nce, negatives, sample_negatives, stage_epoch
+from workbench.methods.ctc import (CTCTerm, MemoryBank, crd_nce, info_nce, instance_loss, negatives,
+                                  sample_negatives, stage_epoch)
 from workbench.models.hooks import PENULTIMATE
 from workbench.presets import get_preset
 from test_trainer import _args, _cli, strip
@@ -136,6 +137,35 @@ def test_crd_nce_matches_the_formula_and_fixes_its_normaliser_once():
     z_first = float(z)
     crd_nce(u, bank.flip(0), index, neg, tau, k, z, N)  # other scores: Z stays what it was
     assert float(z) == z_first
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_similarities_with_the_memory_stay_float32_under_autocast(dtype):
+    """Mixed precision (CPU autocast casts matmuls to ``dtype`` as CUDA's does): the instance loss,
+    the exact InfoNCE and CRD's NCE (with its normaliser) equal their float32 values. Each sample's
+    own row is close to it (cosine ~0.95), so at tau 0.07 (the reference's default nce_t) a float16
+    exp(<., .>/tau) = exp(13.6) would overflow to inf."""
+    torch.manual_seed(3)
+    n, dim = 40, 128
+    v = F.normalize(torch.randn(4, dim), dim=1)
+    bank = F.normalize(torch.randn(n, dim), dim=1)
+    bank[:4] = F.normalize(bank[:4] + 3 * v, dim=1)
+    labels, index = torch.arange(n) % 5, torch.arange(4)
+    neg = negatives(labels, labels[index], index)
+
+    def losses():
+        torch.manual_seed(0)  # the same CRD draws each time
+        z = torch.full((1,), -1.0)
+        return (instance_loss(v, bank, index, 0.1), info_nce(v, bank, index, neg, 0.07, 16384),
+                crd_nce(v, bank, index, neg, 0.07, 8, z, n), z)
+
+    want = losses()
+    with torch.autocast("cpu", dtype=dtype):
+        got = losses()
+    tol = float_tol(torch.float32, dim + n)  # float32 dot products, then a softmax / mean over <= n terms
+    for name, g, w in zip(("instance", "info_nce", "crd", "crd Z"), got, want):
+        assert g.dtype == torch.float32 and torch.isfinite(g).all(), name
+        assert float(g) == pytest.approx(float(w), rel=tol), name
 
 
 def test_stage2_contrasts_both_directions_and_updates_both_memories():

@@ -40,9 +40,14 @@ classes, the two presets (transferability: alpha 0.5, tau_ins 0.1, tau_nce 0.1; 
 alpha 0.1, tau_ins 0.5, tau_nce 0.4; momentum 0.9, beta 1).
 Ours (adaptations): the exact InfoNCE as the default on small data; the lr schedule is the run's
 own (per step) restarted at the boundary, where the reference computes a per-epoch cosine with
-(E + 1) in the denominator; the add-on use with other methods; under DDP features and indices are
+(E + 1) in the denominator; the stage-1 projector is trained with the model (the reference builds
+it inside ``LinearAverage``, a criterion it never hands to the optimizer, so there it stays a fixed
+random projection); the add-on use with other methods; under DDP features and indices are
 all-gathered before every memory update (and Z is the mean over ranks), so each rank keeps the
-same banks a single process would.
+same banks a single process would; under mixed precision the similarities with the memory rows
+(and CRD's exp of them) are computed in float32 (:func:`similarities`): the reference runs in
+float32, a bf16 dot product carries ~1e-3 of error into logits divided by tau, and in float16
+exp(<., .>/tau) overflows once the cosine exceeds ~11 tau (tau 0.07: cosine 0.78).
 """
 from __future__ import annotations
 
@@ -78,6 +83,18 @@ SCHEDULES = ("two_stage", "run")
 
 def _normed(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x.float(), dim=1)
+
+
+def similarities(v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``<v_i, rows_j>`` for every pair, (B, N), in float32 also inside an autocast region (see
+    the module docstring: mixed precision)."""
+    with torch.autocast(v.device.type, enabled=False):
+        return v.float() @ rows.float().t()
+
+
+def instance_loss(v: torch.Tensor, rows: torch.Tensor, index: torch.Tensor, tau: float) -> torch.Tensor:
+    """Stage 1: CE(<v_i, M_j>/tau over all N rows, target the image's own row i), mean over the batch."""
+    return F.cross_entropy(similarities(v, rows) / tau, index)
 
 
 class MemoryBank(nn.Module):
@@ -122,7 +139,7 @@ def info_nce(v: torch.Tensor, bank: torch.Tensor, index: torch.Tensor, neg: torc
              k: int) -> torch.Tensor:
     """Exact InfoNCE: -log softmax of <v_i, bank_i>/tau against K negatives of row i (all of them
     when K >= their number: no sampling), mean over the batch."""
-    logits = v @ bank.t() / tau  # (B, N)
+    logits = similarities(v, bank) / tau  # (B, N)
     if k >= int(neg.sum(1).max()):
         return F.cross_entropy(logits.masked_fill(~(neg | _own(neg, index)), float("-inf")), index)
     idx, real = sample_negatives(neg, k)
@@ -146,7 +163,8 @@ def crd_nce(v: torch.Tensor, bank: torch.Tensor, index: torch.Tensor, neg: torch
     avail = int(neg.sum(1).min())
     idx, _ = sample_negatives(neg, k, replace=k > avail)
     cols = torch.cat([index[:, None], idx], 1)  # (B, K + 1), the positive first
-    scores = torch.exp(torch.bmm(bank[cols], v[:, :, None]).squeeze(2) / tau)
+    with torch.autocast(v.device.type, enabled=False):  # float32: exp(<., .>/tau) overflows float16
+        scores = torch.exp(torch.bmm(bank[cols].float(), v.float()[:, :, None]).squeeze(2) / tau)
     if float(z) < 0:
         z.fill_(float(all_reduce_mean(scores.mean().detach())) * n_data)
     p = scores / float(z)
@@ -192,7 +210,7 @@ class CTCTerm(AuxTerm):
         f = s.features[PENULTIMATE]
         if self.stage() == 1:
             v = _normed(self.projector(f))
-            loss = F.cross_entropy(v @ self.instance.rows.clone().t() / self.tau_ins, index)
+            loss = instance_loss(v, self.instance.rows.clone(), index, self.tau_ins)
             self.instance.update(index, v)
             return {"loss_ctc_ins": self.alpha * loss}
         if snap is None:
