@@ -228,6 +228,13 @@ class _Capture(Callback):
         return []
 
 
+def train_set_labels(cfg: dict) -> torch.Tensor:
+    from workbench import data
+
+    c = RunConfig.from_dict(cfg)
+    return data.labels(data.build(c.dataset, "train", **c.dataset_options()))
+
+
 def test_ctc_run_snapshot_is_frozen_at_the_boundary_and_modules_stay_out_of_student_pt(fast_cfg):
     cap = _Capture()
     res = run(dict(fast_cfg, method="ctc", epochs=3, probe_every=0, weight_decay=1e-3), extra_callbacks=[cap])
@@ -244,6 +251,10 @@ def test_ctc_run_snapshot_is_frozen_at_the_boundary_and_modules_stay_out_of_stud
     owned = ("aux_terms.0.projector.weight", "aux_terms.0.head_s.weight", "aux_terms.0.head_t.weight",
              "aux_terms.0.instance.rows", "aux_terms.0.memory_s.rows", "aux_terms.0.memory_t.rows", "aux_terms.0.z")
     assert all(k in state for k in owned)
+    n_train = len(state["aux_terms.0.instance.rows"])  # one row per training image, 128-d (the paper's width)
+    assert n_train == len(train_set_labels(fast_cfg))
+    assert state["aux_terms.0.projector.weight"].shape == state["aux_terms.0.head_s.weight"].shape == (128, 64)
+    assert all(state[f"aux_terms.0.{b}.rows"].shape == (n_train, 128) for b in ("instance", "memory_s", "memory_t"))
     student = torch.load(res.run_dir / "student.pt", weights_only=True)["model"]
     assert set(student) == set(models.build("resnet8", 10, 1).state_dict())
     # the records: stage 1 trains the instance term, stage 2 the contrast, lr restarts at x0.1 of the base
@@ -279,6 +290,12 @@ def test_ctc_as_an_add_on_to_kd_and_gpd(fast_cfg):
     assert "+ctc" in kd.run_dir.name
     train = [r for r in read_metrics(kd.run_dir) if r["kind"] == "train"]
     assert {"loss_kd", "loss_ctc_ins"} <= set(train[0]) and {"loss_kd", "loss_ctc_nce"} <= set(train[2])
+    dkd = build_method(RunConfig.from_dict(dict(fast_cfg, method="dkd", ctc_alpha=0.1, epochs=3)),
+                       models.build("resnet8", 10, 1), models.build("resnet8", 10, 1), train_labels=torch.arange(40) % 10)
+    dkd.on_epoch_start(1, 3)
+    _, losses = dkd(torch.randn(4, 1, 8, 8), torch.arange(4), torch.arange(4))
+    assert {"loss_ce", "loss_dkd", "loss_ctc_ins"} <= set(losses) and dkd.aux_terms[0].alpha == 0.1
+    assert dkd.schedule is not None and dkd.schedule.boundary == 2  # the two-stage schedule comes with the add-on
     cfg = RunConfig.from_dict(dict(fast_cfg, method="gpd", base="kd", ctc_alpha=0.5, epochs=3, branches=0))
     x = torch.randn(4, 1, 8, 8)
     m = build_method(cfg, models.build("resnet8", 10, 1), models.build("resnet8", 10, 1), example_input=x[:2],
@@ -294,7 +311,8 @@ def test_ctc_as_an_add_on_to_kd_and_gpd(fast_cfg):
 
 
 def test_snapshot_teacher_teaches_from_its_epoch_on(fast_cfg):
-    res = run(dict(fast_cfg, method="kd", teacher="snapshot@1", epochs=3, probe_every=1))
+    cap = _Capture()
+    res = run(dict(fast_cfg, method="kd", teacher="snapshot@1", epochs=3, probe_every=1), extra_callbacks=[cap])
     assert res.run_dir.name.startswith("digits_snapshot1-resnet8_kd")
     recs = read_metrics(res.run_dir)
     train = [r for r in recs if r["kind"] == "train"]
@@ -306,6 +324,12 @@ def test_snapshot_teacher_teaches_from_its_epoch_on(fast_cfg):
     assert {r["pair"] for r in recs if r["kind"] == "gap"} == {"T_s-S"}
     state = load_checkpoint(res.run_dir / LAST)["method"]
     assert any(k.startswith("snapshot.model.") for k in state) and not any(k.startswith("teacher.") for k in state)
+    # the frozen teacher after epoch 3 is, tensor for tensor (BN statistics included), the student of epoch 1
+    snap = {k[len("snapshot.model."):]: v for k, v in state.items() if k.startswith("snapshot.model.")}
+    assert snap.keys() == cap.students[1].keys()
+    for k, v in cap.students[1].items():
+        assert torch.equal(snap[k], v), k
+    assert any(not torch.equal(snap[k], v) for k, v in cap.students[3].items() if v.is_floating_point())
 
 
 @pytest.mark.parametrize("kw, words", [
