@@ -363,32 +363,42 @@ def test_ctc_presets_carry_the_papers_two_settings():
     assert small.ctc_nce == "exact" and small.ctc_alpha == 0.5 and small.teacher == "none"
 
 
-def test_killed_ctc_run_resumes_across_the_boundary_to_the_same_state(tmp_path):
-    """Killed inside epoch 3, after the boundary checkpoint of epoch 2: the snapshot, the three
-    memory banks and CRD's normalisers come back from last.pt, so the resumed run ends exactly
-    where the uninterrupted one does."""
-    base = dict(method="ctc", ctc_nce="crd", ctc_nce_k=50, dataset="digits", train_per_class=20, student="resnet8",
-                epochs=3, ctc_stage_epoch=2, batch_size=16, lr=0.05, schedule="cosine", probe_every=0,
-                out_dir=tmp_path, progress="false")
-    ref = _cli(_args(dict(base, name="ref")))
-    assert ref.wait(timeout=600) == 0, ref.stdout.read()
-    killed = _cli(_args(dict(base, name="killed")))
-    last = tmp_path / "killed" / LAST
+def _kill_after_checkpoint(cmd_args, last, epoch: int) -> dict:
+    """Start a run, SIGKILL it once ``last`` holds epoch >= ``epoch``, return that checkpoint."""
+    killed = _cli(cmd_args)
     deadline = time.time() + 300
-    while time.time() < deadline:  # the epoch-2 checkpoint (snapshot taken, memories refreshed), then kill
-        if last.exists() and load_checkpoint(last)["epoch"] >= 2:
+    while time.time() < deadline:
+        if last.exists() and load_checkpoint(last)["epoch"] >= epoch:
             break
         time.sleep(0.05)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert killed.returncode == -signal.SIGKILL
-    assert not (tmp_path / "killed" / "summary.json").exists(), "the run finished before the kill"
-    assert bool(load_checkpoint(last)["method"]["snapshot.taken"])
+    assert not (last.parent / "summary.json").exists(), "the run finished before the kill"
+    return load_checkpoint(last)
+
+
+def test_killed_ctc_run_resumes_across_the_boundary_to_the_same_state(tmp_path):
+    """Killed twice: inside epoch 3, after the boundary checkpoint of epoch 2 (snapshot taken,
+    stage-2 memories refreshed, CRD's normalisers not yet set), and inside epoch 4, after the
+    epoch-3 checkpoint (normalisers set on epoch 3's first batch: a resume that lost them would
+    set them again from epoch 4's). The snapshot, the three memory banks and the normalisers come
+    back from last.pt, so the twice-resumed run ends exactly where the uninterrupted one does."""
+    base = dict(method="ctc", ctc_nce="crd", ctc_nce_k=50, dataset="digits", train_per_class=20, student="resnet8",
+                epochs=4, ctc_stage_epoch=2, batch_size=16, lr=0.05, schedule="cosine", probe_every=0,
+                out_dir=tmp_path, progress="false")
+    ref = _cli(_args(dict(base, name="ref")))
+    assert ref.wait(timeout=600) == 0, ref.stdout.read()
+    last = tmp_path / "killed" / LAST
+    at_boundary = _kill_after_checkpoint(_args(dict(base, name="killed")), last, 2)
+    assert bool(at_boundary["method"]["snapshot.taken"])
+    in_stage2 = _kill_after_checkpoint(_args(dict(base, name="killed")), last, 3)  # resumed, killed again
+    assert in_stage2["epoch"] == 3 and (in_stage2["method"]["aux_terms.0.z"] > 0).all()
     resumed = _cli(_args(dict(base, name="killed")))
     out = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, out
     a, b = load_checkpoint(tmp_path / "ref" / LAST), load_checkpoint(last)
-    assert a["epoch"] == b["epoch"] == 3 and a["method"].keys() == b["method"].keys()
+    assert a["epoch"] == b["epoch"] == 4 and a["method"].keys() == b["method"].keys()
     for key, value in a["method"].items():
         assert torch.equal(value, b["method"][key]), key
     assert strip(read_metrics(tmp_path / "ref")) == strip(read_metrics(tmp_path / "killed"))
