@@ -200,6 +200,8 @@ def test_build_sets_the_methods_inference_heads_and_readout(tmp_path, name, head
 @pytest.mark.parametrize("kw, words", [
     (dict(method="gpd", base="deit"), ["base: method 'deit' cannot be the base loss of method=gpd",
                                        "distillation-token", "train method=deit on its own"]),
+    (dict(method="gpd", base="cskd"), ["base: method 'cskd' cannot be the base loss of method=gpd",
+                                       "distillation-token", "train method=cskd on its own"]),
     (dict(method="ctkd", base="cskd"), ["base: method 'cskd'"]),
     (dict(method="cskd", student="resnet8"), ["student", "distillation token", "'resnet8'"]),
     (dict(method="cskd", teacher="vit_small"), ["teacher", "dense logits", "'vit_small' is a ViT", "method=deit"]),
