@@ -21,6 +21,9 @@ TRAIN_TOL_F64 = 1e-9  # float64 (eps 2.2e-16): the same sums with batch statisti
 NUM_CLASSES = 10
 SMALL_VIT = dict(depth=2, dim=64, head_dim=16)  # 4 heads: r = 1.5 -> 6 heads, 1.25 -> 5
 TINY_VIT = dict(depth=2)  # vit_tiny shapes (3 heads of 64), 2 blocks to stay fast
+#: the distillation-token ViT (dist token, second head) predicting with every head CSKD averages,
+#: the dense one (head_dist on every patch token) included
+DIST_VIT = dict(SMALL_VIT, eval_heads=("cls", "dist", "dense"))
 CNNS = ["resnet8x4", "resnet20", "resnet32x4", "wrn_16_2", "vgg8", "MobileNetV2", "resnet18", "resnet50"]
 #: channel shuffle / split / concat and grouped convs need an integer ratio
 SHUFFLENETS = ["ShuffleV1", "ShuffleV2"]
@@ -42,6 +45,7 @@ GRID = (
     + [_case(n, r) for n in SHUFFLENETS for r in (2.0, 3.0)]
     + [_case("vit_tiny", r, TINY_VIT) for r in (2.0, 3.0)]
     + [_case("vit_tiny", r, SMALL_VIT, "-dim64") for r in (2.0, 3.0, 1.5, 1.25)]
+    + [_case("vit_tiny_dist", r, DIST_VIT, "-dim64") for r in (2.0, 1.5)]
 )
 
 
@@ -70,10 +74,11 @@ def test_dynamic_teacher_equals_student_view_at_zero_noise(name, ratio, kwargs):
     # really wider, really multi-branch
     fc_s, fc_d = (m.get_submodule(classifier_path(student)) for m in (student, dt.wide))
     assert fc_d.in_features == wide_width(fc_s.in_features, ratio) > fc_s.in_features
-    assert any(isinstance(m, MultiBranchConv2d) for m in dt.wide.modules()) == (branches != 0 and name != "vit_tiny")
+    assert any(isinstance(m, MultiBranchConv2d) for m in dt.wide.modules()) == (branches != 0 and not name.startswith("vit"))
 
 
-ONE_ZERO = [_case(n, 2.0) for n in CNNS + SHUFFLENETS] + [_case("vit_tiny", 1.5, SMALL_VIT, "-dim64")]
+ONE_ZERO = [_case(n, 2.0) for n in CNNS + SHUFFLENETS] + [_case("vit_tiny", 1.5, SMALL_VIT, "-dim64"),
+                                                          _case("vit_tiny_dist", 1.5, DIST_VIT, "-dim64")]
 
 
 @pytest.mark.parametrize("name,ratio,kwargs", ONE_ZERO)

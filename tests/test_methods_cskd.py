@@ -2,7 +2,7 @@
 hand computations, the method's loss terms against a composition written out here (dense teacher
 logits by hand, grid pooling by reshape, the fused target of the epoch), the fusion schedule's
 endpoints inside the method, inference = the averaged heads, the refusals (GPD base, students
-without a distillation token, ViT teachers, CTKD, the teacher-logit cache), the ViT recipe's
+without a distillation token, ViT teachers, CTKD, the CTC add-on, the teacher-logit cache), the ViT recipe's
 weight-decay groups, and one tiny run whose ``student.pt`` reloads as the run evaluated it."""
 import math
 
@@ -200,10 +200,14 @@ def test_build_sets_the_methods_inference_heads_and_readout(tmp_path, name, head
 @pytest.mark.parametrize("kw, words", [
     (dict(method="gpd", base="deit"), ["base: method 'deit' cannot be the base loss of method=gpd",
                                        "distillation-token", "train method=deit on its own"]),
+    (dict(method="gpd", base="cskd"), ["base: method 'cskd' cannot be the base loss of method=gpd",
+                                       "distillation-token", "train method=cskd on its own"]),
     (dict(method="ctkd", base="cskd"), ["base: method 'cskd'"]),
     (dict(method="cskd", student="resnet8"), ["student", "distillation token", "'resnet8'"]),
     (dict(method="cskd", teacher="vit_small"), ["teacher", "dense logits", "'vit_small' is a ViT", "method=deit"]),
     (dict(method="cskd", ctkd=True), ["ctkd", "ctkd=false"]),
+    (dict(method="cskd", ctc_alpha=0.5, epochs=2), ["ctc_alpha", "method cskd", "leave ctc_alpha unset or 0"]),
+    (dict(method="deit", ctc_alpha=0.1, epochs=2), ["ctc_alpha", "method deit", "leave ctc_alpha unset or 0"]),
     (dict(method="cskd", cache_teacher=True, augment=False), ["cache_teacher", "dense logits"]),
     (dict(method="cskd", cskd_schedule="exp"), ["cskd_schedule", "'exp'", "linear, squared, cosine"]),
     (dict(method="deit", vit_eval_heads="cls,patch"), ["vit_eval_heads", "cls, dist, dense"]),

@@ -28,9 +28,22 @@ PAIRS = {
 }
 
 
+def _distinct(model):
+    """Every float tensor of ``model``'s state (parameters, BN running statistics) set to random
+    values in [0.5, 1.5) (positive: valid variances). Fresh BN statistics, BN/LayerNorm affine
+    parameters and the ViT's zero biases are the same constants in every model, so without this an
+    equality check on them would pass whatever inheritance copied (or left alone)."""
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+    return model
+
+
 def _pair(t_name, s_name, **kw):
     torch.manual_seed(0)
-    teacher = models.build(t_name, K, **kw)
+    teacher = _distinct(models.build(t_name, K, **kw))
     torch.manual_seed(1)
     return teacher, models.build(s_name, K, **kw)
 

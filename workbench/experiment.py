@@ -211,12 +211,13 @@ def prepare(cfg: RunConfig) -> Prepared:
     init_arch = _init_arch(init, arch)
     prep = Prepared(cfg, info, source, arch, cfg.run_dir(), init, init_arch)
     teacher_file = _teacher_file(prep)
-    if teacher_file is not None:
-        _teacher_model(prep, teacher_file)  # wrong classes/architecture/damaged: one line now
+    # wrong classes/architecture/damaged: one line now
+    teacher_model = _teacher_model(prep, teacher_file) if teacher_file is not None else None
     if init.kind == student_init.INHERIT:
-        student_init.check_compatible(cfg.student, init_arch, info, student_options(cfg))
-        if init.path:
-            _inherit_source(prep)  # the file fits its architecture: one line now
+        # the file fits its architecture: one line now; the pair is checked on the source as saved
+        # (a ViT file's patch size), on a fresh build of the architecture when nothing is saved yet
+        source_model = _inherit_source(prep) if init.path else teacher_model
+        student_init.check_compatible(cfg.student, init_arch, info, student_options(cfg), source_model)
     _check_writable(prep.run_dir)
     _check_space(prep.run_dir, estimate_checkpoint_bytes(cfg, info))
     resume_checkpoint(prep.run_dir, cfg)  # a run this config may not continue: refused now
@@ -249,7 +250,7 @@ def _inherit_source(prep: Prepared) -> nn.Module:
     info = prep.info
     try:
         return models.load(prep.init_arch, prep.init.path, info.num_classes, info.in_channels,
-                           image_size=info.image_size)
+                           image_size=info.image_size, **models.saved_build_options(prep.init_arch, prep.init.path))
     except ValueError as e:
         raise ConfigError(f"init: {e}") from None
 
@@ -312,7 +313,8 @@ def cached_teacher(tcfg: RunConfig) -> Optional[Path]:
 def _teacher_model(prep: Prepared, path: Path) -> nn.Module:
     info = prep.info
     try:
-        return models.load(prep.teacher_arch, path, info.num_classes, info.in_channels, image_size=info.image_size)
+        return models.load(prep.teacher_arch, path, info.num_classes, info.in_channels, image_size=info.image_size,
+                           **models.saved_build_options(prep.teacher_arch, path))
     except ValueError as e:
         raise ConfigError(f"teacher: {e}") from None
 

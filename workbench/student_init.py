@@ -8,7 +8,8 @@
   embedded teacher, or an architecture that is trained and cached first) -- loaded for this even
   when the method itself uses no teacher (``ce``, ``gpd base=none``);
 - ``inherit:<path>``: weight inheritance from that checkpoint (its architecture read from the
-  file as for teacher files: our checkpoints' ``arch`` entry or a ``<arch>_vanilla`` folder).
+  file as for teacher files: our checkpoints' ``arch`` entry or a ``<arch>_vanilla`` folder; a
+  ViT's patch size from its patch-embedding kernel, ``models.saved_build_options``).
 
 Inheritance (after TinyCLIP's manual inheritance, Wu et al., ICCV 2023; ``models.inherit``):
 student block i of every block container takes the source's block i * (source blocks // student
@@ -78,15 +79,18 @@ def parse(value: str) -> InitSpec:
     return InitSpec(CHECKPOINT, value)
 
 
-def check_compatible(student: str, source: str, info, student_options: dict | None = None) -> None:
+def check_compatible(student: str, source: str, info, student_options: dict | None = None,
+                     source_model: nn.Module | None = None) -> None:
     """Refuse (``ConfigError``, one line) a student that cannot inherit from ``source`` (both zoo
-    names), by inheriting between freshly built models (cheap: no data, no training)."""
+    names), by inheriting into a freshly built student (cheap: no data, no training) from
+    ``source_model`` -- the loaded source file, whose build options (a ViT's patch size) the name
+    does not carry -- or, without one, from a fresh build of ``source``. The source is not changed."""
     from . import models
     from .models.inherit import InheritanceError, inherit
 
     build = dict(num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size)
     s = models.build(student, **build, **(student_options or {}))
-    t = models.build(source, **build)
+    t = source_model if source_model is not None else models.build(source, **build)
     try:
         inherit(s, t, student_name=student, teacher_name=source)
     except InheritanceError as e:

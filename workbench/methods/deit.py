@@ -23,7 +23,10 @@ kind per run and have no smoothing). ``ce_weight``, when set, replaces 1 - alpha
 Not a base loss for other methods: its loss reads the distillation token's head, which GPD's
 dynamic-teacher views (and CTKD's temperature) do not see; ``base=deit`` is refused with that
 reason. (IR/CBR themselves widen and extract a distillation-token ViT exactly; GPD with
-``base=kd`` on such a student distils its averaged prediction.)
+``base=kd`` on such a student distils its averaged prediction.) For the same reason the
+add-ons that hook into the base forward are refused with deit/cskd: CTKD's temperature and CTC's
+terms (``ctc_alpha > 0``; ``TokenDistiller.forward`` runs neither, and the trainer's call with
+batch indices used to fail mid-run).
 """
 from __future__ import annotations
 
@@ -73,6 +76,11 @@ def check_token_student(cfg) -> None:
     if cfg.ctkd:
         raise ValueError(f"ctkd: CTKD's learnable temperature is not wired into method {cfg.method}'s "
                          f"distillation-token loss; use ctkd=false")
+    from . import ctc
+
+    if ctc.active(cfg):
+        raise ValueError(f"ctc_alpha: CTC's add-on terms are not wired into method {cfg.method}'s distillation-token "
+                         f"forward (they would never run); leave ctc_alpha unset or 0")
     try:
         eval_heads(cfg, vit.DEIT_EVAL_HEADS)
     except ValueError as e:

@@ -33,7 +33,7 @@ from .checkpoint import load_into, read_state_dict
 from .hooks import FeatureTap, classifier_path, penultimate, stage_paths
 
 __all__ = [
-    "MODELS", "build", "available", "family", "load", "read_state_dict", "has_distillation_token",
+    "MODELS", "build", "available", "family", "load", "read_state_dict", "saved_build_options", "has_distillation_token",
     "with_distillation_token", "readout",
     "FeatureTap", "classifier_path", "stage_paths", "penultimate",
 ]
@@ -82,6 +82,17 @@ def readout(model: nn.Module) -> dict[str, str]:
 def family(name: str) -> str:
     """``"cifar"`` | ``"imagenet"`` | ``"vit"``."""
     return MODELS.meta(name)["family"]
+
+
+def saved_build_options(name: str, path, weights_only: bool = True) -> dict:
+    """Build options of the ``name`` model saved at ``path`` that the registered name does not
+    fix, read from the file: a ViT's ``patch_size`` (its patch-embedding kernel, so a run's
+    ``student.pt`` trained with ``patch_size=4`` loads as a teacher or inheritance source);
+    ``{}`` for the CNN families (the file is not read)."""
+    if family(name) != "vit":
+        return {}
+    patch = vit.patch_size_of(read_state_dict(path, weights_only=weights_only))
+    return {} if patch is None else {"patch_size": patch}
 
 
 def load(name: str, path, num_classes: int, in_channels: int = 3, map_location="cpu",

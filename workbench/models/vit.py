@@ -288,6 +288,18 @@ class DistilledViT(ViT):
         return {"logits_from": "+".join(self.eval_heads), "features_from": "cls_token"}
 
 
+#: the patch embedding's kernel in a ViT state dict: (dim, in_channels, patch, patch)
+PATCH_WEIGHT_KEY = "patch_embed.proj.weight"
+
+
+def patch_size_of(state) -> int | None:
+    """The patch size a ViT state dict was built with (its patch-embedding kernel side), or None
+    when ``state`` holds no such kernel. The registered names fix every size but the patch (the
+    ``patch_size`` key of a run), so a saved ViT is rebuilt from its name plus this."""
+    w = state.get(PATCH_WEIGHT_KEY)
+    return int(w.shape[-1]) if w is not None and w.ndim == 4 else None
+
+
 #: registered name suffix of the distillation-token variant of each size
 DIST_SUFFIX = "_dist"
 
