@@ -118,11 +118,11 @@ def peer(teacher, train_n, test_n):
     return epoch
 
 
-def ours(method_key, teacher, train_set, test_set, out_dir):
+def ours(method_key, teacher, train_set, test_set, out_dir, extra=None):
     cfg = RunConfig.from_dict({
         "dataset": "synthetic", "teacher": TEACHER, "student": STUDENT, "batch_size": BATCH,
         "epochs": 240, "lr": 0.05, "workers": 0, "progress": False, "probe_every": 1,
-        "transfer": "none", "out_dir": out_dir, **CIFAR_METHODS[method_key]})
+        "transfer": "none", "out_dir": out_dir, **CIFAR_METHODS[method_key], **(extra or {})})
     torch.manual_seed(0)
     student = models.build(STUDENT, NUM_CLASSES, 3, image_size=SIZE)
     example = torch.stack([train_set[i][0] for i in range(2)])
@@ -170,11 +170,15 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-gpd", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--gpd", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="keys on top of the gpd_kd preset for our GPD epoch (e.g. ema_eval_every=2: "
+                         "the measured epoch 1 is then one that skips the EMA twins)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; train {a.train}, test {a.test}, "
-          f"batch {BATCH}, {a.rounds} rounds; load average {os.getloadavg()[0]:.1f}")
+          f"batch {BATCH}, {a.rounds} rounds; load average {os.getloadavg()[0]:.1f}"
+          + (f"; GPD with {' '.join(a.gpd)}" if a.gpd else ""))
     teacher = models.build(TEACHER, NUM_CLASSES, 3, image_size=SIZE).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -187,7 +191,7 @@ def main():
     split = {"ours KD": kd_t}
     split_of = {"ours KD epoch": kd_t}
     if not a.no_gpd:
-        gpd, gpd_t = ours("gpd_kd", teacher, train_set, test_set, out)
+        gpd, gpd_t = ours("gpd_kd", teacher, train_set, test_set, out, dict(kv.split("=", 1) for kv in a.gpd))
         benches["ours GPD epoch"] = gpd
         split["ours GPD"] = gpd_t
         split_of["ours GPD epoch"] = gpd_t

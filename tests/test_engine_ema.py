@@ -73,6 +73,24 @@ def test_ema_roles_are_evaluated_and_the_better_is_reported(fast_cfg):
     assert (res.run_dir / "student_ema.pt").exists()
 
 
+def test_ema_eval_every_skips_the_ema_twins_between_due_epochs_only(fast_cfg):
+    """``ema_eval_every=2`` over 3 epochs: EMA twins at epochs 0 and 2 and at the last (3), not at 1;
+    where they are evaluated their records equal the every-epoch run's (the EMA is updated every
+    step either way), and epoch 1 reports the raw top-1."""
+    cfg = dict(fast_cfg, method="kd", ema_decay=0.5, epochs=3)
+    every = run(dict(cfg, name="every"))
+    sparse = run(dict(cfg, name="sparse", ema_eval_every=2))
+    recs = {name: {(r["epoch"], r["role"]): r for r in read_metrics(res.run_dir) if r["kind"] == "eval"}
+            for name, res in (("every", every), ("sparse", sparse))}
+    assert sorted(e for e, role in recs["sparse"] if role == "student_ema") == [0, 2, 3]
+    assert sorted(e for e, role in recs["every"] if role == "student_ema") == [0, 1, 2, 3]
+    for key, rec in recs["sparse"].items():
+        assert rec["top1"] == recs["every"][key]["top1"], key  # same training, same weights
+    assert "top1_reported" not in recs["sparse"][(1, "student")]
+    assert recs["sparse"][(3, "student")]["top1_reported"] == recs["every"][(3, "student")]["top1_reported"]
+    assert sparse.summary["student"]["last_top1_reported"] == every.summary["student"]["last_top1_reported"]
+
+
 class _Crash(Exception):
     pass
 

@@ -151,6 +151,9 @@ class CoreConfig:
                                      "gpd 0.99996 as in the reference, others 0 = off); raw and EMA models "
                                      "are both evaluated and max(raw, EMA) is reported", low=0.0,
                                      high=MAX_EMA_DECAY, kind="Optional[float]")
+    ema_eval_every: int = opt(1, "with EMA: evaluate the EMA model every N epochs and at the last (1 = every "
+                              "epoch, as the GPD reference); between, an epoch's top1_reported is the raw "
+                              "model's", low=1)
     # --- probes ---------------------------------------------------------------------------------
     probe_every: int = opt(1, "gap/discriminability probes every N epochs (0 = off)", low=0)
     probe_samples: int = opt(2000, "examples whose features are kept for CKA / kNN probes", low=0)

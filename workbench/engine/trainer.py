@@ -291,6 +291,11 @@ class Trainer:
             models.update({r + EMA_SUFFIX: m for r, m in self.method.eval_models(self.ema.module).items()})
         return models
 
+    def _ema_due(self, epoch: int) -> bool:
+        """Whether this epoch evaluates the EMA twins (``ema_eval_every``; the last epoch always)."""
+        every = self.cfg.ema_eval_every
+        return every <= 1 or epoch % every == 0 or epoch == self.epochs
+
     def _features_due(self, epoch: int) -> int:
         """How many examples' penultimate features this epoch's due callbacks need (0 = none)."""
         if self.cfg.probe_every <= 0 or not any(cb.needs_features and cb.due(epoch, self.epochs)
@@ -307,6 +312,8 @@ class Trainer:
         With EMA, each raw role's record also carries ``top1_reported`` = max(raw, EMA) top-1
         (what the GPD reference code reports)."""
         models = self.eval_models()
+        if not self._ema_due(epoch):
+            models = {r: m for r, m in models.items() if not r.endswith(EMA_SUFFIX)}
         order = list(models)  # records keep the roles' order whatever was cached
         readouts = {role: model_readout(m) for role, m in models.items()}  # which heads/tokens are read
         budget = self._features_due(epoch)
@@ -496,7 +503,7 @@ class Trainer:
         for cb in self.callbacks:
             self.log.append(_stamp(cb.on_eval_end(state, epoch, outputs), epoch))
         student = next((r for r in records if r["role"] == "student"), None)
-        return None if student is None else student.get("top1_reported", student["top1"])
+        return None if student is None else _reported(student)
 
     def _print_epoch(self, train: dict, student_top1) -> None:
         if not self.is_main or not self.cfg.progress:
@@ -519,8 +526,8 @@ class Trainer:
                 summary[role] = {"kind": "summary", "epoch": rs[-1]["epoch"], "role": role,
                                  "best_top1": best["top1"], "best_epoch": best["epoch"], "last_top1": rs[-1]["top1"]}
                 if "top1_reported" in rs[-1]:
-                    best_rep = max(rs, key=lambda r: r["top1_reported"])
-                    summary[role].update(best_top1_reported=best_rep["top1_reported"],
+                    best_rep = max(rs, key=_reported)
+                    summary[role].update(best_top1_reported=_reported(best_rep),
                                          best_epoch_reported=best_rep["epoch"],
                                          last_top1_reported=rs[-1]["top1_reported"])
             self.log.append(summary.values())
@@ -560,6 +567,11 @@ def _input_shape(*datasets) -> tuple[int, ...] | None:
 
 def _cpu(state: dict) -> dict:
     return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state.items()}
+
+
+def _reported(record: dict) -> float:
+    """An eval record's reported top-1: max(raw, EMA) where its EMA twin was evaluated, else raw."""
+    return record.get("top1_reported", record["top1"])
 
 
 def _add_reported(records: list[dict]) -> None:
