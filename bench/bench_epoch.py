@@ -118,7 +118,9 @@ def peer(teacher, train_n, test_n):
     return epoch
 
 
-def ours(method_key, teacher, train_set, test_set, out_dir, extra=None):
+def trainer(method_key, teacher, train_set, test_set, out_dir, extra=None) -> Trainer:
+    """Our ``Trainer`` for preset ``method_key`` (+ ``extra`` keys) on the fake data, with the
+    default probes, started and at epoch 1 (bench_epoch, profile_step)."""
     cfg = RunConfig.from_dict({
         "dataset": "synthetic", "teacher": TEACHER, "student": STUDENT, "batch_size": BATCH,
         "epochs": 240, "lr": 0.05, "workers": 0, "progress": False, "probe_every": 1,
@@ -134,6 +136,11 @@ def ours(method_key, teacher, train_set, test_set, out_dir, extra=None):
     for cb in tr.callbacks:
         cb.on_fit_start(tr.state())
     tr._start_epoch(1)
+    return tr
+
+
+def ours(method_key, teacher, train_set, test_set, out_dir, extra=None):
+    tr = trainer(method_key, teacher, train_set, test_set, out_dir, extra)
     timings = {"train": [], "eval+probes": [], "plain forwards": []}
 
     def plain_forwards():
