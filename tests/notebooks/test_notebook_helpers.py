@@ -373,6 +373,7 @@ def test_study_helpers_group_runs_by_method_and_average_curves_over_seeds(tmp_pa
     top1 = [r["top1"] for r in curves if r["kind"] == "eval"]
     transfer = [r["value"] for r in curves if r["kind"] == "probe"]
     assert top1 == [25.0, 65.0, 75.0] and transfer == [55.0, 85.0, 80.0]  # means of two exact halves
+    assert nb.mean_curves(iter(runs["ctc_transfer"])) == curves  # any iterable of run folders
     fig = nb.study_disc_transfer(runs)
     names = {t.name for t in fig.data}
     assert len(fig.data) == 4 and any("ctc_transfer (mean of 2)" in n for n in names)

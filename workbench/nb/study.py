@@ -39,6 +39,7 @@ def mean_curves(run_dirs) -> list[dict]:
     averaged over the runs, epoch by epoch (epochs every run has), with ``n`` the runs averaged."""
     series: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     target = None
+    run_dirs = list(run_dirs)  # read twice: the records, then the count
     for d in run_dirs:
         for r in read_metrics(d):
             if r["kind"] == "eval" and r["role"] == "student":
@@ -47,7 +48,7 @@ def mean_curves(run_dirs) -> list[dict]:
                     and r.get("role") == "student":
                 series[("probe", TRANSFER)][r["epoch"]].append(r["value"])
                 target = r.get("target")
-    n = len(list(run_dirs))
+    n = len(run_dirs)
     out = []
     for (kind, _), by_epoch in series.items():
         for epoch, values in sorted(by_epoch.items()):
