@@ -402,3 +402,29 @@ def test_killed_ctc_run_resumes_across_the_boundary_to_the_same_state(tmp_path):
     for key, value in a["method"].items():
         assert torch.equal(value, b["method"][key]), key
     assert strip(read_metrics(tmp_path / "ref")) == strip(read_metrics(tmp_path / "killed"))
+
+
+def test_ddp_leaves_the_memory_banks_to_the_method_and_still_broadcasts_batchnorm(fast_cfg, tmp_path):
+    """Under DDP the banks (and CTCTerm's labels/normalisers) are kept identical by the method's
+    all-gathered updates, so DDP must not re-broadcast them every step; BN statistics still are.
+    A one-process gloo group builds the real DDP wrapper (correctness across two processes is the
+    parity test in test_distributed.py)."""
+    import torch.distributed as tdist
+    from workbench.engine import distributed
+
+    method = build_method(RunConfig.from_dict(dict(fast_cfg, method="kd", ctc_alpha=0.1, epochs=3)),
+                          models.build("resnet8", 10, 1), models.build("resnet8", 10, 1),
+                          train_labels=torch.arange(40) % 10)
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ddp = distributed.wrap(method, torch.device("cpu"), find_unused=True)
+        broadcast = {id(b) for b in ddp.modules_buffers}
+    finally:
+        tdist.destroy_process_group()
+    term = method.aux_terms[0]
+    own = [term.instance.rows, term.memory_s.rows, term.memory_t.rows, term.labels, term.z]
+    assert not any(id(b) in broadcast for b in own)
+    bn = [b for m in method.student.modules() if isinstance(m, torch.nn.BatchNorm2d) for b in m.buffers()]
+    assert bn and all(id(b) in broadcast for b in bn)
+    names = distributed.self_synced_buffers(method)
+    assert len(names) == len(own) and all(n.startswith("aux_terms.0.") for n in names)

@@ -99,7 +99,11 @@ def instance_loss(v: torch.Tensor, rows: torch.Tensor, index: torch.Tensor, tau:
 
 class MemoryBank(nn.Module):
     """One L2-normalised ``dim``-row per training image (``rows``: a buffer, so it is moved,
-    checkpointed and restored with the method). Init: uniform in +-1/sqrt(dim/3) (reference)."""
+    checkpointed and restored with the method). Init: uniform in +-1/sqrt(dim/3) (reference).
+    Under DDP every rank builds the same rows (the run's seed) and applies the same all-gathered
+    updates, so DDP does not broadcast them (``engine.distributed.SELF_SYNCED``)."""
+
+    ddp_self_synced = True
 
     def __init__(self, n: int, dim: int, momentum: float):
         super().__init__()
@@ -176,8 +180,11 @@ def crd_nce(v: torch.Tensor, bank: torch.Tensor, index: torch.Tensor, neg: torch
 
 class CTCTerm(AuxTerm):
     """Both CTC stages on the student's penultimate feature; owns the projector, the two heads and
-    the three memory banks (trained / checkpointed with the method, never in ``student.pt``)."""
+    the three memory banks (trained / checkpointed with the method, never in ``student.pt``). Its
+    own buffers (the labels, CRD's normalisers: set from all-reduced means) are the same on every
+    rank, so DDP does not broadcast them either."""
 
+    ddp_self_synced = True
     student_features = snapshot_features = (PENULTIMATE,)
     needs_index = needs_snapshot = True
     intermittent = True  # stage-1 projector and stage-2 heads each sit out one stage
