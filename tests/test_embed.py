@@ -63,7 +63,7 @@ def test_projector_is_sized_d_s_to_hidden_to_d_t(teacher, t_dim, hidden):
 def test_gpd_on_embed_gives_the_student_view_the_plain_methods_loss():
     """Noise 0, float64, eval-mode BN: the student view IS the extracted student, so its embed term
     under GPD equals the plain method's with the same projector; T_d gets its own projector, twice
-    as wide at its input (ratio 2)."""
+    as wide at its input (ratio 2), and its term equals the plain method's on T_d with that one."""
     torch.manual_seed(0)
     x, y = torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.arange(4) % K
     teacher = models.build("resnet20", K).double().eval()
@@ -74,7 +74,12 @@ def test_gpd_on_embed_gives_the_student_view_the_plain_methods_loss():
     _, ref = plain(x, y)
     got, want = float(losses["loss_embed"].detach()), float(ref["loss_embed"].detach())
     assert abs(got - want) <= 1e-9 * max(1.0, abs(want))  # float64, the same operations on the same numbers
-    assert "loss_embed_dt" in losses
+    # T_d's term: the plain method's loss on T_d itself with T_d's own projector (dt_base_weight 1)
+    wide = Distiller(m.dt.wide, teacher, m.dt_criterion).eval()
+    _, ref_dt = wide(x, y)
+    got, want = float(losses["loss_embed_dt"].detach()), float(ref_dt["loss_embed"].detach())
+    assert abs(got - want) <= 1e-9 * max(1.0, abs(want))
+    assert m.dt_criterion is not m.criterion
     assert (m.criterion.projector[0].in_features, m.dt_criterion.projector[0].in_features) == (64, 128)
 
 
