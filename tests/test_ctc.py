@@ -285,6 +285,28 @@ def test_trainer_applies_the_two_stage_lr_and_weight_decay(fast_cfg):
     assert not any(id(p) in optimised or p.requires_grad for p in method.snapshot.parameters())
 
 
+@pytest.mark.parametrize("projector", ["trained", "fixed"])
+def test_stage1_projector_is_trained_or_stays_at_its_init(fast_cfg, projector):
+    """``ctc_projector=fixed`` (the public code): the projector is not optimised and ends a stage-1
+    epoch at its initial weights while the backbone moves; ``trained`` (ours): it moves too."""
+    from workbench import data
+    from workbench.engine import Trainer
+
+    cfg = RunConfig.from_dict(dict(fast_cfg, method="ctc", epochs=3, ctc_projector=projector, probe_every=0))
+    train, test = (data.build("digits", s, train_per_class=10) for s in ("train", "test"))
+    torch.manual_seed(0)
+    method = build_method(cfg, models.build("resnet8", 10, 1), train_labels=data.labels(train))
+    trainer = Trainer(cfg, method, train, test, fast_cfg["out_dir"] + "/p")
+    proj = method.aux_terms[0].projector
+    optimised = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert all((id(p) in optimised) == (projector == "trained") for p in proj.parameters())
+    before = copy.deepcopy(proj.state_dict())
+    trainer._start_epoch(1)
+    trainer.train_epoch(1)
+    moved = [not torch.equal(before[k], v) for k, v in proj.state_dict().items()]
+    assert all(moved) if projector == "trained" else not any(moved)
+
+
 def test_ctc_as_an_add_on_to_kd_and_gpd(fast_cfg):
     kd = run(dict(fast_cfg, method="kd", ctc_alpha=0.1, epochs=3, probe_every=0))
     assert "+ctc" in kd.run_dir.name
@@ -359,6 +381,7 @@ def test_ctc_presets_carry_the_papers_two_settings():
         assert (cfg.method, cfg.epochs, stage_epoch(cfg), cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.schedule) == \
             ("ctc", 300, 200, 0.05, 5e-4, 64, "cosine")
         assert (cfg.ctc_nce, cfg.ctc_nce_k, cfg.ctc_momentum, cfg.ctc_beta) == ("crd", 16384, 0.9, 1.0)
+        assert cfg.ctc_projector == "fixed"  # the public code never optimises its stage-1 projector
     small = RunConfig.from_dict({"preset": "fashion/ctc/transferability"})
     assert small.ctc_nce == "exact" and small.ctc_alpha == 0.5 and small.teacher == "none"
 

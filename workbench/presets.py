@@ -26,7 +26,8 @@ Naming: ``<dataset>/<pair>/<method>``. Where each value comes from:
 - CTC (``cifar100/ctc/{transferability,discriminability}``): the two commands of the public CTC
   code's README (DTennant/dt-tradeoff: 300 epochs, stage 2 from epoch 201, lr 0.05, batch 64, wd
   5e-4 x2 in stage 1, momentum 0.9 for both memories, beta 1, K 16384 with CRD's NCE; alpha /
-  tau_ins / tau_nce 0.5 / 0.1 / 0.1 and 0.1 / 0.5 / 0.4; cosine per stage). Its model,
+  tau_ins / tau_nce 0.5 / 0.1 / 0.1 and 0.1 / 0.5 / 0.4; cosine per stage; the stage-1 projector
+  fixed at its random init, as that code never optimises it). Its model,
   resnext32_16x4d, is not in our zoo: the presets use its ``ResNet18`` choice (train_ctc.py's
   ``--model`` list). ``fashion/ctc/...``: the same two settings on the embedded data (5 source
   classes, the held-out 5 as transfer target; exact InfoNCE), as ``bench/ctc_embed_study.py``.
@@ -215,7 +216,8 @@ def _build() -> dict[str, dict]:
 #: DTennant/dt-tradeoff README commands (both presets share everything but alpha / tau_ins / tau_nce)
 CTC_PAPER = dict(method="ctc", teacher="none", dataset="cifar100", student="ResNet18", epochs=300, ctc_stage_epoch=200,
                  lr=0.05, batch_size=64, weight_decay=5e-4, momentum=0.9, schedule="cosine", ctc_nce="crd",
-                 ctc_nce_k=16384, ctc_momentum=0.9, ctc_beta=1.0, ctc_stage2_lr=0.1, ctc_wd_factor=2.0)
+                 ctc_nce_k=16384, ctc_momentum=0.9, ctc_beta=1.0, ctc_stage2_lr=0.1, ctc_wd_factor=2.0,
+                 ctc_projector="fixed")
 #: bench/ctc_embed_study.py's source task: Fashion-MNIST classes 0-4, the held-out 5-9 as transfer target
 FASHION_TRANSFER = dict(dataset="fashion_mnist", data_source="embedded", source_classes="0,1,2,3,4",
                         train_per_class=100, student="resnet8", epochs=20, batch_size=64, lr=0.05, schedule="cosine",

@@ -40,9 +40,10 @@ classes, the two presets (transferability: alpha 0.5, tau_ins 0.1, tau_nce 0.1; 
 alpha 0.1, tau_ins 0.5, tau_nce 0.4; momentum 0.9, beta 1).
 Ours (adaptations): the exact InfoNCE as the default on small data; the lr schedule is the run's
 own (per step) restarted at the boundary, where the reference computes a per-epoch cosine with
-(E + 1) in the denominator; the stage-1 projector is trained with the model (the reference builds
-it inside ``LinearAverage``, a criterion it never hands to the optimizer, so there it stays a fixed
-random projection); the add-on use with other methods; under DDP features and indices are
+(E + 1) in the denominator; the stage-1 projector is trained with the model by default
+(``ctc_projector=trained``; the reference builds it inside ``LinearAverage``, a criterion it never
+hands to the optimizer, so there it stays a fixed random projection: ``ctc_projector=fixed``, which
+the ``cifar100/ctc/*`` presets use); the add-on use with other methods; under DDP features and indices are
 all-gathered before every memory update (and Z is the mean over ranks), so each rank keeps the
 same banks a single process would; under mixed precision the similarities with the memory rows
 (and CRD's exp of them) are computed in float32 (:func:`similarities`): the reference runs in
@@ -66,6 +67,7 @@ from .spec import TEACHER_NONE, Extension, method, register_extension
 
 #: the public code's settings (train_ctc.py arguments, README commands)
 EMBED_DIM = 128  # --instance_dim / --contrast_feat_dim
+PROJECTORS = ("trained", "fixed")
 STAGE1_FRACTION = 2.0 / 3.0  # --stage_two_epoch 200 of --epochs 300
 STAGE2_LR = 0.1  # --stage_two_decay_rate
 WD_FACTOR = 2.0  # --weight_decay_coef (stage 1 only)
@@ -191,13 +193,15 @@ class CTCTerm(AuxTerm):
 
     def __init__(self, labels: torch.Tensor, width: int, boundary: int, alpha: float = DEFAULT_ALPHA,
                  beta: float = 1.0, dim: int = EMBED_DIM, tau_ins: float = 0.1, tau_nce: float = 0.1,
-                 momentum: float = MOMENTUM, nce: str = "exact", k: int = NCE_K, refresh: bool = True):
+                 momentum: float = MOMENTUM, nce: str = "exact", k: int = NCE_K, refresh: bool = True,
+                 train_projector: bool = True):
         super().__init__()
         n = len(labels)
         self.register_buffer("labels", torch.as_tensor(labels, dtype=torch.long).clone(), persistent=False)
         self.boundary, self.alpha, self.beta = int(boundary), float(alpha), float(beta)
         self.tau_ins, self.tau_nce, self.nce, self.k, self.refresh = tau_ins, tau_nce, nce, int(k), refresh
         self.projector = nn.Linear(width, dim)  # stage 1
+        self.projector.requires_grad_(train_projector)  # fixed: the reference's (never optimised)
         self.instance = MemoryBank(n, dim, momentum)
         self.head_s = nn.Linear(width, dim)  # stage 2: the current model's features
         self.head_t = nn.Linear(width, dim)  # stage 2: the snapshot's features
@@ -258,6 +262,9 @@ KEYS = {
     "ctc_stage_epoch": opt(0, "CTC: last epoch of stage 1, where the snapshot is taken (0 = 2/3 of the epochs, "
                            "the paper's 200 of 300)", low=0),
     "ctc_dim": opt(EMBED_DIM, "CTC: width of the projector, the heads and the memory banks", low=1),
+    "ctc_projector": opt("trained", "CTC: the stage-1 projector is trained with the model (ours) or stays at its "
+                         "random init (fixed: the public code, which never gives it to the optimizer)",
+                         PROJECTORS),
     "ctc_tau_ins": opt(0.1, "CTC: temperature of the stage-1 instance InfoNCE", low=1e-6),
     "ctc_tau_nce": opt(0.1, "CTC: temperature of the stage-2 contrast", low=1e-6),
     "ctc_momentum": opt(MOMENTUM, "CTC: momentum of the memory-bank updates", low=0.0, high=1.0),
@@ -315,7 +322,8 @@ def attach(distiller: Distiller, ctx) -> CTCTerm:
     distiller.enable_snapshot(boundary)
     term = distiller.add_term(CTCTerm(ctx.train_labels, feature_width(distiller.deployable_student()), boundary,
                                       resolved_alpha(cfg), cfg.ctc_beta, cfg.ctc_dim, cfg.ctc_tau_ins,
-                                      cfg.ctc_tau_nce, cfg.ctc_momentum, cfg.ctc_nce, cfg.ctc_nce_k, cfg.ctc_refresh))
+                                      cfg.ctc_tau_nce, cfg.ctc_momentum, cfg.ctc_nce, cfg.ctc_nce_k, cfg.ctc_refresh,
+                                      cfg.ctc_projector == "trained"))
     if cfg.ctc_schedule == "two_stage":
         if distiller.schedule is not None:
             raise ValueError("ctc_schedule=two_stage: this method already rescales its schedule; use ctc_schedule=run")
