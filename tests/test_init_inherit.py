@@ -164,8 +164,7 @@ def test_every_method_starts_from_the_inherited_student_and_trains(tmp_path, nam
     prep = prepare(cfg)
     teacher = load_teacher(prep, log=lambda *_: None)
     student, (record,) = build_student(prep, teacher)
-    source = teacher if prep.init.from_teacher else models.load(prep.init_arch, prep.init.path, 10, 1, image_size=28,
-                                                                **models.saved_build_options(prep.init_arch, prep.init.path))
+    source = teacher if prep.init.from_teacher else models.load(prep.init_arch, prep.init.path, 10, 1, image_size=28)
     first, t_key = next(iter(inheritance_map(student, source).items()))
     s_first = student.state_dict()[first]
     assert torch.equal(s_first, source.state_dict()[t_key][tuple(slice(0, d) for d in s_first.shape)]), first

@@ -250,7 +250,7 @@ def _inherit_source(prep: Prepared) -> nn.Module:
     info = prep.info
     try:
         return models.load(prep.init_arch, prep.init.path, info.num_classes, info.in_channels,
-                           image_size=info.image_size, **models.saved_build_options(prep.init_arch, prep.init.path))
+                           image_size=info.image_size)
     except ValueError as e:
         raise ConfigError(f"init: {e}") from None
 
@@ -313,8 +313,7 @@ def cached_teacher(tcfg: RunConfig) -> Optional[Path]:
 def _teacher_model(prep: Prepared, path: Path) -> nn.Module:
     info = prep.info
     try:
-        return models.load(prep.teacher_arch, path, info.num_classes, info.in_channels, image_size=info.image_size,
-                           **models.saved_build_options(prep.teacher_arch, path))
+        return models.load(prep.teacher_arch, path, info.num_classes, info.in_channels, image_size=info.image_size)
     except ValueError as e:
         raise ConfigError(f"teacher: {e}") from None
 

@@ -9,7 +9,7 @@
   when the method itself uses no teacher (``ce``, ``gpd base=none``);
 - ``inherit:<path>``: weight inheritance from that checkpoint (its architecture read from the
   file as for teacher files: our checkpoints' ``arch`` entry or a ``<arch>_vanilla`` folder; a
-  ViT's patch size from its patch-embedding kernel, ``models.saved_build_options``).
+  ViT's patch size from its patch-embedding kernel, as ``models.load`` reads it).
 
 Inheritance (after TinyCLIP's manual inheritance, Wu et al., ICCV 2023; ``models.inherit``):
 student block i of every block container takes the source's block i * (source blocks // student

@@ -29,11 +29,11 @@ from torch import nn
 
 from . import cifar_resnet, mobilenetv1, mobilenetv2, shufflenet, tv, vgg, vit, wrn  # noqa: F401  (registration)
 from ._registry import MODELS
-from .checkpoint import load_into, read_state_dict
+from .checkpoint import load_state_into, read_state_dict
 from .hooks import FeatureTap, classifier_path, penultimate, stage_paths
 
 __all__ = [
-    "MODELS", "build", "available", "family", "load", "read_state_dict", "saved_build_options", "has_distillation_token",
+    "MODELS", "build", "available", "family", "load", "read_state_dict", "has_distillation_token",
     "with_distillation_token", "readout",
     "FeatureTap", "classifier_path", "stage_paths", "penultimate",
 ]
@@ -84,22 +84,19 @@ def family(name: str) -> str:
     return MODELS.meta(name)["family"]
 
 
-def saved_build_options(name: str, path, weights_only: bool = True) -> dict:
-    """Build options of the ``name`` model saved at ``path`` that the registered name does not
-    fix, read from the file: a ViT's ``patch_size`` (its patch-embedding kernel, so a run's
-    ``student.pt`` trained with ``patch_size=4`` loads as a teacher or inheritance source);
-    ``{}`` for the CNN families (the file is not read)."""
-    if family(name) != "vit":
-        return {}
-    patch = vit.patch_size_of(read_state_dict(path, weights_only=weights_only))
-    return {} if patch is None else {"patch_size": patch}
-
-
 def load(name: str, path, num_classes: int, in_channels: int = 3, map_location="cpu",
          image_size: int | None = None, weights_only: bool = True, **kwargs) -> nn.Module:
     """``build(name, ...)`` then load the weights file at ``path`` strictly (layouts and errors:
-    see ``workbench.models.checkpoint``). Returns the model in eval mode."""
+    see ``workbench.models.checkpoint``). Returns the model in eval mode. A ViT is built with the
+    patch size the file holds (its patch-embedding kernel) unless ``patch_size`` is given: the
+    registered names fix every size but the patch, so a run's ``student.pt`` trained with
+    ``patch_size=4`` loads as a teacher or inheritance source."""
+    is_vit = family(name) == "vit"  # (an unknown name is refused before the file is read)
+    state = read_state_dict(path, map_location, weights_only)
+    patch = vit.patch_size_of(state) if is_vit and "patch_size" not in kwargs else None
+    if patch is not None:
+        kwargs["patch_size"] = patch
     model = build(name, num_classes, in_channels, image_size, **kwargs)
     what = f"{name}(num_classes={num_classes}, in_channels={in_channels})"
-    load_into(model, path, map_location, what, weights_only)
+    load_state_into(model, state, path, what)
     return model.eval()

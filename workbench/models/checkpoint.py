@@ -103,9 +103,8 @@ def check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) -
     raise ValueError(f"{what} does not fit the model: " + " | ".join(parts))
 
 
-def load_into(model: nn.Module, path, map_location="cpu", what: str = "", weights_only: bool = True) -> nn.Module:
-    """Load the weights at ``path`` into ``model`` strictly; returns ``model``."""
-    state = read_state_dict(path, map_location, weights_only)
+def load_state_into(model: nn.Module, state: dict, path, what: str = "") -> nn.Module:
+    """Load ``state`` (read from the file at ``path``) into ``model`` strictly; returns ``model``."""
     check_fits(model, state, f"checkpoint {os.fspath(path)}" + (f" for {what}" if what else ""))
     model.load_state_dict(state, strict=True)
     return model
