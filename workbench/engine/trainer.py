@@ -284,10 +284,10 @@ class Trainer:
                 self.method.observe_batch(x, y, index[0] if index else None, epoch)
 
     # ------------------------------------------------------------------ evaluation
-    def eval_models(self) -> dict[str, nn.Module]:
-        """The method's plain models by role (for probes); with EMA also ``<role>_ema``."""
+    def eval_models(self, ema: bool = True) -> dict[str, nn.Module]:
+        """The method's plain models by role (for probes); with EMA (and ``ema``) also ``<role>_ema``."""
         models = self.method.eval_models()
-        if self.ema is not None:
+        if ema and self.ema is not None:
             models.update({r + EMA_SUFFIX: m for r, m in self.method.eval_models(self.ema.module).items()})
         return models
 
@@ -311,9 +311,7 @@ class Trainer:
         computed once and reused (recomputed only when features are needed and not cached).
         With EMA, each raw role's record also carries ``top1_reported`` = max(raw, EMA) top-1
         (what the GPD reference code reports)."""
-        models = self.eval_models()
-        if not self._ema_due(epoch):
-            models = {r: m for r, m in models.items() if not r.endswith(EMA_SUFFIX)}
+        models = self.eval_models(ema=self._ema_due(epoch))
         order = list(models)  # records keep the roles' order whatever was cached
         readouts = {role: model_readout(m) for role, m in models.items()}  # which heads/tokens are read
         budget = self._features_due(epoch)
