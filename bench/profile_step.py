@@ -3,10 +3,11 @@
     python bench/profile_step.py [--steps 3] [--threads 1] [--methods kd,gpd_kd] [--shapes]
 
 The same set-up as ``bench_epoch.py`` (resnet32x4 -> resnet8x4, fake CIFAR-shaped data, batch
-64, the presets, the layout ``channels_last=auto`` picks). Each method's step (forward, losses,
-backward, clipping, optimizer, EMA) runs twice to warm up, then ``--steps`` times under
-``torch.profiler``; operators' self CPU time is summed by class: convolution forward and
-backward, the multi-branch kernel folds (``bmm``: GPD's einsums), BatchNorm, everything else.
+64, the presets, the layout ``channels_last=auto`` picks). Each method's steps (batches, forward,
+losses, backward, clipping, optimizer, EMA: the trainer's own ``train_epoch`` over ``--steps``
+batches) run one epoch to warm up, then one under ``torch.profiler``; operators' self CPU time is
+summed by class: convolution forward and backward, the multi-branch kernel folds (``bmm``: GPD's
+einsums), BatchNorm, everything else.
 Printed: ms per step per class, its share, and each method's step / the first method's step.
 """
 from __future__ import annotations
@@ -18,9 +19,8 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench_epoch import NUM_CLASSES, SIZE, TEACHER, FakeCifar, Normalized, trainer
+from bench_epoch import BATCH, NUM_CLASSES, SIZE, TEACHER, FakeCifar, Normalized, trainer
 from workbench import models
-from workbench.engine.device import to_device
 
 #: operator (self time) -> class
 CLASSES = {
@@ -30,28 +30,16 @@ CLASSES = {
     "aten::native_batch_norm_backward": "batch norm",
 }
 SHOWN_SHAPES = 14
-WARMUP_STEPS = 2
 ORDER = ("conv forward", "conv backward", "branch folds (bmm)", "batch norm", "other")
 
 
 def profile_steps(tr, steps: int, shapes: bool = False) -> dict[str, float]:
-    """Seconds of self CPU time per operator class over ``steps`` training steps; ``shapes``:
-    also print the convolutions' time per (input, weight) shape."""
-    tr.model.train()
-    batches = iter(tr.train_loader)
-
-    def step():
-        x, y, *_ = to_device(next(batches), tr.device, tr.channels_last)
-        _, losses = tr.model(x, y)
-        tr._backward_step(sum(losses.values()), losses)
-        if tr.ema is not None:
-            tr.ema.update(tr.method.trained_module())
-
-    for _ in range(WARMUP_STEPS):
-        step()
+    """Seconds of self CPU time per operator class over one ``Trainer.train_epoch`` of ``steps``
+    training steps (after one unprofiled epoch to warm up); ``shapes``: also print the
+    convolutions' time per (input, weight) shape."""
+    tr.train_epoch(1)  # warm-up
     with profile(activities=[ProfilerActivity.CPU], record_shapes=shapes) as prof:
-        for _ in range(steps):
-            step()
+        tr.train_epoch(1)
     if shapes:
         rows = [e for e in prof.key_averages(group_by_input_shape=True) if CLASSES.get(e.key, "").startswith("conv")]
         for e in sorted(rows, key=lambda e: -e.self_cpu_time_total)[:SHOWN_SHAPES]:
@@ -77,7 +65,7 @@ def main():
     teacher = models.build(TEACHER, NUM_CLASSES, 3, image_size=SIZE).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    train_set = Normalized(FakeCifar(64 * (a.steps + WARMUP_STEPS), 0, None), augment=True)
+    train_set = Normalized(FakeCifar(BATCH * a.steps, 0, None), augment=True)
     out = tempfile.mkdtemp()
     first = None
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {a.steps} profiled steps per method")
