@@ -46,6 +46,8 @@ def test_string_values_are_converted():
     (dict(train_per_class=5), ["train_per_class", "digits and fashion_mnist only"]),
     (dict(sce_eps=1.5), ["sce_eps", "1.5"]),
     (dict(milestones="a,b"), ["milestones", "integers"]),
+    (dict(ema_eval_every=0), ["ema_eval_every", "0"]),
+    (dict(method="ctc", teacher="none", ctc_projector="frozen"), ["ctc_projector", "'frozen'", "trained", "fixed"]),
     (dict(preset="cifar100/nope/kd"), ["preset", "cifar100/nope/kd", "cifar100/r32x4_r8x4/kd"]),
 ])
 def test_bad_values_name_key_value_and_choices(kw, words):
