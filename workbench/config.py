@@ -16,71 +16,21 @@ Defaults are the CIFAR-100 KD protocol (RepDistiller/mdistiller); named presets
 """
 from __future__ import annotations
 
-import difflib
-
 import dataclasses
-import math
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
+from . import data, methods, naming, paths, student_init
+from .presets import get_preset
+from .keys import (AUTO, NO_BASE, NO_TEACHER, RUNTIME_KEYS, ConfigError, convert_value, opt,  # noqa: F401
+                   parse_bool, parse_int_list, snapshot_epoch, unknown_key)
 from .registry import unknown_choice
 
 #: an EMA decay must stay below 1 (1 would freeze the average at the initial weights)
 MAX_EMA_DECAY = 1.0 - 1e-9
-#: ``teacher=none``: no static teacher
-NO_TEACHER = "none"
-#: ``base`` values that are not methods: the method's own choice, and no base loss
-AUTO, NO_BASE = "auto", "none"
-# Keys that may change between a run and its resumption: they do not change what is trained
-# (device_data only changes which random crops/flips are drawn after the switch). They are left
-# out of the config comparison on resume and out of the default run name's hash.
-RUNTIME_KEYS = frozenset({"device", "workers", "progress", "resume", "out_dir", "name", "probe_every",
-                          "probe_samples", "transfer", "eval_batch_size", "compile", "preset",
-                          "device_data", "cache_teacher", "download"})
-#: words the boolean parser accepts (CLI, notebooks and papermill alike)
-TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-class ConfigError(ValueError):
-    """A bad configuration key or value (raised before any expensive work)."""
-
-
-#: ``teacher=snapshot@E``: the static teacher is a frozen copy of the student taken at the end of epoch E
-SNAPSHOT_TEACHER = "snapshot@"
-
-
-def snapshot_epoch(teacher: str) -> Optional[int]:
-    """E of ``teacher=snapshot@E`` (None for any other teacher); a malformed E is a ConfigError."""
-    if not isinstance(teacher, str) or not teacher.startswith(SNAPSHOT_TEACHER):
-        return None
-    text = teacher[len(SNAPSHOT_TEACHER):]
-    if not text.isdigit():
-        raise ConfigError(f"teacher: {teacher!r}: expected snapshot@E with E the epoch (a positive integer) "
-                          f"after which the student's frozen copy becomes the teacher, e.g. snapshot@10")
-    return int(text)
-
-
-def opt(default, help: str, choices=None, low=None, high=None, kind: str | None = None,
-        numbers_as_text: bool = False):
-    """A config field with its help text, valid choices and numeric bounds. ``kind`` names the
-    type when the default does not tell it (``"Optional[float]"`` / ``"Optional[int]"`` for a
-    None default meaning "method default"); ``numbers_as_text``: a text key that also takes a
-    number (e.g. ``branches=3`` from a notebook)."""
-    meta = {"help": help, "choices": choices, "low": low, "high": high, "kind": kind or _kind(default),
-            "numbers_as_text": numbers_as_text}
-    if isinstance(default, (list, tuple)):
-        return field(default_factory=lambda: tuple(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def _kind(default) -> str:
-    if default is None:
-        raise TypeError("a config key with a None default must say its kind (e.g. kind='Optional[float]')")
-    return "tuple" if isinstance(default, (list, tuple)) else type(default).__name__
-
-
 @dataclass
 class CoreConfig:
     """The keys every run has (method keys come from the method files)."""
@@ -206,8 +156,6 @@ class RunConfigBase:
                 raise ConfigError(unknown_key(k, cls.keys()))
         merged: dict[str, Any] = {}
         if values.get("preset"):
-            from .presets import get_preset
-
             try:
                 merged.update(get_preset(str(values["preset"])))
             except ValueError as e:
@@ -234,9 +182,7 @@ class RunConfigBase:
     @property
     def spec(self):
         """The chosen method's :class:`workbench.methods.MethodSpec`."""
-        from .methods import METHODS
-
-        return METHODS.get(self.method)
+        return methods.METHODS.get(self.method)
 
     @property
     def resolved_base(self) -> str:
@@ -291,25 +237,19 @@ class RunConfigBase:
         return opts
 
     def run_dir(self) -> Path:
-        from . import paths
-
         root = Path(self.out_dir) if self.out_dir else paths.runs_root()
         return root / (self.name or self.default_name())
 
     def default_name(self) -> str:
         """Readable prefix (dataset, resolved teacher architecture, student, method, seed) plus a
         short hash of every setting that changes what is trained (:mod:`workbench.naming`)."""
-        from .naming import default_name
-
-        return default_name(self)
+        return naming.default_name(self)
 
     # --- validation -------------------------------------------------------------------------------
     def _check_base_is_a_loss(self) -> None:
         """``base=<a method without a base loss>`` (ce, deit, cskd, ...): one line saying why."""
-        from .methods import METHODS, base_methods
-
-        if self.base in METHODS and self.base not in base_methods():
-            reason = METHODS.get(self.base).not_a_base or "it declares no loss usable as a base"
+        if self.base in methods.METHODS and self.base not in methods.base_methods():
+            reason = methods.METHODS.get(self.base).not_a_base or "it declares no loss usable as a base"
             raise ConfigError(f"base: method {self.base!r} cannot be the base loss of method={self.method}: "
                               f"{reason}; valid choices: {AUTO}, {NO_BASE}, {', '.join(base_methods())}")
 
@@ -339,9 +279,7 @@ class RunConfigBase:
             raise ConfigError("init: 'inherit' takes the student's weights from the static teacher, but "
                               "teacher=none; set teacher=<architecture or checkpoint> or use init=inherit:<checkpoint>")
         if self.init.strip():
-            from .student_init import parse
-
-            parse(self.init)
+            student_init.parse(self.init)
         if self.dot and not spec.distills(self.resolved_base):
             raise ConfigError(f"dot: DOT needs a distillation loss; method={self.method} base={self.resolved_base} "
                               f"has none")
@@ -367,17 +305,13 @@ class RunConfigBase:
             if getattr(self, key) != unset and option not in dataset_takes(self.dataset):
                 raise ConfigError(f"{key}: applies to dataset {' and '.join(datasets_taking(option))} only "
                                   f"(dataset={self.dataset!r})")
-        from .methods import config_checks
-
-        for check in config_checks(self):
+        for check in methods.config_checks(self):
             try:
                 check(self)
             except ValueError as e:
                 raise e if isinstance(e, ConfigError) else ConfigError(str(e)) from None
         if self.name:
-            from .naming import check_name
-
-            check_name(self.name)
+            naming.check_name(self.name)
 
 
 # ----------------------------------------------------------------------------- assembly
@@ -386,9 +320,7 @@ _ASSEMBLED: dict[str, Any] = {}
 
 def _assemble():
     """``RunConfig``: the core fields plus every registered method's keys, with the ``method`` and
-    ``base`` choices taken from the method registry (imported here, on first use)."""
-    from . import methods
-
+    ``base`` choices taken from the method registry."""
     entries, owner = [], {}
     for f in fields(CoreConfig):
         meta = dict(f.metadata)
@@ -414,18 +346,19 @@ def _refield(f: dataclasses.Field, meta: dict) -> dataclasses.Field:
     return field(default=f.default, metadata=meta)
 
 
+RunConfig = _assemble()
+
+
 def run_config_class():
-    return _ASSEMBLED.get("cls") or _assemble()
+    return RunConfig
 
 
 def _fields() -> dict[str, dataclasses.Field]:
-    run_config_class()
     return _ASSEMBLED["fields"]
 
 
 def key_owner(key: str) -> str:
     """``"core"`` or the name of the method that declares ``key``."""
-    run_config_class()
     return _ASSEMBLED["owner"][key]
 
 
@@ -434,91 +367,22 @@ def fields_by_name() -> dict[str, dataclasses.Field]:
     return dict(_fields())
 
 
-def __getattr__(name: str):  # PEP 562: ``from workbench.config import RunConfig`` assembles it
-    if name == "RunConfig":
-        return run_config_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def convert(key: str, value: Any) -> Any:
+    """Convert ``value`` (a CLI string or a Python value from a notebook) to ``key``'s type."""
+    return convert_value(key, _fields()[key].metadata, value)
 
 
 # ----------------------------------------------------------------------------- parsing
-def parse_bool(key: str, value) -> bool:
-    """The one boolean parser: bools, 0/1 and the words in TRUE_WORDS / FALSE_WORDS."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
-        return value.strip().lower() in TRUE_WORDS
-    raise ConfigError(f"{key}: expected a boolean (true/false), got {value!r}")
-
-
 def dataset_takes(dataset: str) -> tuple[str, ...]:
     """The options dataset ``dataset`` takes (every option for an unknown name: the dataset
     check in :func:`workbench.experiment.prepare` reports that, naming the valid ones)."""
-    from . import data
-
     if dataset not in data.DATASETS:
         return ("train_per_class", "classes", "source", "download", "root", "image_size")
     return tuple(data.option_names(dataset))
 
 
 def datasets_taking(option: str) -> list[str]:
-    from . import data
-
     return [d for d in data.available() if option in data.option_names(d)]
-
-
-def parse_int_list(key: str, value) -> tuple[int, ...]:
-    if isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        items = [s for s in str(value).replace("[", "").replace("]", "").split(",") if s.strip()]
-    try:
-        return tuple(int(str(s).strip()) for s in items)
-    except ValueError:
-        raise ConfigError(f"{key}: expected a comma-separated list of integers, got {value!r}") from None
-
-
-def convert(key: str, value: Any) -> Any:
-    """Convert ``value`` (a CLI string or a Python value from a notebook) to ``key``'s type."""
-    kind = _fields()[key].metadata["kind"]
-    if kind.startswith("Optional["):
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
-            return None
-        kind = kind[len("Optional["):-1]
-    if kind == "bool":
-        return parse_bool(key, value)
-    if kind == "int":
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        try:
-            return int(str(value).strip()) if not isinstance(value, int) else value
-        except ValueError:
-            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
-    if kind == "float":
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-    if kind == "tuple":
-        return parse_int_list(key, value)
-    if not isinstance(value, str):
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and _fields()[key].metadata.get("numbers_as_text"):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r} ({type(value).__name__})")
-    return value
-
-
-def unknown_key(key: str, known: list[str]) -> str:
-    """One line: the bad key, the closest valid one, and where the full list is (not all ~80
-    keys inline, which buried the did-you-mean)."""
-    close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown config key {key!r}{hint}; `python -m workbench keys` lists all {len(known)} keys"
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:

@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError
+from .keys import ConfigError
 from .registry import unknown_choice
 
 PREFIX = "embedded:"

@@ -20,7 +20,7 @@ import json
 import re
 from pathlib import Path
 
-from .config import RUNTIME_KEYS, ConfigError
+from .keys import RUNTIME_KEYS, ConfigError
 
 HASH_CHARS = 8  # 32 bits: collisions need ~65k runs in one out_dir, and resume re-checks the config
 TEACHER_KEYS = ("teacher", "teacher_arch", "teacher_epochs")
@@ -36,7 +36,7 @@ def check_name(name: str) -> None:
 
 def teacher_arch(cfg) -> str:
     """The static teacher's architecture: its name, or what a checkpoint file holds."""
-    from .config import snapshot_epoch
+    from .keys import snapshot_epoch
     from .embedded_teachers import entry, is_embedded
     from .experiment import _is_path, infer_arch
 

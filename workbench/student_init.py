@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .config import ConfigError
+from .keys import ConfigError
 
 INHERIT = "inherit"
 INHERIT_PREFIX = INHERIT + ":"

@@ -10,12 +10,9 @@ Missing data raises :class:`DatasetNotFoundError` saying where to put the files 
 """
 from __future__ import annotations
 
-from ..registry import Registry, unknown_choice
-from .base import DatasetInfo, DatasetNotFoundError, SPLITS
-
-DATASETS = Registry("dataset")
-
-from . import cifar, digits, fashion_mnist, imagefolder, synthetic  # noqa: E402,F401  (register themselves)
+from ..registry import unknown_choice
+from .base import DATASETS, SPLITS, DatasetInfo, DatasetNotFoundError
+from . import cifar, digits, fashion_mnist, imagefolder, synthetic  # noqa: F401  (register themselves)
 
 
 def available() -> list[str]:

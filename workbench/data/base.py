@@ -4,9 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..registry import unknown_choice
+from ..registry import Registry, unknown_choice
 
 SPLITS = ("train", "test")
+#: the dataset registry (each dataset module registers itself; ``workbench.data`` re-exports it)
+DATASETS = Registry("dataset")
 
 
 class DatasetNotFoundError(FileNotFoundError):

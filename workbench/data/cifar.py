@@ -14,9 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import paths
-from . import DATASETS
 from .augment import TranslateFlip
-from .base import DatasetEntry, DatasetInfo, not_found
+from .base import DATASETS, DatasetEntry, DatasetInfo, not_found
 
 IMAGE_SIZE = 32
 CROP_PADDING = 4

@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from . import DATASETS
 from .augment import TranslateFlip
-from .base import DatasetEntry, DatasetInfo
+from .base import DATASETS, DatasetEntry, DatasetInfo
 
 NAME = "digits"
 NATIVE_SIZE = 8

@@ -31,9 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from . import DATASETS
 from .augment import TranslateFlip
-from .base import DatasetEntry, DatasetInfo
+from .base import DATASETS, DatasetEntry, DatasetInfo
 from .fashion_files import NAME, NATIVE_SIZE, NUM_CLASSES, SOURCES, load, resolve
 
 MIN_SIZE = 8

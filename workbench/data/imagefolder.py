@@ -13,8 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import paths
-from . import DATASETS
-from .base import DatasetEntry, DatasetInfo, not_found
+from .base import DATASETS, DatasetEntry, DatasetInfo, not_found
 
 NAME = "imagefolder"
 DEFAULT_SIZE = 224

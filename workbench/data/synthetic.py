@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import TensorDataset
 
-from . import DATASETS
-from .base import DatasetEntry, DatasetInfo
+from .base import DATASETS, DatasetEntry, DatasetInfo
 
 NAME = "synthetic"
 DEFAULT_SIZE = {"train": 64, "test": 32}

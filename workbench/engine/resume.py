@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import RUNTIME_KEYS
+from ..keys import RUNTIME_KEYS
 from .checkpoint import BEST, LAST, CheckpointError, load_checkpoint
 from .metrics import METRICS_FILE, MetricsError, read_metrics
 

@@ -18,7 +18,7 @@ import copy
 import importlib
 import pkgutil
 
-from ..config import snapshot_epoch
+from ..keys import snapshot_epoch
 
 from .base import TASK_PREFIX, Criterion, Distiller, Outputs, hard_labels
 from .spec import (EXTENSIONS, METHODS, BuildContext, Extension, MethodSpec, base_methods, build_criterion,

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import opt
+from ..keys import opt
 from ..losses_spatial import (FUSION_SCHEDULES, align_grids, dense_hard_loss, dense_soft_loss, dense_weight,
                               fuse_targets, tokens_to_grid)
 from ..models import vit

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import opt
+from ..keys import opt
 from ..engine.distributed import all_reduce_mean, gather_rows
 from ..engine.schedule import TwoStageSchedule
 from ..models.hooks import PENULTIMATE, classifier_path

@@ -26,7 +26,7 @@ import math
 import torch
 from torch import nn
 
-from ..config import opt
+from ..keys import opt
 from .base import Criterion, Distiller
 from .spec import Extension, build_criterion, method, register_extension
 

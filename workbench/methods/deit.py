@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..config import opt
+from ..keys import opt
 from ..losses import deit_hard_loss, deit_soft_loss
 from ..models import vit
 from .base import Distiller

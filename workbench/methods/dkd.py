@@ -4,7 +4,7 @@ epochs 1-based, as in mdistiller: its ImageNet configs' ``WARMUP: 1`` is therefo
 our 0 = no warm-up); defaults alpha 1, beta 8, T 4, warm-up 20 -- 0 under CTKD, whose public
 code's DKD loss has no warm-up. DKD's target-class term needs class indices: with soft targets
 (mixup/cutmix) it uses the most probable class."""
-from ..config import opt
+from ..keys import opt
 from ..losses import dkd_loss
 from .base import Criterion, Distiller, hard_labels
 from .spec import build_criterion, method

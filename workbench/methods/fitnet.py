@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import opt
+from ..keys import opt
 from ..models.hooks import stage_paths
 from .base import Criterion, Distiller, feature_shapes
 from .spec import build_criterion, method

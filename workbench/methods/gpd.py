@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .. import gpd as surgery
-from ..config import opt
+from ..keys import opt
 from ..losses import sce_loss
 from ..models.hooks import FeatureTap
 from .base import Distiller, Outputs, feature_names

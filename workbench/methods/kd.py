@@ -1,6 +1,6 @@
 """``kd``: Hinton et al. 2015. loss = ce_weight * CE + kd_weight * T^2 * KL(p_t^T || p_s^T);
 defaults 0.1 / 0.9 / T=4 as in mdistiller."""
-from ..config import opt
+from ..keys import opt
 from ..losses import kd_loss
 from .base import Criterion, Distiller
 from .spec import build_criterion, method

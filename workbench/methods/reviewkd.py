@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import opt
+from ..keys import opt
 from ..models.hooks import PENULTIMATE, PREACT, stage_paths
 from .base import Criterion, Distiller, feature_shapes
 from .spec import build_criterion, method

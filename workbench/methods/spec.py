@@ -16,11 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
+from ..keys import NO_BASE  # noqa: F401  (re-exported)
 from ..registry import Registry
 
 #: the token in ``MethodSpec.bases`` that stands for every method usable as a base loss
 ANY_BASE = "*"
-NO_BASE = "none"
 #: ``MethodSpec.teacher`` values
 TEACHER_REQUIRED, TEACHER_NONE, TEACHER_BY_BASE = "required", "none", "by_base"
 

@@ -1,7 +1,7 @@
 """The notebooks' one-line errors: IPython renders these as ``<class>: <message>`` (no traceback)."""
 from __future__ import annotations
 
-from ..config import ConfigError
+from ..keys import ConfigError
 
 
 class OneLine:
