@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from . import data, methods, naming, paths, student_init
+from . import data, methods, models, naming, paths, references, student_init
 from .presets import get_preset
 from .keys import (AUTO, NO_BASE, NO_TEACHER, RUNTIME_KEYS, ConfigError, convert_value, opt,  # noqa: F401
                    parse_bool, parse_int_list, snapshot_epoch, unknown_key)
@@ -251,7 +251,7 @@ class RunConfigBase:
         if self.base in methods.METHODS and self.base not in methods.base_methods():
             reason = methods.METHODS.get(self.base).not_a_base or "it declares no loss usable as a base"
             raise ConfigError(f"base: method {self.base!r} cannot be the base loss of method={self.method}: "
-                              f"{reason}; valid choices: {AUTO}, {NO_BASE}, {', '.join(base_methods())}")
+                              f"{reason}; valid choices: {AUTO}, {NO_BASE}, {', '.join(methods.base_methods())}")
 
     def validate(self) -> None:
         self._check_base_is_a_loss()
@@ -310,8 +310,21 @@ class RunConfigBase:
                 check(self)
             except ValueError as e:
                 raise e if isinstance(e, ConfigError) else ConfigError(str(e)) from None
+        if not references.is_path(self.teacher):  # a file's architecture is checked when prepare() reads it
+            check_teacher(self, references.teacher_ref(self.teacher, self.teacher_arch, self.student, check=False))
         if self.name:
             naming.check_name(self.name)
+
+
+def check_teacher(cfg, ref) -> None:
+    """The method's check of its static teacher's architecture (``MethodSpec.check_teacher``),
+    once ``teacher=`` is resolved: from the config for names, from the file in ``prepare``."""
+    if not cfg.uses_teacher or cfg.spec.check_teacher is None or ref.arch not in models.MODELS:
+        return
+    try:
+        cfg.spec.check_teacher(cfg, ref.arch)
+    except ValueError as e:
+        raise e if isinstance(e, ConfigError) else ConfigError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------- assembly

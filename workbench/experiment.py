@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -19,8 +18,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import data, embedded_teachers, models, paths, student_init
-from .config import ConfigError, RunConfig, snapshot_epoch
+from . import data, models, paths, references, student_init
+from .config import ConfigError, RunConfig, check_teacher
+from .keys import snapshot_epoch
+from .references import ARCH, NONE, SNAPSHOT, TeacherRef, check_model, infer_arch
 from .engine import Trainer
 from .engine.callbacks import Callback
 from .engine.trainer import seed_everything
@@ -48,11 +49,14 @@ TEACHER_INHERITS = ("dataset", "data_root", "data_source", "download", "image_si
 class Prepared:
     cfg: RunConfig
     info: data.DatasetInfo
-    teacher_source: Optional[str]  # None | "arch" | "file" | "snapshot"
-    teacher_arch: Optional[str]
+    teacher: TeacherRef  # what teacher= refers to (kind none when the run loads no teacher)
     run_dir: Path
     init: student_init.InitSpec = field(default_factory=lambda: student_init.InitSpec(student_init.RANDOM))
     init_arch: Optional[str] = None  # the architecture inheritance takes the weights from
+
+    @property
+    def teacher_arch(self) -> Optional[str]:
+        return self.teacher.arch
 
 
 @dataclass
@@ -63,29 +67,6 @@ class RunResult:
 
     def top1(self, role: str = "student", which: str = "last") -> float:
         return self.summary[role][f"{which}_top1"]
-
-
-def _is_path(value: str) -> bool:
-    return os.sep in value or value.endswith((".pt", ".pth", ".pth.tar", ".ckpt")) or Path(value).is_file()
-
-
-def infer_arch(path: Path, given: str = "") -> str:
-    """Architecture of a teacher file: ``teacher_arch``, our checkpoints' ``arch`` entry, or a
-    RepDistiller-style folder name (``save/models/resnet32x4_vanilla/ckpt_epoch_240.pth``)."""
-    if given:
-        return given
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        if isinstance(ckpt, dict) and isinstance(ckpt.get("arch"), str):
-            return ckpt["arch"]
-    except Exception:
-        pass  # unreadable files get their clear error from models.load
-    for part in (path.parent.name, path.stem):
-        for name in sorted(models.available(include_aliases=True), key=len, reverse=True):
-            if re.match(rf"^{re.escape(name)}(_|$)", part):
-                return name
-    raise ConfigError(f"teacher: cannot tell the architecture of {path}; pass teacher_arch=<name> "
-                      f"(one of: {', '.join(models.available())})")
 
 
 def _check_device(cfg: RunConfig) -> None:
@@ -99,11 +80,6 @@ def _check_device(cfg: RunConfig) -> None:
         amp_dtype(device, cfg.resolved_amp)
     except ValueError as e:
         raise ConfigError(f"amp: {e}") from None
-
-
-def _check_model(key: str, name: str) -> None:
-    if name not in models.MODELS:
-        raise ConfigError(f"{key}: " + unknown_choice("model", name, models.available()))
 
 
 def _check_space(run_dir: Path, needed: int) -> None:
@@ -175,7 +151,7 @@ def _check_writable(run_dir: Path) -> None:
 def prepare(cfg: RunConfig) -> Prepared:
     """Every cheap check, before any expensive work: models, dataset, teacher/init files."""
     METHODS.check(cfg.method)
-    _check_model("student", cfg.student)
+    check_model("student", cfg.student)
     _check_device(cfg)
     if cfg.device_data == "on" and cfg.dataset not in DEVICE_DATASETS:
         raise ConfigError(f"device_data: 'on' needs a dataset that fits on the device "
@@ -187,29 +163,15 @@ def prepare(cfg: RunConfig) -> Prepared:
     except ValueError as e:
         raise ConfigError(f"dataset: {e}") from None
     _check_student(cfg, info)
-    source, arch = None, None
-    if cfg.loads_teacher:
-        if snapshot_epoch(cfg.teacher) is not None:  # a frozen copy of the student, made in training
-            if not cfg.uses_teacher:
-                raise ConfigError(f"init: init=inherit takes the student's weights from the static teacher, but "
-                                  f"teacher={cfg.teacher} does not exist before training; use "
-                                  f"init=inherit:<checkpoint> or a teacher checkpoint/architecture")
-            source, arch = "snapshot", cfg.student
-        elif embedded_teachers.is_embedded(cfg.teacher):
-            source, arch = "file", embedded_teachers.entry(cfg.teacher).arch
-            embedded_teachers.path(cfg.teacher)  # checksum verified now: a damaged file is one line
-        elif _is_path(cfg.teacher):
-            path = Path(cfg.teacher)
-            if not path.is_file():
-                raise ConfigError(f"teacher: checkpoint file {path} does not exist")
-            source, arch = "file", infer_arch(path, cfg.teacher_arch)
-            _check_model("teacher_arch", arch)
-        else:
-            _check_model("teacher", cfg.teacher)
-            source, arch = "arch", cfg.teacher
+    ref = references.teacher_ref(cfg.teacher, cfg.teacher_arch, cfg.student) if cfg.loads_teacher else TeacherRef(NONE)
+    if ref.kind == SNAPSHOT and not cfg.uses_teacher:  # a frozen copy of the student, made in training
+        raise ConfigError(f"init: init=inherit takes the student's weights from the static teacher, but "
+                          f"teacher={cfg.teacher} does not exist before training; use "
+                          f"init=inherit:<checkpoint> or a teacher checkpoint/architecture")
+    check_teacher(cfg, ref)
     init = student_init.parse(cfg.init)
-    init_arch = _init_arch(init, arch)
-    prep = Prepared(cfg, info, source, arch, cfg.run_dir(), init, init_arch)
+    init_arch = _init_arch(init, ref.arch)
+    prep = Prepared(cfg, info, ref, cfg.run_dir(), init, init_arch)
     teacher_file = _teacher_file(prep)
     # wrong classes/architecture/damaged: one line now
     teacher_model = _teacher_model(prep, teacher_file) if teacher_file is not None else None
@@ -241,7 +203,7 @@ def _init_arch(init: student_init.InitSpec, teacher_arch: Optional[str]) -> Opti
     except ConfigError:
         raise ConfigError(f"init: cannot tell the architecture of {path} (our checkpoints name it; RepDistiller "
                           f"files by their '<arch>_vanilla' folder)") from None
-    _check_model("init", arch)
+    check_model("init", arch)
     return arch
 
 
@@ -275,11 +237,9 @@ def teacher_config(cfg: RunConfig, arch: str) -> RunConfig:
 def _teacher_file(prep: Prepared) -> Optional[Path]:
     """The static teacher's weights file: the given checkpoint, the cached teacher (checked
     against the config it was trained with), or None while no teacher is cached yet."""
-    if prep.teacher_source == "file":
-        if embedded_teachers.is_embedded(prep.cfg.teacher):
-            return embedded_teachers.path(prep.cfg.teacher)
-        return Path(prep.cfg.teacher)
-    if prep.teacher_source == "arch":
+    if prep.teacher.is_file:
+        return prep.teacher.path
+    if prep.teacher.kind == ARCH:
         return cached_teacher(teacher_config(prep.cfg, prep.teacher_arch))
     return None
 
@@ -340,10 +300,10 @@ def build_student(prep: Prepared, teacher: Optional[nn.Module] = None, device=No
 
 def load_teacher(prep: Prepared, log=print, progress=None) -> Optional[nn.Module]:
     cfg = prep.cfg
-    if prep.teacher_source in (None, "snapshot"):  # a snapshot teacher is made by build_method
+    if prep.teacher.kind in (NONE, SNAPSHOT):  # a snapshot teacher is made by build_method
         return None
     path = _teacher_file(prep)
-    if prep.teacher_source == "arch":
+    if prep.teacher.kind == ARCH:
         tcfg = teacher_config(cfg, prep.teacher_arch)
         if path is None:
             log(f"[workbench] training teacher {prep.teacher_arch} on {cfg.dataset} for {tcfg.epochs} epochs "

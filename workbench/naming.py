@@ -20,7 +20,9 @@ import json
 import re
 from pathlib import Path
 
+from . import data, references
 from .keys import RUNTIME_KEYS, ConfigError
+from .methods import EXTENSIONS
 
 HASH_CHARS = 8  # 32 bits: collisions need ~65k runs in one out_dir, and resume re-checks the config
 TEACHER_KEYS = ("teacher", "teacher_arch", "teacher_epochs")
@@ -35,42 +37,25 @@ def check_name(name: str) -> None:
 
 
 def teacher_arch(cfg) -> str:
-    """The static teacher's architecture: its name, or what a checkpoint file holds."""
-    from .keys import snapshot_epoch
-    from .embedded_teachers import entry, is_embedded
-    from .experiment import _is_path, infer_arch
-
-    if snapshot_epoch(cfg.teacher) is not None:
-        return f"snapshot{snapshot_epoch(cfg.teacher)}"
-    if is_embedded(cfg.teacher):
-        return entry(cfg.teacher).arch
-    if not _is_path(cfg.teacher):
-        return cfg.teacher
+    """The static teacher's architecture (what a checkpoint file holds), or ``snapshot<E>``."""
     try:
-        return infer_arch(Path(cfg.teacher), cfg.teacher_arch)
+        return references.teacher_ref(cfg.teacher, cfg.teacher_arch, cfg.student, check=False).name_part()
     except ConfigError:  # unreadable/unknown: prepare() reports it; the name falls back to the file
         return Path(cfg.teacher).stem
 
 
 def identity(cfg) -> dict:
     """The settings that change what is trained, normalised (what the name's hash covers)."""
-    from . import data
-
     defaults = _defaults(type(cfg))
     d = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS and not (k in defaults and defaults[k] == v)}
     d["base"] = cfg.resolved_base
     root = data.resolved_root(cfg.dataset, cfg.data_root or None)
     d["data_root"] = str(root.resolve()) if root is not None else ""
     if cfg.loads_teacher:
-        from .experiment import _is_path
-
-        d["teacher_arch"] = teacher_arch(cfg)
-        if cfg.teacher.startswith("embedded:"):  # another shipped file is another teacher
-            from .embedded_teachers import entry
-
-            d["teacher_sha256"] = entry(cfg.teacher).sha256
-        elif _is_path(cfg.teacher):
-            d["teacher"] = str(Path(cfg.teacher).resolve())
+        try:
+            d.update(references.teacher_ref(cfg.teacher, cfg.teacher_arch, cfg.student, check=False).identity())
+        except ConfigError:
+            d["teacher_arch"] = teacher_arch(cfg)
     else:
         for k in TEACHER_KEYS:
             d.pop(k, None)
@@ -89,8 +74,6 @@ def config_hash(cfg) -> str:
 
 def default_name(cfg) -> str:
     method = cfg.method if cfg.resolved_base in ("none", cfg.method) else f"{cfg.method}-{cfg.resolved_base}"
-    from .methods import EXTENSIONS
-
     on = [name for name in EXTENSIONS if EXTENSIONS.get(name).active(cfg)] + (["dot"] if cfg.dot else [])
     extras = "".join(f"+{name}" for name in on)  # +ctkd, +ctc, +dot
     pair = f"{teacher_arch(cfg)}-{cfg.student}" if cfg.loads_teacher else cfg.student

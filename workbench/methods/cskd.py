@@ -39,6 +39,7 @@ import torch
 from ..keys import opt
 from ..losses_spatial import (FUSION_SCHEDULES, align_grids, dense_hard_loss, dense_soft_loss, dense_weight,
                               fuse_targets, tokens_to_grid)
+from .. import models
 from ..models import vit
 from ..models.dense import dense_logits, pooled_map_site
 from .deit import DEIT_ALPHA, DEIT_TAU, NOT_A_BASE, TokenDistiller, check_token_student, eval_heads
@@ -99,14 +100,14 @@ class CSKD(TokenDistiller):
 
 
 def _validate(cfg) -> None:
-    from .. import embedded_teachers, models
-
     check_token_student(cfg)
     if cfg.cache_teacher:
         raise ValueError("cache_teacher: cskd needs the teacher's dense logits at every step; the cache "
                          "holds global logits only (use cache_teacher=false)")
-    arch = embedded_teachers.entry(cfg.teacher).arch if embedded_teachers.is_embedded(cfg.teacher) else cfg.teacher
-    if arch in models.MODELS and models.family(arch) == "vit":
+
+
+def _check_teacher(cfg, arch: str) -> None:
+    if models.family(arch) == "vit":
         raise ValueError(f"teacher: cskd distils a CNN teacher's dense logits (its classifier at every "
                          f"position of its last map); {arch!r} is a ViT (use method=deit)")
 
@@ -116,7 +117,7 @@ def _student_options(cfg) -> dict:
 
 
 @method("cskd", summary="CSKD (Zhao et al. 2023): DeiT + per-patch loss against cumulatively fused dense->global "
-        "teacher logits", keys=KEYS, validate=_validate, student_options=_student_options,
+        "teacher logits", keys=KEYS, validate=_validate, check_teacher=_check_teacher, student_options=_student_options,
         not_a_base=NOT_A_BASE.format(name="cskd"))
 def build_cskd(ctx):
     cfg = ctx.cfg

@@ -58,6 +58,8 @@ class MethodSpec:
     - ``defaults``: the method's values for core keys left at None/auto (``grad_clip``, ``amp``,
       ``ema_decay``);
     - ``validate(cfg)``: extra checks, raising ``ValueError`` with one clear line;
+    - ``check_teacher(cfg, arch)``: a check of the static teacher's architecture, called once the
+      ``teacher=`` value is resolved (:mod:`workbench.references`: a file's architecture is read from it);
     - ``size_factor(cfg)``: how many times the student's parameters a checkpoint holds (disk check);
     - ``student_options(cfg)``: keyword options for building the student (e.g. which heads a
       distillation-token ViT averages at inference), applied wherever the student is built or
@@ -75,6 +77,7 @@ class MethodSpec:
     keys: Mapping[str, Any] = field(default_factory=dict)
     defaults: Mapping[str, Any] = field(default_factory=dict)
     validate: Optional[Callable[[Any], None]] = None
+    check_teacher: Optional[Callable[[Any, str], None]] = None
     size_factor: Optional[Callable[[Any], float]] = None
     student_options: Optional[Callable[[Any], dict]] = None
     not_a_base: str = ""
