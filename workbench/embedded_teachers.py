@@ -2,7 +2,7 @@
 
 A run names one with ``teacher=embedded:<name>``. The file is verified against its SHA-256
 before use (a mismatch is one clear line: what was expected, what was found, how to rebuild);
-``make_teachers.py`` beside the files reproduces them.
+``scripts/make_teachers.py`` reproduces them.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .registry import unknown_choice
 
 PREFIX = "embedded:"
 FOLDER = Path(__file__).resolve().parent / "data" / "embedded" / "teachers"
-REBUILD = "python workbench/data/embedded/teachers/make_teachers.py"
+REBUILD = "python scripts/make_teachers.py"
 HASH_CHUNK = 1 << 20
 
 

@@ -189,7 +189,7 @@ def _build() -> dict[str, dict]:
     # CE 75.2 +- 0.6 %, KD 78.2 +- 0.2 %; a teacher trained on the student's 100/class gives no useful gap.
     # The teacher ships with the package (embedded:fashion_resnet20, checksum-verified): it is this
     # preset's teacher phase with teacher=resnet20 (teacher_data/teacher_epochs below say how it was
-    # trained; workbench/data/embedded/teachers/make_teachers.py rebuilds it), so the demo trains none.
+    # trained; scripts/make_teachers.py rebuilds it), so the demo trains none.
     # DKD's warm-up is scaled to the 20-epoch budget (mdistiller: 20 of 240 epochs -> 2 of 20).
     fashion = dict(dataset="fashion_mnist", data_source="embedded", train_per_class=100,
                    teacher=FASHION_TEACHER, teacher_data="all", teacher_epochs=30, student="resnet8", epochs=20,

@@ -2,7 +2,7 @@
 from the full IDX files.
 
     apt-get download dataset-fashion-mnist && dpkg-deb -x dataset-fashion-mnist_*.deb pkg
-    python workbench/data/embedded/make_fashion_subset.py pkg/usr/share/datasets/fashion-mnist \\
+    python scripts/make_fashion_subset.py pkg/usr/share/datasets/fashion-mnist \\
         --source-label "Debian dataset-fashion-mnist <version>"
 
 Rule (:func:`workbench.data.fashion_mnist.select`, the rule ``train_per_class`` also uses): for
@@ -49,7 +49,7 @@ def provenance(folder: Path, label: str, arrays: dict, args, digest: str) -> str
     return f"""# Provenance of `{ff.EMBEDDED_FILE.name}`
 
 A seeded, class-balanced subset of Fashion-MNIST (Zalando SE, 2017; MIT licence, notice in
-`LICENSE-fashion-mnist.txt` beside this file), made by `make_fashion_subset.py` in this folder.
+`LICENSE-fashion-mnist.txt` beside this file), made by `scripts/make_fashion_subset.py`.
 
 - Source: {label}, files read from `{folder}`:
 
@@ -64,7 +64,7 @@ A seeded, class-balanced subset of Fashion-MNIST (Zalando SE, 2017; MIT licence,
 - Contents (uint8): `train_images` {arrays['train_images'].shape}, `train_labels`, `train_index`
   (indices into the official training file), `test_images` {arrays['test_images'].shape},
   `test_labels`, `test_index`. Images per class: train {counts['train']}, test {counts['test']}.
-- Command: `python workbench/data/embedded/make_fashion_subset.py <folder> --train-per-class
+- Command: `python scripts/make_fashion_subset.py <folder> --train-per-class
   {args.train_per_class} --test-per-class {args.test_per_class} --seed {args.seed}`
 - sha256 of `{ff.EMBEDDED_FILE.name}`: `{digest}` (checked on every load:
   `workbench/data/fashion_files.py`, `EMBEDDED_SHA256`).

@@ -1,10 +1,10 @@
 """Rebuild the shipped teachers (``workbench/embedded_teachers.py``) and print their SHA-256.
 
-    python workbench/data/embedded/teachers/make_teachers.py [--out-dir runs/make_teachers]
+    python scripts/make_teachers.py [--out-dir runs/make_teachers]
 
 Each teacher is the teacher phase of the preset named in its entry, with the architecture as
 ``teacher=`` (trained once, seed 0, then cached by the workbench); the finished weights file is
-copied here. On 2 CPU cores fashion_resnet20 takes ~8 minutes. Training is deterministic on one
+copied into the package (``workbench/data/embedded/teachers/``). On 2 CPU cores fashion_resnet20 takes ~8 minutes. Training is deterministic on one
 machine; another CPU or library version may give other bits, hence the printed checksums.
 """
 from __future__ import annotations
