@@ -5,6 +5,7 @@ from workbench.methods.dkd import dkd_warmup
 from workbench.methods.gpd import gpd_branches
 from workbench.config import ConfigError, RunConfig, help_text, parse_overrides
 from workbench.presets import PRESETS, get_preset
+from workbench.methods import METHODS
 
 
 def cfg(**kw):
@@ -112,8 +113,11 @@ def test_grad_clip_default_on_the_command_line_and_in_keys():
     c = RunConfig.from_dict(parse_overrides(["method=gpd"]))
     assert c.grad_clip is None and c.resolved_grad_clip == 5.0
     text = help_text()
-    assert "  grad_clip=None\n" in text and "gpd 5" in text
-    assert "gpd: off" in text  # amp's help says what auto means for GPD
+    # the help states the defaults the methods declare (MethodSpec.defaults), not a copy of them
+    gpd = METHODS.get("gpd").defaults
+    assert "  grad_clip=None\n" in text and f"gpd: {gpd['grad_clip']}" in text
+    assert f"gpd: {gpd['amp']}" in text and f"gpd: {gpd['ema_decay']}" in text  # amp: what auto means for GPD
+    assert "kd: 0.1" in text  # ce_weight: KD's reference weight
 
 
 @pytest.mark.parametrize("kw, amp", [

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import data, methods, models, naming, paths, references, student_init
+from .engine.batch import BATCH_TRANSFORMS
 from .presets import get_preset
 from .keys import (AUTO, NO_BASE, NO_TEACHER, RUNTIME_KEYS, ConfigError, convert_value, opt,  # noqa: F401
                    parse_bool, parse_int_list, snapshot_epoch, unknown_key)
@@ -74,8 +75,8 @@ class CoreConfig:
                                          kind="Optional[int]")
     split_seed: int = opt(0, "digits, fashion_mnist: seed of the train_per_class pick", low=0)
     augment: bool = opt(True, "standard training augmentation (false: none, e.g. for exact comparisons)")
-    mix: str = opt("none", "batch transform mixing inputs and targets (soft targets for every method): "
-                   "none, mixup (Zhang et al. 2018) or cutmix (Yun et al. 2019)", ("none", "mixup", "cutmix"))
+    mix: str = opt("none", "batch transform mixing inputs and targets (soft targets for every method; the "
+                   "choices are the registered transforms, workbench/engine/batch.py)")
     mix_alpha: float = opt(1.0, "mixup/cutmix: Beta(alpha, alpha) of the mixing weight", low=1e-6)
     # --- optimisation ------------------------------------------------------------------------
     epochs: int = opt(240, "training epochs", low=1)
@@ -91,14 +92,14 @@ class CoreConfig:
     milestones: tuple = opt((150, 180, 210), "multistep: epochs at which lr is multiplied by lr_decay")
     lr_decay: float = opt(0.1, "multistep: lr factor at each milestone", low=0.0, high=1.0)
     warmup_epochs: float = opt(0.0, "linear lr warm-up length in epochs (per iteration)", low=0.0)
-    grad_clip: Optional[float] = opt(None, "clip the gradient norm to this value (None = method default: "
-                                     "gpd 5 as in the reference, others 0 = off)", low=0.0, kind="Optional[float]")
-    ce_weight: Optional[float] = opt(None, "cross-entropy weight (None = method default: kd 0.1, else 1.0)",
-                                     low=0.0, kind="Optional[float]")
+    grad_clip: Optional[float] = opt(None, "clip the gradient norm to this value (None = the method's default: "
+                                     "{defaults}; others 0 = off)", low=0.0, kind="Optional[float]")
+    ce_weight: Optional[float] = opt(None, "cross-entropy weight (None = the loss's default: {defaults}; "
+                                     "others 1.0)", low=0.0, kind="Optional[float]")
     dot: bool = opt(False, "DOT optimizer: separate momentum for task (CE) and distillation gradients")
     dot_delta: float = opt(0.075, "DOT: task momentum = m - delta, distillation momentum = m + delta", low=0.0, high=1.0)
-    ema_decay: Optional[float] = opt(None, "model EMA decay per optimizer step (None = method default: "
-                                     "gpd 0.99996 as in the reference, others 0 = off); raw and EMA models "
+    ema_decay: Optional[float] = opt(None, "model EMA decay per optimizer step (None = the method's default: "
+                                     "{defaults}; others 0 = off); raw and EMA models "
                                      "are both evaluated and max(raw, EMA) is reported", low=0.0,
                                      high=MAX_EMA_DECAY, kind="Optional[float]")
     ema_eval_every: int = opt(1, "with EMA: evaluate the EMA model every N epochs and at the last (1 = every "
@@ -114,8 +115,8 @@ class CoreConfig:
     # --- runtime --------------------------------------------------------------------------------
     seed: int = opt(0, "training seed", low=0)
     device: str = opt("auto", "device: auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
-    amp: str = opt("auto", "mixed precision: auto (the method's default -- gpd: off, fp32 as in the GPD "
-                   "reference; others: bf16 on CUDA if supported, else fp16), off, bf16, fp16",
+    amp: str = opt("auto", "mixed precision: auto (the method's default: {defaults}; others: bf16 on CUDA "
+                   "if supported, else fp16), off, bf16, fp16",
                    ("auto", "off", "bf16", "fp16"))
     channels_last: str = opt("auto", "channels_last memory format (auto = on for CUDA, and on CPU for inputs "
                              "of 28x28 pixels or more, where it measured faster)", ("auto", "on", "off"))
@@ -135,6 +136,12 @@ class CoreConfig:
 
 class RunConfigBase:
     """Behaviour of the assembled ``RunConfig`` (core keys + every method's keys)."""
+
+    def __post_init__(self) -> None:
+        """Keys the chosen method always sets (``MethodSpec.implies``: ``method=ctkd`` is ``ctkd=true``)."""
+        spec = methods.METHODS.find(self.method)
+        for key, value in (spec.implies if spec is not None else {}).items():
+            object.__setattr__(self, key, value)
 
     # ---------------------------------------------------------------------------------------------
     @classmethod
@@ -341,6 +348,10 @@ def _assemble():
             meta["choices"] = tuple(methods.METHODS.names())
         elif f.name == "base":
             meta["choices"] = (AUTO, NO_BASE) + tuple(methods.base_methods())
+        elif f.name == "mix":
+            meta["choices"] = tuple(BATCH_TRANSFORMS.names())
+        if "{defaults}" in meta["help"]:  # the methods' own defaults for this key, as they declare them
+            meta["help"] = meta["help"].format(defaults=method_defaults(f.name))
         entries.append((f.name, f.type, _refield(f, meta)))
         owner[f.name] = "core"
     for name, key, fld in methods.declared_keys():
@@ -351,6 +362,12 @@ def _assemble():
     cls = dataclasses.make_dataclass("RunConfig", entries, bases=(RunConfigBase,), namespace={"__module__": __name__})
     _ASSEMBLED.update(cls=cls, fields={f.name: f for f in fields(cls)}, owner=owner)
     return cls
+
+
+def method_defaults(key: str) -> str:
+    """``gpd: 5.0``: every method's declared default for a core key (``MethodSpec.defaults``)."""
+    return ", ".join(f"{name}: {spec.defaults[key]}" for name in methods.METHODS.names()
+                     if key in (spec := methods.METHODS.get(name)).defaults)
 
 
 def _refield(f: dataclasses.Field, meta: dict) -> dataclasses.Field:

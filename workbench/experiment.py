@@ -373,12 +373,15 @@ def _run_device(cfg: RunConfig) -> torch.device:
 
 
 def phase_title(cfg: RunConfig, teacher_arch: Optional[str] = None) -> str:
-    """``gpd (base dkd): resnet20 -> resnet8`` -- what a training phase is doing."""
-    method = cfg.method + (f" (base {cfg.resolved_base})" if cfg.method == "gpd" else "")
-    uses_teacher = cfg.spec.needs_teacher(cfg.resolved_base) and cfg.teacher != "none"
-    if snapshot_epoch(cfg.teacher) is not None:
-        teacher_arch = cfg.teacher
-    teacher = f"{teacher_arch or cfg.teacher} -> " if uses_teacher else ""
+    """``gpd (base dkd): resnet20 -> resnet8`` -- what a training phase is doing (the base is
+    named for methods that wrap one)."""
+    method = cfg.method + (f" (base {cfg.resolved_base})" if cfg.spec.bases else "")
+    if not cfg.uses_teacher:
+        teacher = ""
+    elif snapshot_epoch(cfg.teacher) is not None:
+        teacher = f"{cfg.teacher} -> "
+    else:
+        teacher = f"{teacher_arch or cfg.teacher} -> "
     return f"{method}: {teacher}{cfg.student}"
 
 

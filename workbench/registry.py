@@ -37,6 +37,10 @@ class Registry:
         self.check(name)
         return self._items[name]
 
+    def find(self, name: object) -> Any:
+        """The object registered as ``name``, or None (no error: for code that checks elsewhere)."""
+        return self._items.get(name)
+
     def meta(self, name: str) -> dict:
         self.check(name)
         return self._meta[name]

@@ -96,8 +96,6 @@ KEYS = {
 
 
 def _check(cfg) -> None:
-    if cfg.method == "ctkd" and not cfg.ctkd:
-        object.__setattr__(cfg, "ctkd", True)
     if cfg.ctkd and not cfg.uses_teacher:
         raise ValueError("ctkd: CTKD learns the temperature of a KD/DKD loss; "
                          f"method={cfg.method} base={cfg.resolved_base} has none")
@@ -115,7 +113,7 @@ register_extension(Extension("ctkd", KEYS, active=lambda cfg: cfg.ctkd, apply=_a
 
 
 @method("ctkd", summary="Curriculum Temperature KD (Li et al. 2023): learnable T via gradient reversal",
-        bases=("kd", "dkd"))
+        bases=("kd", "dkd"), implies={"ctkd": True})
 def build_ctkd(ctx):
     """KD or DKD (``base``); the ``ctkd`` extension makes the temperature learnable."""
     return Distiller(ctx.student, ctx.teacher, build_criterion(ctx.cfg.resolved_base, ctx, ctx.student),

@@ -30,6 +30,7 @@ def kd_criterion(ctx, model=None) -> KDLoss:
     return KDLoss(cfg.kd_T, DEFAULT_KD_WEIGHT if cfg.kd_weight is None else cfg.kd_weight)
 
 
-@method("kd", summary="Hinton et al. 2015: CE 0.1 + KL at T=4 weight 0.9", keys=KEYS, criterion=kd_criterion)
+@method("kd", summary="Hinton et al. 2015: CE 0.1 + KL at T=4 weight 0.9", keys=KEYS, criterion=kd_criterion,
+        defaults={"ce_weight": DEFAULT_CE_WEIGHT})
 def build_kd(ctx):
     return Distiller(ctx.student, ctx.teacher, build_criterion("kd", ctx, ctx.student), ctx.cfg.ce_weight)

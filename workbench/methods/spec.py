@@ -56,7 +56,9 @@ class MethodSpec:
       (``model`` is the network whose features the loss reads: the student, or a view of GPD's);
     - ``keys``: the method's own config keys (``config.opt`` fields);
     - ``defaults``: the method's values for core keys left at None/auto (``grad_clip``, ``amp``,
-      ``ema_decay``);
+      ``ema_decay``; ``ce_weight``: the weight its loss uses, also as another method's base);
+    - ``implies``: keys the method always sets (``method=ctkd`` is ``ctkd=true``), applied when
+      the config is made;
     - ``validate(cfg)``: extra checks, raising ``ValueError`` with one clear line;
     - ``check_teacher(cfg, arch)``: a check of the static teacher's architecture, called once the
       ``teacher=`` value is resolved (:mod:`workbench.references`: a file's architecture is read from it);
@@ -76,6 +78,7 @@ class MethodSpec:
     criterion: Optional[Callable[[BuildContext, Any], Any]] = None
     keys: Mapping[str, Any] = field(default_factory=dict)
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    implies: Mapping[str, Any] = field(default_factory=dict)
     validate: Optional[Callable[[Any], None]] = None
     check_teacher: Optional[Callable[[Any, str], None]] = None
     size_factor: Optional[Callable[[Any], float]] = None
