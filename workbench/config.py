@@ -38,8 +38,8 @@ class CoreConfig:
 
     # --- what is trained -------------------------------------------------------------------
     method: str = opt("kd", "training method (see `python -m workbench methods`)")
-    base: str = opt(AUTO, "the distillation loss a wrapping method (ctkd, gpd) puts on its views: auto (the "
-                    "method's default), none (gpd: from scratch, no teacher) or a method with a loss")
+    base: str = opt(AUTO, "the distillation loss a wrapping method ({wrappers}) puts on its views: auto (the "
+                    "method's default), none (where the method allows it: no static teacher) or a method with a loss")
     teacher: str = opt("resnet32x4", "static teacher: a zoo architecture name (trained and cached "
                        "on the fly if no checkpoint is cached), a checkpoint path (ours or a "
                        "RepDistiller-style file), 'snapshot@E' (a frozen copy of the student taken at "
@@ -150,8 +150,7 @@ class RunConfigBase:
 
     @classmethod
     def default(cls, key: str) -> Any:
-        f = _fields()[key]
-        return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        return _default(_fields()[key])
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
@@ -352,6 +351,9 @@ def _assemble():
             meta["choices"] = tuple(BATCH_TRANSFORMS.names())
         if "{defaults}" in meta["help"]:  # the methods' own defaults for this key, as they declare them
             meta["help"] = meta["help"].format(defaults=method_defaults(f.name))
+        if "{wrappers}" in meta["help"]:  # the methods that take a base loss
+            meta["help"] = meta["help"].format(wrappers=", ".join(n for n in methods.METHODS.names()
+                                                                  if methods.METHODS.get(n).bases))
         entries.append((f.name, f.type, _refield(f, meta)))
         owner[f.name] = "core"
     for name, key, fld in methods.declared_keys():
@@ -361,6 +363,10 @@ def _assemble():
         entries.append((key, fld.metadata["kind"], fld))
     cls = dataclasses.make_dataclass("RunConfig", entries, bases=(RunConfigBase,), namespace={"__module__": __name__})
     _ASSEMBLED.update(cls=cls, fields={f.name: f for f in fields(cls)}, owner=owner)
+    cls.__doc__ = ("Every key of a run, with its type, default and help: the core keys, then each method's "
+                   "(editors and type checkers read the same from config.pyi).\n\n" +
+                   "\n".join(f"{f.name}: {f.metadata['kind']} = {_default(f)!r}\n    {f.metadata['help']}"
+                             for f in fields(cls)))
     return cls
 
 
@@ -368,6 +374,10 @@ def method_defaults(key: str) -> str:
     """``gpd: 5.0``: every method's declared default for a core key (``MethodSpec.defaults``)."""
     return ", ".join(f"{name}: {spec.defaults[key]}" for name in methods.METHODS.names()
                      if key in (spec := methods.METHODS.get(name)).defaults)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
 def _refield(f: dataclasses.Field, meta: dict) -> dataclasses.Field:

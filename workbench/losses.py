@@ -9,6 +9,12 @@ import torch
 import torch.nn.functional as F
 
 
+def hard_labels(y: torch.Tensor) -> torch.Tensor:
+    """Class indices of a target batch: ``y`` itself, or the most probable class of soft targets
+    (N, K) from a mixing batch transform."""
+    return y if y.dim() == 1 else y.argmax(1)
+
+
 def kl_along_classes(p_log_target: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """KL(p || q) = sum_k p_k (log p_k - log q_k) along dim 1 (the classes), from log-probabilities:
     (N, K) -> (N,), (N, K, H, W) -> (N, H, W). Terms with p_k = 0 contribute 0 (as ``F.kl_div`` does)."""

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.device import DEVICE_DATASETS, DeviceLoader, Indexed, device_tensors
-from ..methods import TASK_PREFIX, Distiller, hard_labels
+from ..losses import hard_labels
 from ..models import readout as model_readout
 from ..models.hooks import FeatureTap
 from . import distributed as dist
@@ -37,6 +37,7 @@ from .device import amp_dtype, autocast, select_device, to_device, use_channels_
 from .batch import BATCH_TRANSFORMS
 from .ema import ModelEMA
 from .memory import release_freed_memory
+from .method import TASK_PREFIX
 from .metrics import MetricsLog
 from .optim import DOT, build_optimizer
 from .progress import Progress, TerminalProgress
@@ -65,7 +66,7 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg, method: Distiller, train_set, test_set, run_dir: str | Path | None = None,
+    def __init__(self, cfg, method, train_set, test_set, run_dir: str | Path | None = None,
                  callbacks: list[Callback] = (), device: torch.device | None = None, log=print,
                  num_classes: int | None = None, progress: Progress | None = None, title: str = ""):
         self.cfg, self.method, self.note = cfg, method, log

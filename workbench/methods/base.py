@@ -44,18 +44,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.method import TASK_PREFIX  # noqa: F401  (re-exported)
+from ..losses import hard_labels  # noqa: F401  (re-exported)
 from ..models.hooks import FeatureTap, stage_paths
 from ..models.params import exempt_parameter_ids
 from .spec import METHODS  # noqa: F401  (re-exported: the one method registry)
 
-TASK_PREFIX = "loss_ce"
 #: feature name that stands for all of a model's stage outputs
 STAGES = "stages"
-
-
-def hard_labels(y: torch.Tensor) -> torch.Tensor:
-    """Class indices of a target batch: ``y`` itself, or the most probable class of soft targets."""
-    return y if y.dim() == 1 else y.argmax(1)
 
 
 @dataclass

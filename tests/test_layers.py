@@ -1,0 +1,48 @@
+"""The package's layers run one way (``bench/import_graph.py``: the layer table and the reader):
+a module imports only its own layer and the layers below, function-level imports included, and
+no import circle exists. The checker itself is tested on a copy of the package with a planted
+upward import and a planted circle."""
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import import_graph as ig  # noqa: E402
+
+
+def test_no_upward_import_and_no_circle():
+    edges = ig.graph()
+    assert ig.upward(edges) == [], "imports that run up the layers (bench/import_graph.py LAYERS)"
+    assert ig.circles(edges) == []
+
+
+def test_every_module_is_in_a_layer():
+    for module in ig.modules():
+        ig.layer_of(module)  # raises for a module the table does not place
+
+
+@pytest.fixture
+def copy(tmp_path):
+    shutil.copytree(ROOT / "workbench", tmp_path / "workbench", ignore=shutil.ignore_patterns("*.pt", "*.npz"))
+    return tmp_path
+
+
+def _plant(root: Path, rel: str, text: str) -> None:
+    path = root / "workbench" / rel
+    path.write_text(path.read_text() + text)
+
+
+def test_the_checker_sees_a_planted_function_level_upward_import(copy):
+    _plant(copy, "methods/kd.py", "\n\ndef _planted():\n    from ..experiment import run  # noqa\n")
+    assert ("workbench.methods.kd", "workbench.experiment") in [(m, t) for m, t, _ in ig.upward(ig.graph(copy))]
+
+
+def test_the_checker_sees_a_planted_circle(copy):
+    # two modules of one layer importing each other: no upward import, but a circle
+    _plant(copy, "losses.py", "\n\ndef _planted():\n    from . import losses_spatial  # noqa\n")
+    edges = ig.graph(copy)
+    assert ig.upward(edges) == []
+    assert ["workbench.losses", "workbench.losses_spatial"] in ig.circles(edges)
