@@ -183,7 +183,7 @@ def test_every_method_starts_from_the_inherited_student_and_trains(tmp_path, nam
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     method.on_epoch_start(1, cfg.epochs)
     method.train()
-    _, losses = method(x, y, torch.arange(len(x))) if method.needs_index else method(x, y)  # as the trainer calls it
+    _, losses = method(x, y, torch.arange(len(x)) if method.needs().index else None)  # as the trainer calls it
     total = sum(losses.values())
     assert torch.isfinite(total) and total.requires_grad
     total.backward()

@@ -91,6 +91,7 @@ class Trainer:
         self.progress = (progress or TerminalProgress()) if self.show else Progress()
         self.title = title or f"{cfg.method} {cfg.student}"
 
+        self.needs = method.needs()  # what the method asks of the engine (fixed once it is built)
         method.to(self.device)
         if self.channels_last:
             method.to(memory_format=torch.channels_last)
@@ -106,12 +107,12 @@ class Trainer:
         if cfg.sync_bn and self.world > 1:
             if self.device.type != "cuda":
                 raise ValueError("sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel)")
-            for module in method.sync_bn_modules():
+            for module in self.needs.sync_bn_modules:
                 nn.SyncBatchNorm.convert_sync_batchnorm(module)  # replaces BN children in place
         decay = cfg.resolved_ema_decay
         self.ema = ModelEMA(method.trained_module(), decay) if decay > 0 else None
         # DDP around the method when world > 1
-        self.model = dist.wrap(method, self.device, find_unused=method.find_unused_parameters)
+        self.model = dist.wrap(method, self.device, find_unused=self.needs.find_unused_parameters)
         if cfg.compile:
             self.model = torch.compile(self.model)
         self.teacher_cache = self._teacher_cache() if cfg.cache_teacher else None
@@ -152,7 +153,7 @@ class Trainer:
         if train and batch % self.world:
             raise ValueError(f"batch_size={batch} is not divisible by the {self.world} processes")
         per_rank = batch // self.world if train else batch
-        with_index = train and (cfg.cache_teacher or self.method.needs_index)
+        with_index = train and (cfg.cache_teacher or self.needs.index)
         tensors = self._device_tensors(dataset)
         if tensors is not None:
             return DeviceLoader(tensors, sampler, per_rank, self.device, self.channels_last, with_index)
@@ -165,7 +166,7 @@ class Trainer:
     @torch.no_grad()
     def _teacher_cache(self):
         """Static-teacher logits of every training example, in dataset order (``cache_teacher``)."""
-        teacher = self.method.teacher
+        teacher = self.needs.static_teacher
         loader = DataLoader(self.train_set, batch_size=self.cfg.eval_batch_size, shuffle=False)
         out = []
         for batch in self.progress.bar(loader, desc="teacher logits"):
@@ -180,7 +181,7 @@ class Trainer:
         self.train_loader.generator.manual_seed(seed)  # worker seeds
         dist.set_sampler_epoch(self.train_loader, epoch_seed(self.cfg.seed, epoch))
         self.method.on_epoch_start(epoch, self.epochs)
-        schedule = self.method.schedule
+        schedule = self.needs.schedule
         wd = schedule.weight_decay_factor(epoch) if schedule is not None else 1.0
         for g in self.optimizer.param_groups:  # a method may rescale weight decay per epoch (CTC)
             g["weight_decay"] = g.get("base_weight_decay", g["weight_decay"]) * wd
@@ -195,12 +196,11 @@ class Trainer:
         for step, batch in enumerate(bar):
             x, y, *index = to_device(batch, self.device, self.channels_last)
             index = index[0] if index else None
-            if self.teacher_cache is not None:
-                self.method.use_cached_teacher_logits(self.teacher_cache[index])
+            cached = self.teacher_cache[index] if self.teacher_cache is not None else None
             x, y = self.mix(x, y, self.num_classes, self.cfg.mix_alpha)
             self._set_lr((epoch - 1) + step / steps, steps)
             with autocast(self.device, self.amp):
-                logits, losses = self.model(x, y, index) if self.method.needs_index else self.model(x, y)
+                logits, losses = self.model(x, y, index if self.needs.index else None, cached)
             loss = sum(losses.values())
             if not torch.isfinite(loss.detach()).item():
                 terms = {k: float(v.detach()) for k, v in losses.items()}
@@ -232,7 +232,7 @@ class Trainer:
         def run_factor(p: float, epochs: int) -> float:
             return lr_factor(c.schedule, p, epochs, c.milestones, c.lr_decay, c.warmup_epochs, steps)
 
-        schedule = self.method.schedule  # a method may restart / rescale the run's schedule (CTC)
+        schedule = self.needs.schedule  # a method may restart / rescale the run's schedule (CTC)
         f = schedule.lr_factor(progress, c.epochs, run_factor) if schedule is not None else run_factor(progress, c.epochs)
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * f
@@ -275,14 +275,14 @@ class Trainer:
                 kd[p].mul_(factor)
 
     @torch.no_grad()
-    def _data_pass(self, epoch: int) -> None:
+    def _data_pass(self, observe) -> None:
         """One pass over the training data (this rank's share, the epoch's order and augmentation
-        draws) without gradients, for the method's own terms (CTC's memory refresh from the
-        snapshot at its stage boundary)."""
+        draws) without gradients, each batch handed to ``observe`` (what the method's
+        ``end_epoch`` returned: CTC's memory refresh from the snapshot at its stage boundary)."""
         for batch in self.progress.bar(self.train_loader, desc="data pass"):
             x, y, *index = to_device(batch, self.device, self.channels_last)
             with autocast(self.device, self.amp):
-                self.method.observe_batch(x, y, index[0] if index else None, epoch)
+                observe(x, y, index[0] if index else None)
 
     # ------------------------------------------------------------------ evaluation
     def eval_models(self, ema: bool = True) -> dict[str, nn.Module]:
@@ -329,9 +329,7 @@ class Trainer:
         logits = {r: [] for r in models}
         feats = {r: [] for r in models}
         targets, kept, t0 = [], 0, time.perf_counter()
-        from ..gpd.branches import fold_once  # multi-branch convs (T_d) fold their kernels once per pass
-
-        with fold_once(*models.values()):
+        with self.needs.eval_context(*models.values()):  # e.g. GPD: multi-branch convs fold once per pass
             self._eval_batches(models, budget, logits, feats, targets)
         for role, m in models.items():
             m.train(was_training[role])
@@ -479,8 +477,9 @@ class Trainer:
             self.epoch = epoch
             self._start_epoch(epoch)
             train_record = self.train_epoch(epoch)
-            if self.method.end_epoch(epoch, self.epochs):  # snapshot taken; a term wants a data pass
-                self._data_pass(epoch)
+            data_pass = self.method.end_epoch(epoch, self.epochs)  # a snapshot taken; a term's data pass
+            if data_pass is not None:
+                self._data_pass(data_pass)
             self.log.append([train_record])
             release_freed_memory()
             student_top1 = self._eval_and_callbacks(epoch)

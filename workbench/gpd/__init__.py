@@ -56,7 +56,7 @@ Ours: arbitrary (non-integer) ratios with per-channel copy counts, the full-scal
 the compensated gradient, the ViT (the reference has RVT only), grouped convs and ShuffleNets,
 the extra branch kinds 1x1/kx1/1xk, and verification of every widening.
 """
-from .branches import BRANCH_KINDS, BRANCH_ORDER, DEFAULT_BRANCHES, SCALE_INITS, MultiBranchConv2d
+from .branches import BRANCH_KINDS, BRANCH_ORDER, DEFAULT_BRANCHES, SCALE_INITS, MultiBranchConv2d, fold_once
 from .expand import DEFAULT_NOISE, expand
 from .plan import CONVENTIONS, UnsupportedLayerError
 from .teacher import DynamicTeacher, StudentView, extract_student
@@ -64,5 +64,5 @@ from .teacher import DynamicTeacher, StudentView, extract_student
 __all__ = [
     "expand", "extract_student", "DynamicTeacher", "StudentView", "MultiBranchConv2d",
     "UnsupportedLayerError", "DEFAULT_BRANCHES", "DEFAULT_NOISE", "BRANCH_KINDS", "BRANCH_ORDER",
-    "CONVENTIONS", "SCALE_INITS",
+    "CONVENTIONS", "SCALE_INITS", "fold_once",
 ]

@@ -76,8 +76,8 @@ class CSKD(TokenDistiller):
         """d_e of the current epoch (the public code's 0-based epoch over the epoch count)."""
         return dense_weight(self.epoch - 1, self.epochs, self.fusion_schedule)
 
-    def teacher_targets(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
+    def teacher_targets(self, x: torch.Tensor, cached_logits=None) -> dict[str, torch.Tensor]:
+        with torch.no_grad():  # dense logits at every step: never cached (cache_teacher is refused)
             logits, dense = dense_logits(self.teacher, x)
         return {"logits": logits, "dense": dense}
 

@@ -108,9 +108,9 @@ class TokenDistiller(Distiller):
         super().on_epoch_start(epoch, epochs)
         self.epoch, self.epochs = epoch, epochs
 
-    def teacher_targets(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"logits": z_T}`` (no grad; served from the teacher-logit cache when it is on)."""
-        return {"logits": self.teacher_outputs(x).logits}
+    def teacher_targets(self, x: torch.Tensor, cached_logits=None) -> dict[str, torch.Tensor]:
+        """``{"logits": z_T}`` (no grad; ``cached_logits`` when the engine's teacher-logit cache serves them)."""
+        return {"logits": self.teacher_outputs(x, cached_logits).logits}
 
     def token_term(self, dist_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         if self.token_loss == "hard":
@@ -120,8 +120,8 @@ class TokenDistiller(Distiller):
     def extra_terms(self, parts: dict, targets: dict, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor):
-        targets = self.teacher_targets(x)
+    def forward(self, x: torch.Tensor, y: torch.Tensor, index=None, teacher_logits=None):
+        targets = self.teacher_targets(x, teacher_logits)
         parts = self.student.forward_parts(x)
         losses = {"loss_ce": self.ce_weight * F.cross_entropy(parts["cls"], y),
                   "loss_deit": self.alpha * self.token_term(parts["dist"], targets["logits"])}

@@ -64,13 +64,14 @@ class GPD(Distiller):
     def criteria(self) -> list:
         return [c for c in (self.criterion, self.dt_criterion) if c is not None]
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None):
-        t = self.teacher_outputs(x)
+    def forward(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None,
+                teacher_logits: torch.Tensor | None = None):
+        t = self.teacher_outputs(x, teacher_logits)
         dt, on_s = self.dt, self.criterion
         on_d = self.dt_criterion or self.criterion
         names_d = feature_names(dt.wide, on_d.student_features if on_d is not None else ())
         own = on_s.student_features if on_s is not None else ()
-        names_s = feature_names(dt.student_template, dict.fromkeys((*own, *self.aux_features())))
+        names_s = feature_names(dt.student_template, dict.fromkeys((*own, *self.aux_terms.features())))
         with FeatureTap(dt.wide, names_d, detach=False) as tap_d, \
                 FeatureTap(dt.student_template, names_s, detach=False) as tap_s:
             zd, zs = dt(x, view="both")
@@ -81,7 +82,7 @@ class GPD(Distiller):
         losses.update({k + DT_SUFFIX: self.dt_base_weight * v for k, v in dt_terms.items()})
         losses.update(self.loss_terms(s, t, y, on_s))
         losses["loss_sce"] = self.lam * sce_loss(zs, zd.detach(), self.eps)
-        losses.update(self.aux_losses(s, x, y, index))  # own terms (CTC) on the student view
+        losses.update(self.own_losses(s, x, y, index))  # own terms (CTC) on the student view
         return zs, losses
 
     def eval_models(self, trained: surgery.DynamicTeacher | None = None) -> dict[str, nn.Module]:
@@ -95,6 +96,9 @@ class GPD(Distiller):
 
     def deployable_student(self, trained: surgery.DynamicTeacher | None = None) -> nn.Module:
         return surgery.extract_student(self.dt if trained is None else trained)
+
+    #: multi-branch convs fold their kernels once per evaluation pass (not once per batch)
+    eval_context = staticmethod(surgery.fold_once)
 
     def sync_bn_modules(self) -> list[nn.Module]:
         # T_d's BatchNorms only: the student view runs its template through functional_call
