@@ -196,11 +196,15 @@ class Trainer:
         for step, batch in enumerate(bar):
             x, y, *index = to_device(batch, self.device, self.channels_last)
             index = index[0] if index else None
-            cached = self.teacher_cache[index] if self.teacher_cache is not None else None
+            extras = {}  # only what this method asked for (a plain forward(x, y) keeps working)
+            if self.needs.index:
+                extras["index"] = index
+            if self.teacher_cache is not None:
+                extras["teacher_logits"] = self.teacher_cache[index]
             x, y = self.mix(x, y, self.num_classes, self.cfg.mix_alpha)
             self._set_lr((epoch - 1) + step / steps, steps)
             with autocast(self.device, self.amp):
-                logits, losses = self.model(x, y, index if self.needs.index else None, cached)
+                logits, losses = self.model(x, y, **extras)
             loss = sum(losses.values())
             if not torch.isfinite(loss.detach()).item():
                 terms = {k: float(v.detach()) for k, v in losses.items()}
