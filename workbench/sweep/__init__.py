@@ -72,9 +72,6 @@ def launch(p: Plan, wait: bool = True, monitor: Optional[Callable[[], list]] = N
     cells = [c for c in p.cells if _needs_run(p, c)]
     kind = p.options.executor
     if kind == "slurm":
-        from .plan import check_slurm_keys
-
-        check_slurm_keys(p.options, p.dir / sf.SUBMITIT_DIR)
         jobs = executors.submit_slurm(p, teachers, cells)
         if wait and jobs:
             executors.wait_slurm(p, jobs, refresh)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from .. import paths
-from ..config import ConfigError, RunConfig, fields_by_name
+from ..config import ConfigError, fields_by_name
 from . import folder as sf
 from .grid import GridError, cells as grid_cells, parse_grid, varying
 
@@ -249,6 +249,7 @@ def plan_cells(values_list: list[dict], opts: SweepOptions, grid: Optional[dict]
     """Validate given cells (``values_list``: one dict of run-config values each), e.g. the
     notebooks' own (method, seed) runs; see :func:`plan`."""
     from .. import experiment
+    from ..config import RunConfig
     from ..data import DatasetNotFoundError
     from ..engine import CheckpointError
 
@@ -284,7 +285,10 @@ def plan_cells(values_list: list[dict], opts: SweepOptions, grid: Optional[dict]
     root = _runs_root(cells)
     name = opts.name or default_name(args)
     _check_executor(opts)
-    return Plan(name, root / sf.SWEEPS_DIR / name, opts, grid, cells, teacher_cells, args)
+    p = Plan(name, root / sf.SWEEPS_DIR / name, opts, grid, cells, teacher_cells, args)
+    if opts.executor == "slurm":
+        check_slurm_keys(opts, p.dir / sf.SUBMITIT_DIR)
+    return p
 
 
 def _grid_of(values_list: list[dict]) -> dict:
@@ -318,10 +322,21 @@ def check_slurm_keys(opts: SweepOptions, folder: Path) -> None:
 
     import submitit
 
+    from submitit.slurm.slurm import SlurmExecutor
+
+    valid = sorted(SlurmExecutor._valid_parameters())
+    for key in opts.slurm:
+        if key[len("slurm_"):] not in valid:
+            import difflib
+
+            close = difflib.get_close_matches(key[len("slurm_"):], valid, n=1)
+            hint = f" (did you mean slurm_{close[0]}?)" if close else ""
+            raise GridError(f"slurm options: unknown SLURM parameter {key}{hint}; submitit knows: "
+                            f"{', '.join('slurm_' + v for v in valid)}")
     try:
         ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
         ex.update_parameters(**slurm_parameters(opts, 1))
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, NameError, AssertionError) as e:
         first = str(e).splitlines()[0]
         raise GridError(f"slurm options: {first}") from None
 
