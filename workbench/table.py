@@ -91,8 +91,10 @@ def method_label(cfg) -> str:
     from .methods import EXTENSIONS
 
     base = cfg.resolved_base
-    label = cfg.method if base == cfg.method else f"{cfg.method} ({'no teacher' if base == 'none' else base})"
-    extras = [name for name in EXTENSIONS if EXTENSIONS.get(name).active(cfg)] + (["dot"] if cfg.dot else [])
+    own = base == cfg.method or len(cfg.spec.valid_bases()) == 1  # ce, kd, dkd ...: no base to name
+    label = cfg.method if own else f"{cfg.method} ({'no teacher' if base == 'none' else base})"
+    extras = [name for name in EXTENSIONS if name != cfg.method and EXTENSIONS.get(name).active(cfg)]
+    extras += ["dot"] if cfg.dot else []
     return " + ".join([label] + extras)
 
 
@@ -226,7 +228,7 @@ class Row:
         return None if n == 0 else m - self.published.top1
 
 
-@dataclass
+@dataclass(repr=False)
 class ResultsTable:
     rows: list
     notes: list = field(default_factory=list)
@@ -311,6 +313,8 @@ class ResultsTable:
 
     def __str__(self) -> str:
         return self.markdown()
+
+    __repr__ = __str__  # what a notebook's text/plain output and papermill logs show
 
     def _repr_html_(self) -> str:
         keys = self.columns()
