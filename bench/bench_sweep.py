@@ -63,12 +63,15 @@ def swept(grid, out: Path, parallel: int) -> float:
 def main(argv) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--json", default="", help="also write the measured figures here (docs/sweep_bench.json: "
+                    "the README block is rendered from it by docs/render_readme.py)")
     args, rest = ap.parse_known_args(argv)
     grid = GRID + rest
     root = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     cells = plan(grid + [f"out_dir={root / 'plan'}"], executor="debug").cells
     print(f"{len(cells)} cells: {', '.join(c.label for c in cells)}; {cpu_count()} cores; torch {torch.__version__}")
-    print(f"load average at start: {load()}", flush=True)
+    start_load = load()
+    print(f"load average at start: {start_load}", flush=True)
     times: dict[str, list[float]] = {"direct": [], "parallel 1": [], "parallel 2": []}
     for i in range(args.repeat):
         times["direct"].append(direct(cells, root / f"direct{i}"))
@@ -85,6 +88,13 @@ def main(argv) -> None:
     print(f"\nsweep overhead per cell: {over:.1f} s = {100 * over / (med['direct'] / n):.0f} % of a run "
           f"({med['direct'] / n:.1f} s in-process)")
     print(f"4 cells, parallel 1 / parallel 2 wall: {med['parallel 1'] / med['parallel 2']:.2f}x")
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps({
+            "grid": grid, "cells": n, "cores": cpu_count(), "repeat": args.repeat, "load_start": start_load,
+            "load_end": load(), "seconds": times}, indent=1) + "\n")
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

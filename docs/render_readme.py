@@ -6,6 +6,7 @@ cannot drift from what the code gives:
     python bench/fashion_vit.py --json docs/fashion_vit.json probe_every=0
     python bench/fashion_inherit.py --json docs/fashion_inherit.json probe_every=0
     python bench/ctc_embed_study.py                               # -> docs/ctc_embed_study.json (CTC / embed study)
+    python bench/bench_sweep.py --repeat 2 --json docs/sweep_bench.json     # sweep overhead, parallel cells
     python docs/render_readme.py [runs/demo] [--no-figure]        # -> docs/demo_summary.json, docs/demo_gap_curves.png, README.md
     python docs/render_readme.py --tables                         # README tables from the committed JSON files only
 
@@ -32,6 +33,7 @@ VIT_JSON = ROOT / "docs" / "fashion_vit.json"
 INHERIT_JSON = ROOT / "docs" / "fashion_inherit.json"
 FIGURE = ROOT / "docs" / "demo_gap_curves.png"
 STUDY_JSON = ROOT / "docs" / "ctc_embed_study.json"
+SWEEP_JSON = ROOT / "docs" / "sweep_bench.json"
 FIGURE_SIZE = (900, 560)
 LABELS = {"ce": "ce", "kd": "kd", "dkd": "dkd", "gpd_kd": "gpd (base=kd)", "gpd_dkd": "gpd (base=dkd)",
           "gpd_scratch": "gpd (base=none, no teacher)"}
@@ -143,6 +145,22 @@ def study_table(m: dict) -> str:
     return "\n".join(rows) + note
 
 
+def sweep_bench(m: dict) -> str:
+    """bench/bench_sweep.py's figures: the sweep's overhead per cell and parallel cells' speed-up."""
+    med = {k: statistics.median(v) for k, v in m["seconds"].items()}
+    n = m["cells"]
+    over = (med["parallel 1"] - med["direct"]) / n
+    runs = f"median of {m['repeat']} rounds" if m["repeat"] > 1 else "one round"
+    return (f"Measured by `python bench/bench_sweep.py --repeat {m['repeat']} --json docs/sweep_bench.json` ({runs}; "
+            f"{n} cells: `{' '.join(m['grid'])}`) on the {m['cores']}-core machine while other work loaded it (load "
+            f"average {m['load_start'].split()[0]} at the start, {m['load_end'].split()[0]} at the end; an idle machine "
+            f"will differ): the {n} runs one after the other in one process took {med['direct']:.0f} s; as a local "
+            f"sweep with `parallel=1` {med['parallel 1']:.0f} s, so the sweep adds {over:.1f} s per cell "
+            f"({100 * over / (med['direct'] / n):.0f} % of a {med['direct'] / n:.0f} s run: validation, submitit's "
+            f"processes, a fresh Python and torch per cell); with `parallel=2` (one thread each) "
+            f"{med['parallel 2']:.0f} s, {med['parallel 1'] / med['parallel 2']:.2f}x faster than `parallel=1`.")
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     i, j = text.find(start), text.find(end)
@@ -164,6 +182,8 @@ def blocks() -> dict[str, str]:
         out["inherit-table"] = inherit_table(json.loads(INHERIT_JSON.read_text()))
     if STUDY_JSON.exists():
         out["ctc-table"] = study_table(json.loads(STUDY_JSON.read_text()))
+    if SWEEP_JSON.exists():
+        out["sweep-bench"] = sweep_bench(json.loads(SWEEP_JSON.read_text()))
     return out
 
 

@@ -110,3 +110,18 @@ def test_slurm_without_srun_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(GridError, match=r"^executor=slurm: no `srun` on PATH"):
         plan([*TINY, f"out_dir={tmp_path}"], executor="slurm")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_running_cell_whose_slurm_job_is_gone_is_failed(slurm, tmp_path):
+    """A state file saying 'running' on another host is checked with sacct: a job that ended
+    (node failure, scancel) without its cell reporting is a failure to resume, not a live cell."""
+    sweep_dir = tmp_path / "sw"
+    cell = {"id": "c0", "label": "x", "run_dir": str(tmp_path / "run"), "config": {"epochs": 2}}
+    sf.write_json(sweep_dir / "sweep.json", {"teachers": [], "cells": [cell]})
+    sf.update_state(sweep_dir, "c0", state="running", host="node-17", job_id="1234_0", pid=1)
+    (slurm / "state").mkdir(parents=True)
+    (slurm / "state" / "1234_0").write_text("RUNNING")
+    assert sf.cell_status(sweep_dir, cell).status == "running"
+    (slurm / "state" / "1234_0").write_text("NODE_FAIL")
+    s = sf.cell_status(sweep_dir, cell)
+    assert s.status == "failed" and "its SLURM job 1234_0 ended (NODE_FAIL)" in s.error

@@ -349,7 +349,11 @@ def build(paths: Iterable) -> ResultsTable:
     folders, notes = run_folders(paths)
     runs, unfinished = [], 0
     for d in folders:
-        r = read_run(d)
+        try:
+            r = read_run(d)
+        except (ValueError, KeyError, TypeError, OSError) as e:  # ConfigError is a ValueError
+            notes.append(f"{d}: left out, its config or summary cannot be read ({str(e).splitlines()[0]})")
+            continue
         if r is None:
             unfinished += 1
         else:

@@ -134,8 +134,9 @@ def sacct(argv: list[str]) -> int:
     jobs = [argv[i + 1] for i, a in enumerate(argv) if a == "-j"]
     print("JobID|State|NodeList")
     for job in jobs:
-        for t in tasks_of(job):
-            print(f"{t}|{get_state(t)}|localhost")
+        for t in ([job] if "_" in job else tasks_of(job)):
+            if get_state(t):
+                print(f"{t}|{get_state(t)}|localhost")
     return 0
 
 

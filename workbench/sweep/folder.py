@@ -135,9 +135,14 @@ def cell_status(sweep_dir: Path, cell: dict) -> CellStatus:
     kind = state.get("state")
     if kind == RUNNING:
         here = state.get("host") == socket.gethostname()
-        if not here or pid_alive(state.get("pid")) or pid_alive(state.get("child_pid")):
+        ended = None if here else slurm_job_ended(state.get("job_id", ""))
+        if ended is None and (not here or pid_alive(state.get("pid")) or pid_alive(state.get("child_pid"))):
             out.status = RUNNING
             out.detail = "" if here else f"on {state.get('host')}"
+        elif ended:
+            out.status, out.detail = FAILED, "stopped without a word"
+            out.error = (f"its SLURM job {state.get('job_id')} ended ({ended}) without reporting; rerun the sweep "
+                         f"to resume it from its last checkpoint")
         else:
             out.status, out.detail = FAILED, "stopped without a word"
             out.error = (f"the cell's processes ended without reporting (killed, or the machine went down); "
@@ -157,6 +162,31 @@ def cell_status(sweep_dir: Path, cell: dict) -> CellStatus:
 def sweep_statuses(sweep_dir: Path) -> list[CellStatus]:
     record = read_record(sweep_dir)
     return [cell_status(sweep_dir, c) for c in record["teachers"] + record["cells"]]
+
+
+#: sacct states of a job that is over (a requeued job shows PENDING/REQUEUED, not these)
+SLURM_ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
+
+
+def slurm_job_ended(job_id: str) -> Optional[str]:
+    """The final sacct state of a SLURM job that is over, else None (running, queued, unknown,
+    or no sacct here): a cell whose file says "running" on another host is checked this way."""
+    import shutil
+    import subprocess
+
+    if not job_id or not job_id.replace("_", "").isdigit() or shutil.which("sacct") is None:
+        return None
+    try:
+        out = subprocess.run(["sacct", "-j", job_id, "-o", "JobID,State", "--parsable2", "-n"], capture_output=True,
+                             text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        fields = line.split("|")
+        if len(fields) > 1 and fields[0] == job_id:
+            state = fields[1].split()[0] if fields[1].strip() else ""  # "CANCELLED by 1234"
+            return state if state in SLURM_ENDED else None
+    return None
 
 
 def read_record(sweep_dir: Path) -> dict:
