@@ -141,3 +141,14 @@ def test_a_sweep_folder_is_never_shared_by_two_grids(tmp_path):
     launch(plan(base + ["seed=0"], executor="debug", name="x"), monitor=lambda: None)
     with pytest.raises(GridError, match="was recorded with other cells"):
         launch(plan(base + ["seed=1"], executor="debug", name="x"), monitor=lambda: None)
+
+
+def test_a_job_that_cannot_start_fails_its_cell_with_submitits_line(tmp_path, monkeypatch):
+    """The job process cannot even load the cell (here: workbench not importable there): the cell
+    is failed with the line submitit logged, not left pending forever."""
+    p = plan(["dataset=digits", "method=ce", "teacher=none", "student=resnet8", "epochs=1", "train_per_class=5",
+              "probe_every=0", f"out_dir={tmp_path}"], executor="local", name="broken", parallel=1)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "nowhere"))
+    monkeypatch.chdir(tmp_path)  # not the checkout either (python -m puts the working directory on the path)
+    (s,) = launch(p, monitor=lambda: None)
+    assert s.status == "failed" and "ended before the cell started" in s.error and "workbench" in s.error, s.error

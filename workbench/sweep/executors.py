@@ -145,6 +145,7 @@ def run_local(plan: Plan, cells: list[Cell], refresh: Refresh, layout: Optional[
             for slot, (cell, job) in list(running.items()):
                 if job.done():
                     del running[slot]
+                    job_ended(plan, cell, job)
         refresh()
     except KeyboardInterrupt:
         for _, job in running.values():  # the jobs pass it on to their training, which stops cleanly
@@ -152,9 +153,20 @@ def run_local(plan: Plan, cells: list[Cell], refresh: Refresh, layout: Optional[
         raise
 
 
+def job_ended(plan: Plan, cell: Cell, job) -> None:
+    """A job that ended before its cell said anything (the job process failed to start: a broken
+    environment, a missing module on the node) leaves the cell failed with submitit's last line."""
+    if sf.read_state(plan.dir, cell.id).get("state") != sf.SUBMITTED:
+        return
+    line = sf.error_line(job.paths.stderr) or sf.error_line(job.paths.stdout) or "no output"
+    sf.update_state(plan.dir, cell.id, state=sf.FAILED,
+                    error=f"its submitit job {job.job_id} ended before the cell started: {line} "
+                          f"(submitit log: {job.paths.stderr})")
+
+
 def submit_slurm(plan: Plan, teachers: list[Cell], cells: list[Cell]) -> list:
     """One job array for the teachers to train first (if any), one for the cells (depending on
-    the first); returns the submitit jobs."""
+    the first); returns ``(cell, submitit job)`` pairs."""
     import submitit
 
     executor = submitit.AutoExecutor(folder=str(plan.dir / sf.SUBMITIT_DIR), cluster="slurm")
@@ -172,17 +184,19 @@ def submit_slurm(plan: Plan, teachers: list[Cell], cells: list[Cell]) -> list:
             submitted = [executor.submit(cell_job(plan, c, layout)) for c in group]
         for c, job in zip(group, submitted):
             sf.update_state(plan.dir, c.id, state=sf.SUBMITTED, job_id=job.job_id)
-        jobs += submitted
+        jobs += list(zip(group, submitted))
         if group is teachers:
             dependency = submitted[0].job_id.split("_")[0]
     return jobs
 
 
 def wait_slurm(plan: Plan, jobs: list, refresh: Refresh, poll_s: float = SLURM_POLL_S) -> None:
-    """Until every submitted job has ended (requeued jobs included)."""
+    """Until every submitted job has ended (requeued jobs included); ``jobs``: (cell, job) pairs."""
     while True:
         refresh()
-        if all(job.done(force_check=True) for job in jobs):
+        if all(job.done(force_check=True) for _, job in jobs):
             break
         time.sleep(poll_s)
+    for cell, job in jobs:
+        job_ended(plan, cell, job)
     refresh()
