@@ -33,7 +33,7 @@ from workbench.experiment import run
 from workbench.sweep import launch, plan
 from workbench.sweep.plan import cpu_count
 
-GRID = ["preset=fashion/demo/{kd,dkd}", "seed=0:2", "epochs=3", "train_per_class=50", "probe_every=0",
+GRID = ["preset=fashion/demo/{kd,dkd}", "seed=0:2", "epochs=2", "train_per_class=30", "probe_every=0",
         "progress=false"]
 
 
@@ -66,7 +66,8 @@ def main(argv) -> None:
     ap.add_argument("--json", default="", help="also write the measured figures here (docs/sweep_bench.json: "
                     "the README block is rendered from it by docs/render_readme.py)")
     args, rest = ap.parse_known_args(argv)
-    grid = GRID + rest
+    given = {a.split("=", 1)[0] for a in rest}
+    grid = [a for a in GRID if a.split("=", 1)[0] not in given] + rest  # key=value replaces the default
     root = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     cells = plan(grid + [f"out_dir={root / 'plan'}"], executor="debug").cells
     print(f"{len(cells)} cells: {', '.join(c.label for c in cells)}; {cpu_count()} cores; torch {torch.__version__}")

@@ -158,7 +158,11 @@ def sweep_bench(m: dict) -> str:
             f"sweep with `parallel=1` {med['parallel 1']:.0f} s, so the sweep adds {over:.1f} s per cell "
             f"({100 * over / (med['direct'] / n):.0f} % of a {med['direct'] / n:.0f} s run: validation, submitit's "
             f"processes, a fresh Python and torch per cell); with `parallel=2` (one thread each) "
-            f"{med['parallel 2']:.0f} s, {med['parallel 1'] / med['parallel 2']:.2f}x faster than `parallel=1`.")
+            f"{med['parallel 2']:.0f} s, {med['parallel 1'] / med['parallel 2']:.2f}x faster than `parallel=1`."
+            + (" More than the 2 cores can explain: among the other processes on the busy machine, two cells got a "
+               "larger share of the CPU than one, and one thread per cell escapes the OpenMP spinning that "
+               "oversubscribed 2-thread cells suffer; on an idle machine expect at most 2x."
+               if float(m["load_start"].split()[0]) > m["cores"] else ""))
 
 
 def replace_block(text: str, name: str, body: str) -> str:

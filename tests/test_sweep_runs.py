@@ -152,3 +152,27 @@ def test_a_job_that_cannot_start_fails_its_cell_with_submitits_line(tmp_path, mo
     monkeypatch.chdir(tmp_path)  # not the checkout either (python -m puts the working directory on the path)
     (s,) = launch(p, monitor=lambda: None)
     assert s.status == "failed" and "ended before the cell started" in s.error and "workbench" in s.error, s.error
+
+
+def test_the_checkpoint_signal_to_a_job_stops_its_training_and_requeues_it(tmp_path):
+    """The time-limit path: submitit's checkpoint signal (USR2) to the job process calls
+    CellJob.checkpoint, which stops the training at its next safe point; submitit requeues the
+    cell (the local controller restarts it) and it resumes from its run folder."""
+    p = plan(["dataset=digits", "method=ce", "teacher=none", "student=resnet8", "epochs=3", "train_per_class=20",
+              "probe_every=0", "progress=false", f"out_dir={tmp_path}"], executor="local", name="usr2", parallel=1)
+    import threading
+
+    done = threading.Event()
+
+    def signal_once():
+        wait_for(lambda: (p.dir / "sweep.json").exists() and (p.cells[0].run_dir / "last.pt").exists()
+                 and sf.read_state(p.dir, "c0").get("child_pid"), what="epoch 1 of the cell")
+        os.kill(int(sf.read_state(p.dir, "c0")["pid"]), signal.SIGUSR2)
+        done.set()
+
+    t = threading.Thread(target=signal_once, daemon=True)
+    t.start()
+    (s,) = launch(p, monitor=lambda: None)
+    assert done.is_set() and s.status == "done" and s.state["attempt"] == 2, (s.status, s.error, s.state)
+    log = (p.dir / "logs" / "c0.log").read_text()
+    assert "resuming from epoch 2" in log
