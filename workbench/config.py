@@ -38,7 +38,9 @@ AUTO, NO_BASE = "auto", "none"
 # out of the config comparison on resume and out of the default run name's hash.
 RUNTIME_KEYS = frozenset({"device", "workers", "progress", "resume", "out_dir", "name", "probe_every",
                           "probe_samples", "transfer", "eval_batch_size", "compile", "preset",
-                          "device_data", "cache_teacher", "download"})
+                          "device_data", "cache_teacher", "download", "log"})
+#: ``log=``: where a run's records also go (besides ``metrics.jsonl``, the source of truth)
+TRACKERS = ("none", "tensorboard", "wandb")
 #: words the boolean parser accepts (CLI, notebooks and papermill alike)
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -63,16 +65,27 @@ def snapshot_epoch(teacher: str) -> Optional[int]:
 
 
 def opt(default, help: str, choices=None, low=None, high=None, kind: str | None = None,
-        numbers_as_text: bool = False):
+        numbers_as_text: bool = False, list_value: bool = False):
     """A config field with its help text, valid choices and numeric bounds. ``kind`` names the
     type when the default does not tell it (``"Optional[float]"`` / ``"Optional[int]"`` for a
     None default meaning "method default"); ``numbers_as_text``: a text key that also takes a
-    number (e.g. ``branches=3`` from a notebook)."""
+    number (e.g. ``branches=3`` from a notebook); ``list_value``: one value is itself a comma list
+    (``source_classes=0,1,2``), so a sweep separates its alternatives with ``;`` instead of ``,``
+    (tuple keys such as ``milestones`` are list-valued by their kind)."""
     meta = {"help": help, "choices": choices, "low": low, "high": high, "kind": kind or _kind(default),
-            "numbers_as_text": numbers_as_text}
+            "numbers_as_text": numbers_as_text, "list_value": list_value or _kind_of(default, kind) == "tuple"}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _kind_of(default, kind: str | None) -> str:
+    return kind or ("" if default is None else _kind(default))
+
+
+def is_list_valued(key: str) -> bool:
+    """Whether one value of ``key`` is itself a comma list (``milestones``, ``source_classes``)."""
+    return bool(_fields()[key].metadata.get("list_value"))
 
 
 def _kind(default) -> str:
@@ -160,7 +173,7 @@ class CoreConfig:
     transfer: str = opt("auto", "transferability probe target: 'auto' (digits, fashion_mnist: the other "
                         "classes; cifar100: cifar10), 'none', or a dataset name")
     source_classes: str = opt("", "digits, fashion_mnist: comma list of source classes (e.g. 0,1,2,3,4); "
-                              "empty = all")
+                              "empty = all", list_value=True)
     # --- runtime --------------------------------------------------------------------------------
     seed: int = opt(0, "training seed", low=0)
     device: str = opt("auto", "device: auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
@@ -176,6 +189,9 @@ class CoreConfig:
                               "(needs augment=false)")
     sync_bn: bool = opt(False, "multi-GPU: synchronise BatchNorm statistics across processes (CUDA only)")
     workers: int = opt(-1, "DataLoader workers (-1 = auto: 0 on CPU, min(8, cores) on CUDA)", low=-1)
+    log: str = opt("none", "also send the records of metrics.jsonl (the source of truth) to a tracker: "
+                   "tensorboard (event files in <run folder>/tensorboard) or wandb (offline unless an account is "
+                   "configured); needs pip install -e '.[track]'", TRACKERS)
     out_dir: str = opt("", "where runs are written (empty = runs/ of the checkout or $WORKBENCH_RUNS)")
     name: str = opt("", "run name (folder under out_dir; empty = derived from the config)")
     resume: bool = opt(True, "continue from the run folder's last checkpoint if there is one")

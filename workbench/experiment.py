@@ -172,9 +172,19 @@ def _check_writable(run_dir: Path) -> None:
                           f"out_dir=... with free space") from None
 
 
+def _check_tracker(cfg: RunConfig) -> None:
+    from .engine.trackers import TrackerMissingError, check_available
+
+    try:
+        check_available(cfg.log)
+    except TrackerMissingError as e:
+        raise ConfigError(str(e)) from None
+
+
 def prepare(cfg: RunConfig) -> Prepared:
-    """Every cheap check, before any expensive work: models, dataset, teacher/init files."""
+    """Every cheap check, before any expensive work: models, dataset, teacher/init files, tracker."""
     METHODS.check(cfg.method)
+    _check_tracker(cfg)
     _check_model("student", cfg.student)
     _check_device(cfg)
     if cfg.device_data == "on" and cfg.dataset not in DEVICE_DATASETS:

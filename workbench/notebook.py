@@ -35,6 +35,9 @@ from .nb.setup import (  # noqa: F401
     DEMO_EXTRAS, DEMO_PRESETS, DIGITS_BASE_PRESET, DIGITS_EXTRAS, METHOD_KEYS, Setup, apply_preset, preset_name, setup,
     setup_many,
 )
+from .nb.sweep import (  # noqa: F401
+    NotebookSweepMonitor, first_students, plan_compare, results_table, run_sweep, sweep_records,
+)
 from .nb.study import mean_curves, study_disc_transfer, study_root, study_runs  # noqa: F401
 from .nb.summary import Headline, gap_sentence, gap_summary, headline, outcome  # noqa: F401
 from .nb.tables import Table, Tables, accuracy_table, compare_table, final_table, gap_table  # noqa: F401

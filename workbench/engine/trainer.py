@@ -37,6 +37,7 @@ from .device import amp_dtype, autocast, select_device, to_device, use_channels_
 from .batch import BATCH_TRANSFORMS
 from .ema import ModelEMA
 from .memory import release_freed_memory
+from . import trackers
 from .metrics import MetricsLog
 from .optim import DOT, build_optimizer
 from .progress import Progress, TerminalProgress
@@ -84,7 +85,9 @@ class Trainer:
         self.device = device or dist.local_device(select_device(cfg.device))
         self.amp = amp_dtype(self.device, cfg.resolved_amp)
         self.channels_last = self._resolve_channels_last(test_set, train_set)
-        self.log = MetricsLog(self.run_dir, enabled=self.is_main)
+        self.log = MetricsLog(self.run_dir, enabled=self.is_main, note=log,
+                              trackers=trackers.build(getattr(cfg, "log", "none"), self.run_dir, cfg.to_dict())
+                              if self.is_main else [])
         self.best = {"top1": -1.0, "epoch": 0}
         self.show = cfg.progress and self.is_main
         self.progress = (progress or TerminalProgress()) if self.show else Progress()
@@ -460,12 +463,15 @@ class Trainer:
             cb.on_fit_start(state)
         self.progress.phase(self.title, self.epochs, start)
         try:
-            self._loop(start, state)
+            try:
+                self._loop(start, state)
+            finally:
+                self.progress.close()
+            for cb in self.callbacks:
+                cb.on_fit_end(state)
+            return self.finish()
         finally:
-            self.progress.close()
-        for cb in self.callbacks:
-            cb.on_fit_end(state)
-        return self.finish()
+            self.log.close()  # trackers: event files flushed, W&B run finished
 
     def _loop(self, start: int, state: FitState) -> None:
         # between phases (set-up, training, evaluation) the heap memory one phase freed goes
