@@ -218,10 +218,34 @@ def prepare(cfg: RunConfig) -> Prepared:
         # (a ViT file's patch size), on a fresh build of the architecture when nothing is saved yet
         source_model = _inherit_source(prep) if init.path else teacher_model
         student_init.check_compatible(cfg.student, init_arch, info, student_options(cfg), source_model)
+    if _builds_early(cfg):
+        _check_build(prep, teacher_model)
     _check_writable(prep.run_dir)
     _check_space(prep.run_dir, estimate_checkpoint_bytes(cfg, info))
     resume_checkpoint(prep.run_dir, cfg)  # a run this config may not continue: refused now
     return prep
+
+
+def _builds_early(cfg: RunConfig) -> bool:
+    """The method or its base loss asks to be built in :func:`prepare` (``MethodSpec.early_build``)."""
+    return any(n in METHODS and METHODS.get(n).early_build for n in (cfg.method, cfg.resolved_base))
+
+
+def _check_build(prep: Prepared, teacher_model: Optional[nn.Module]) -> None:
+    """Build the method once on a fresh student, the teacher (loaded, or a fresh one of its
+    architecture while it is not trained yet) and a blank batch, leaving the global RNG as it was:
+    what depends on the pair (stages, widths, feature shapes) is one line now, before any teacher
+    or student training."""
+    cfg, info = prep.cfg, prep.info
+    with torch.random.fork_rng(devices=[]):
+        student, teacher = new_student(cfg, info), teacher_model
+        if teacher is None and prep.teacher_source == "arch" and cfg.uses_teacher:
+            teacher = models.build(prep.teacher_arch, info.num_classes, info.in_channels, image_size=info.image_size)
+        example = torch.zeros(2, info.in_channels, info.image_size, info.image_size)
+        try:
+            build_method(cfg, student, teacher if cfg.uses_teacher else None, example_input=example)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _init_arch(init: student_init.InitSpec, teacher_arch: Optional[str]) -> Optional[str]:
