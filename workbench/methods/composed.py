@@ -15,8 +15,8 @@ e.g. ``logits:none:kl:0.9+stages:sattn:mse:1000`` (KD plus attention transfer).
   channels of |A|^p, flattened, L2-normalised: attention transfer's map); ``cattn`` (channel
   attention: mean over positions of |A|^p, L2-normalised); ``mask`` (both maps multiplied by one
   random 0/1 mask over positions, each dropped with probability ``composed_mask_ratio``, a fresh
-  mask each step from a generator seeded by ``composed_mask_seed`` and the step count, so a
-  resumed run draws the same masks); ``pool`` (multi-scale pooling: averages on 1x1, 2x2, 4x4
+  mask each step from one CPU generator seeded with ``composed_mask_seed``, whose state is
+  checkpointed, so a resumed run draws the same masks); ``pool`` (multi-scale pooling: averages on 1x1, 2x2, 4x4
   grids concatenated, grids finer than the map skipped). Everything but ``none`` needs a feature
   map (N, C, H, W): logits, penultimate features and ViT tokens take ``none`` only.
 - ``distance`` -- on the two results flattened to rows (N, D): ``kl`` (softmax at T =
@@ -84,8 +84,6 @@ WIDTH_FREE_TRANSFORMS, WIDTH_FREE_DISTANCES = ("sattn",), ("cka",)
 PARTS = ("tap", "transform", "distance", "weight")
 #: '+' separates terms only before a letter (a tap), so '1e+3' stays one weight
 TERM_SEPARATOR = re.compile(r"\+(?=\s*[A-Za-z])")
-#: the mask generator's seed is composed_mask_seed + MASK_SEED_STRIDE * step
-MASK_SEED_STRIDE = 1 << 32
 DEFAULT_TERMS = "logits:none:kl:1"
 DEFAULT_T, DEFAULT_P, DEFAULT_MASK_RATIO = 4.0, 2.0, 0.5
 
@@ -283,21 +281,19 @@ class ComposedLoss(Criterion):
         self.student_features, self.teacher_features = tuple(s_names), tuple(t_names)
         self.term_list, self.comparisons, self.projectors = list(terms), list(comparisons), projectors
         self.p, self.mask_ratio, self.mask_seed = float(p), float(mask_ratio), int(mask_seed)
-        self.step = 0  # mask draws so far (checkpointed: get_extra_state)
         self.loss_keys = _loss_keys(self.term_list)
+        #: the mask transform's draws (one generator, seeded once; its state is checkpointed)
+        self.mask_rng = torch.Generator().manual_seed(self.mask_seed) if self._masks() else None
+
+    def _masks(self) -> bool:
+        return any(t.transform == "mask" for t in self.term_list)
 
     def get_extra_state(self):
-        return {"step": self.step}
+        return {"mask_rng": self.mask_rng.get_state()} if self.mask_rng is not None else {}
 
     def set_extra_state(self, state) -> None:
-        self.step = int(state["step"])
-
-    def _mask_generator(self) -> Optional[torch.Generator]:
-        if not any(t.transform == "mask" for t in self.term_list):
-            return None
-        g = torch.Generator().manual_seed(self.mask_seed + MASK_SEED_STRIDE * self.step)
-        self.step += 1
-        return g
+        if self.mask_rng is not None:
+            self.mask_rng.set_state(state["mask_rng"])
 
     def _side(self, out, name):
         return out.logits if name is None else out.features[name]
@@ -326,7 +322,7 @@ class ComposedLoss(Criterion):
         return cka_distance(a, b)
 
     def terms(self, s, t, y):
-        generator = self._mask_generator()
+        generator = self.mask_rng
         out = {}
         for key, term, comps in zip(self.loss_keys, self.term_list, self.comparisons):
             total = 0.0
