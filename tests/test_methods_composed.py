@@ -370,3 +370,14 @@ def test_composed_trains_alone_and_with_gpd_dot_ctkd_keeping_projectors_out_of_s
     assert not any("projectors" in k for k in student)
     if extra.get("ctkd"):
         assert "temperature" in train and train["temperature"] != 4.0
+
+
+def test_demo_presets_sum_the_kd_and_at_points_on_the_kd_demo_settings():
+    from workbench.presets import PRESETS
+
+    kd, ours, g = (PRESETS[f"fashion/demo/{m}"] for m in ("kd", "composed_kd_at", "gpd_composed_kd_at"))
+    assert {k: v for k, v in ours.items() if k not in ("method", "ce_weight", "composed_terms")} == \
+        {k: v for k, v in kd.items() if k != "method"}
+    assert parse_terms(ours["composed_terms"]) == [Term("logits", "none", "kl", 0.9), Term("stages", "sattn", "mse", 1000.0)]
+    cfg = RunConfig.from_dict(dict(preset="fashion/demo/gpd_composed_kd_at"))
+    assert (cfg.method, cfg.resolved_base, cfg.ce_weight, cfg.composed_terms) == ("gpd", "composed", 0.1, ours["composed_terms"])

@@ -358,7 +358,7 @@ KEYS = {
                               "none", PROJECTORS),
     "composed_mask_ratio": opt(DEFAULT_MASK_RATIO, "composed: share of positions the mask transform drops, each step",
                                low=0.0, high=1.0),
-    "composed_mask_seed": opt(0, "composed: seed of the mask transform's draws (with the step count)", low=0),
+    "composed_mask_seed": opt(0, "composed: seed of the mask transform's generator (its state is checkpointed)", low=0),
 }
 
 
