@@ -16,8 +16,8 @@ e.g. ``logits:none:kl:0.9+stages:sattn:mse:1000`` (KD plus attention transfer).
   attention: mean over positions of |A|^p, L2-normalised); ``mask`` (both maps multiplied by one
   random 0/1 mask over positions, each dropped with probability ``composed_mask_ratio``, a fresh
   mask each step from one CPU generator seeded with ``composed_mask_seed``, whose state is
-  checkpointed, so a resumed run draws the same masks); ``pool`` (multi-scale pooling: averages on 1x1, 2x2, 4x4
-  grids concatenated, grids finer than the map skipped). Everything but ``none`` needs a feature
+  checkpointed, so a resumed run draws the same masks); ``pool`` (multi-scale pooling: averages
+  on 1x1, 2x2, 4x4 grids concatenated, grids finer than the map skipped). Everything but ``none`` needs a feature
   map (N, C, H, W): logits, penultimate features and ViT tokens take ``none`` only.
 - ``distance`` -- on the two results flattened to rows (N, D): ``kl`` (softmax at T =
   ``composed_T`` along D, KL(teacher || student) summed over D, batch mean, times T^2:
@@ -44,10 +44,12 @@ attention transfer as mdistiller's AT = ``stages:sattn:mse:1000`` (p = 2; CE wei
 What follows which reference: the decomposition (tap x transformation x distance x weight,
 several terms summed) is Auto-KD's description -- its code was never released, so every concrete
 choice here (the part lists, the grammar, the mask and pooling definitions, the projector rule)
-is ours. ``sattn`` + ``mse`` follows attention transfer as mdistiller implements it (Q = mean_c
-A^p, ``F.normalize``, squared difference averaged over batch and positions, summed over stages,
-weight 1000, the larger map pooled); the AT paper writes (beta/2) * sum_j ||Q_s/||Q_s|| -
-Q_t/||Q_t||||_p and its official code averages the squared difference with beta/2 = 500. ``kl``
+is ours. ``sattn`` + ``mse`` follows attention transfer as mdistiller implements it exactly
+(Q = mean over channels of A^p, ``F.normalize``, squared difference averaged over batch and
+positions, summed over stages, weight 1000, the larger map pooled; we take |A|^p as the paper
+does, the same for p = 2). The AT paper writes (beta/2) * sum_j ||Q_s/||Q_s|| - Q_t/||Q_t||||_p;
+the official code (szagoruyko/attention-transfer, cifar.py) averages the squared difference as
+here and multiplies the sum over groups by its ``beta``: only mdistiller's weight is tested. ``kl``
 on logits follows Hinton et al. 2015 (T^2 scaling) exactly as ``kd``. The ConvReg projector and
 MSE follow mdistiller's FitNet exactly as ``fitnet``. CTKD (``ctkd=true``) learns the temperature
 of the ``kl`` terms (a composed loss without one is refused); DOT treats every term as
