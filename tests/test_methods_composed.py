@@ -381,3 +381,18 @@ def test_demo_presets_sum_the_kd_and_at_points_on_the_kd_demo_settings():
     assert parse_terms(ours["composed_terms"]) == [Term("logits", "none", "kl", 0.9), Term("stages", "sattn", "mse", 1000.0)]
     cfg = RunConfig.from_dict(dict(preset="fashion/demo/gpd_composed_kd_at"))
     assert (cfg.method, cfg.resolved_base, cfg.ce_weight, cfg.composed_terms) == ("gpd", "composed", 0.1, ours["composed_terms"])
+
+
+def test_vit_tokens_take_none_and_a_linear_projector_between_widths():
+    """A ViT pair (vit_nano 64 wide -> vit_tiny 192 wide, the same token grid): stage tokens compared
+    entry by entry through a Linear on the student's tokens (auto), the loss trains end to end."""
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 1, 16, 16), torch.tensor([1, 2])
+    cfg = RunConfig.from_dict(dict(method="composed", composed_terms="stage2:none:mse:1+stage4:none:cka:1"))
+    m = build_method(cfg, models.build("vit_nano", K, 1, image_size=16), models.build("vit_tiny", K, 1, image_size=16),
+                     example_input=x)
+    (proj,) = m.criterion.projectors.values()
+    assert isinstance(proj, nn.Linear) and (proj.in_features, proj.out_features) == (64, 192)
+    _, losses = m(x, y)
+    sum(losses.values()).backward()
+    assert proj.weight.grad is not None and proj.weight.grad.abs().sum() > 0

@@ -32,9 +32,9 @@ transform/distance compares like entries and needs equal widths, which a *projec
 student's side provides (``composed_projector``): ``auto`` = one wherever the widths differ,
 ``always`` = one on every feature term (FitNet), ``none`` = never (a width mismatch is then an
 error). A projector is FitNet's ``ConvReg`` for maps (conv, BN, ReLU onto the teacher's
-shape) and a ``Linear`` for vectors; it is owned by the loss (optimised, checkpointed, not in
-``student.pt``); ``method=gpd base=composed`` builds one loss per view, each with projectors
-sized for its widths. Every term is one record key ``loss_<tap>_<transform>_<distance>``.
+shape) and a ``Linear`` for vectors (and ViT tokens); it is owned by the loss (optimised,
+checkpointed, not in ``student.pt``); ``method=gpd base=composed`` builds one loss per view, each
+with projectors sized for its widths. Every term is one record key ``loss_<tap>_<transform>_<distance>``.
 
 **Points of the space** (tested equal, float64): KD = ``logits:none:kl:0.9`` with
 ``ce_weight=0.1``, ``composed_T=4``; FitNet = ``stage2:none:mse:100`` with
@@ -225,8 +225,8 @@ def _projector(term: Term, s_shape, t_shape, where: str) -> nn.Module:
                              f"{h_t}x{t_shape[3]} (ConvReg maps larger, equal or half-size maps); use another "
                              f"stage, a width-free transform (sattn) or distance (cka)")
         return ConvReg(s_shape, t_shape)
-    if len(s_shape) == 2 and len(t_shape) == 2:
-        return nn.Linear(s_shape[1], t_shape[1])
+    if len(s_shape) == len(t_shape) in (2, 3) and s_shape[1:-1] == t_shape[1:-1]:
+        return nn.Linear(s_shape[-1], t_shape[-1])  # vectors, or tokens of the same count
     raise ValueError(f"{where}: no projector maps the student's features ({_describe(s_shape)}) onto the "
                      f"teacher's ({_describe(t_shape)}); use the cka distance (shape-free) or another tap")
 
@@ -264,9 +264,9 @@ def resolve(terms: list[Term], ctx, model: nn.Module, projector_mode: str):
             if needed:
                 free = "a width-free transform (sattn) or distance (cka)" if len(s_shape) == len(t_shape) == 4 \
                     else "the cka distance (shape-free)"
-                raise ValueError(f"{where}: the student's {s_name} ({_describe(s_shape)}) and the teacher's {t_name} "
-                                 f"({_describe(t_shape)}) do not match; {term.transform}+{term.distance} compares them entry by entry: "
-                                 f"use composed_projector=auto (or always), or {free}")
+                raise ValueError(f"{where}: the student's {s_name} ({_describe(s_shape)}) and the teacher's "
+                                 f"{t_name} ({_describe(t_shape)}) do not match; {term.transform}+{term.distance} "
+                                 f"compares them entry by entry: use composed_projector=auto (or always), or {free}")
             out.append(Comparison(s_name, t_name))
         comparisons.append(tuple(out))
     return tuple(s_names), tuple(t_names), comparisons, projectors
