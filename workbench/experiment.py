@@ -37,9 +37,11 @@ TEACHER_SEED = 0  # one cached teacher per training protocol serves every studen
 # What a cached teacher inherits from the student's config (its data and training protocol);
 # every other key keeps its default (gradient clipping too: GPD clips at 5 by default, a CE
 # teacher does not), so students that differ only in method settings share it.
+# The validation split (val_per_class, val_seed, eval_on) too: the teacher never trains on the
+# student's validation images, and with eval_on=val it never builds the test set either.
 TEACHER_INHERITS = ("dataset", "data_root", "data_source", "download", "image_size", "train_per_class", "split_seed",
-                    "val_per_class", "val_seed", "eval_on", "augment", "source_classes", "batch_size", "optimizer", "lr", "momentum",
-                    "weight_decay", "schedule", "milestones", "lr_decay", "warmup_epochs",
+                    "val_per_class", "val_seed", "eval_on", "augment", "source_classes", "batch_size",
+                    "optimizer", "lr", "momentum", "weight_decay", "schedule", "milestones", "lr_decay", "warmup_epochs",
                     "device", "amp", "channels_last", "compile", "device_data", "sync_bn", "workers",
                     "progress", "eval_batch_size")
 

@@ -308,8 +308,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, epoch: int) -> tuple[list[dict], dict[str, RoleOutputs]]:
-        """One pass over the evaluation set (``eval_split``) for every model that changes; returns eval records and
-        outputs (logits of all examples, features of the first ``probe_samples`` when a due
+        """One pass over the evaluation set (``eval_split``: the test split, or the validation split)
+        for every model that changes; returns eval records and outputs (logits of all examples, features of the first ``probe_samples`` when a due
         callback needs them) for callbacks. The static teacher never changes: its outputs are
         computed once and reused (recomputed only when features are needed and not cached).
         With EMA, each raw role's record also carries ``top1_reported`` = max(raw, EMA) top-1
@@ -524,8 +524,8 @@ class Trainer:
             for role in sorted({r["role"] for r in evals}):
                 rs = [r for r in evals if r["role"] == role and r["epoch"] > 0] or [r for r in evals if r["role"] == role]
                 best = max(rs, key=lambda r: r["top1"])
-                summary[role] = {"kind": "summary", "epoch": rs[-1]["epoch"], "role": role, "split": rs[-1].get("split"),
-                                 "best_top1": best["top1"], "best_epoch": best["epoch"], "last_top1": rs[-1]["top1"]}
+                summary[role] = {"kind": "summary", "epoch": rs[-1]["epoch"], "role": role,
+                                 "split": rs[-1].get("split"), "best_top1": best["top1"], "best_epoch": best["epoch"], "last_top1": rs[-1]["top1"]}
                 if "top1_reported" in rs[-1]:
                     best_rep = max(rs, key=_reported)
                     summary[role].update(best_top1_reported=_reported(best_rep),
