@@ -309,8 +309,8 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, epoch: int) -> tuple[list[dict], dict[str, RoleOutputs]]:
         """One pass over the evaluation set (``eval_split``: the test split, or the validation split)
-        for every model that changes; returns eval records and outputs (logits of all examples, features of the first ``probe_samples`` when a due
-        callback needs them) for callbacks. The static teacher never changes: its outputs are
+        for every model that changes; returns eval records and outputs (logits of all examples,
+        features of the first ``probe_samples`` when a due callback needs them) for callbacks. The static teacher never changes: its outputs are
         computed once and reused (recomputed only when features are needed and not cached).
         With EMA, each raw role's record also carries ``top1_reported`` = max(raw, EMA) top-1
         (what the GPD reference code reports)."""
