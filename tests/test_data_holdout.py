@@ -172,3 +172,18 @@ def test_top1_curves_follow_the_split_the_eval_records_are_on():
     fig = top1_curves(recs)
     assert fig.layout.title.text == "Top-1 (val)" and list(fig.data[0].y) == [50.0, 51.0, 52.0]
     assert not top1_curves(recs, split="test").data  # asking for test finds no val record
+
+
+def test_a_device_resident_run_on_the_split_equals_the_dataloader_run(fast_cfg):
+    """Both parts keep the device-resident path: without augmentation, a device_data=on run with a
+    validation split trains on exactly the DataLoader run's batches (bit-identical weights) and
+    scores the same validation images."""
+    from workbench.engine.checkpoint import load_checkpoint
+
+    quick = dict(fast_cfg, method="ce", teacher="none", epochs=1, probe_every=0, augment=False, val_per_class=3,
+                 eval_on="val")
+    a, b = (run(dict(quick, device_data=mode, name=mode)) for mode in ("off", "on"))
+    wa, wb = (load_checkpoint(r.run_dir / "last.pt")["model"] for r in (a, b))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    ea, eb = ([(r["top1"], r["loss"], r["n"]) for r in res.records if r["kind"] == "eval"] for res in (a, b))
+    assert ea == eb and ea[0][2] == 30
