@@ -352,7 +352,7 @@ KEYS = {
                           "penultimate, stage<N>, stages; transforms none, sattn, cattn, mask, pool; distances kl, "
                           "mse, cosine, pearson, cka; e.g. logits:none:kl:0.9+stages:sattn:mse:1000; grammar in "
                           "workbench/methods/composed.py)"),
-    "composed_T": opt(DEFAULT_T, "composed: temperature of the kl terms (ctkd=true learns it)", low=1e-6),
+    "composed_T": opt(DEFAULT_T, "composed: temperature of the kl terms (learned under ctkd)", low=1e-6),
     "composed_p": opt(DEFAULT_P, "composed: exponent p of the attention maps (sattn, cattn: mean of |A|^p; AT: 2)",
                       low=1e-6),
     "composed_projector": opt("auto", "composed: a projector on the student's features (FitNet's ConvReg for maps, "
