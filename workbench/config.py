@@ -136,6 +136,13 @@ class CoreConfig:
                                          "digits: 70/30 split; fashion_mnist: all)", low=1,
                                          kind="Optional[int]")
     split_seed: int = opt(0, "digits, fashion_mnist: seed of the train_per_class pick", low=0)
+    val_per_class: int = opt(0, "images per class held out of the training split (after train_per_class) as a "
+                             "validation split, class-balanced, picked with val_seed; the run trains on the rest "
+                             "(0 = none)", low=0)
+    val_seed: int = opt(0, "seed of the val_per_class pick", low=0)
+    eval_on: str = opt("test", "what the per-epoch evaluation, the probes and best.pt read: the test split, or val "
+                       "(the validation split: needs val_per_class; the test set is then never built)",
+                       ("test", "val"))
     augment: bool = opt(True, "standard training augmentation (false: none, e.g. for exact comparisons)")
     mix: str = opt("none", "batch transform mixing inputs and targets (soft targets for every method): "
                    "none, mixup (Zhang et al. 2018) or cutmix (Yun et al. 2019)", ("none", "mixup", "cutmix"))
@@ -383,6 +390,13 @@ class RunConfigBase:
             if getattr(self, key) != unset and option not in dataset_takes(self.dataset):
                 raise ConfigError(f"{key}: applies to dataset {' and '.join(datasets_taking(option))} only "
                                   f"(dataset={self.dataset!r})")
+        if self.eval_on == "val" and self.val_per_class < 1:
+            raise ConfigError("eval_on: 'val' evaluates on a validation split carved from the training data; set "
+                              "val_per_class to a positive number of images per class (e.g. val_per_class=10)")
+        if self.val_per_class and self.train_per_class is not None and self.val_per_class >= self.train_per_class:
+            raise ConfigError(f"val_per_class: {self.val_per_class} validation images per class are carved from the "
+                              f"train_per_class={self.train_per_class} training images, leaving none to train on; "
+                              f"valid: 0..{self.train_per_class - 1}")
         from .methods import config_checks
 
         for check in config_checks(self):

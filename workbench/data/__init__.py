@@ -5,6 +5,9 @@ Datasets: ``digits`` (scikit-learn's bundled handwritten digits: real, offline, 
 default), ``cifar10``, ``cifar100`` (torchvision), ``imagefolder`` (ImageNet-style folders) and
 ``synthetic`` (tiny random tensors for tests). ``split`` is ``"train"`` or ``"test"``;
 ``augment=None`` means "the standard training augmentation on the train split only".
+``splits(name, options, per_class, seed, eval_on)`` (:mod:`.holdout`) carves a seeded,
+class-balanced validation split out of the training split and returns what a run trains and
+evaluates on.
 Missing data raises :class:`DatasetNotFoundError` saying where to put the files and naming
 ``digits`` as the offline option.
 """
@@ -16,6 +19,7 @@ from .base import DatasetInfo, DatasetNotFoundError, SPLITS
 DATASETS = Registry("dataset")
 
 from . import cifar, digits, fashion_mnist, imagefolder, synthetic  # noqa: E402,F401  (register themselves)
+from .holdout import EVAL_SPLITS, holdout_indices, splits, training_split, validation_split  # noqa: E402
 
 
 def available() -> list[str]:
@@ -67,5 +71,6 @@ def option_names(name: str) -> list[str]:
     return list(_entry(name).OPTIONS)
 
 
-__all__ = ["DATASETS", "DatasetInfo", "DatasetNotFoundError", "available", "build", "info",
-           "check_available", "labels", "option_names", "resolved_root"]
+__all__ = ["DATASETS", "DatasetInfo", "DatasetNotFoundError", "EVAL_SPLITS", "available", "build", "info",
+           "check_available", "holdout_indices", "labels", "option_names", "resolved_root", "splits",
+           "training_split", "validation_split"]

@@ -10,7 +10,8 @@ This module docstring is the one place the record schema is documented. Every re
             ``dense_weight`` (CSKD: the dense share d_e of the fused target), ``memory_format``
             (``channels_last`` | ``contiguous``: the layout the run trains in); DeiT/CSKD's terms are
             ``loss_ce`` (cls head), ``loss_deit`` (distillation token), ``loss_cskd`` (patches).
-``eval``    one per epoch and evaluated model: ``split="test"``, ``role`` in
+``eval``    one per epoch and evaluated model: ``split`` (``"test"``, or ``"val"`` under ``eval_on=val``:
+            the validation split carved from the training data, ``val_per_class``), ``role`` in
             {``student``, ``teacher`` (static), ``dynamic_teacher``}, ``top1``, ``top5`` (in %), ``loss``
             (cross-entropy), ``n`` (examples), ``time``; for models that say which outputs they
             give (the ViTs, ``models.readout``) also ``logits_from`` (the heads the logits average,
@@ -23,7 +24,10 @@ This module docstring is the one place the record schema is documented. Every re
 ``init``    once, at epoch 0, when the student starts from weight inheritance (``init=inherit``):
             ``source``, ``source_arch``, ``student``, ``blocks`` (per container, the source's
             block taken for each student block), ``bn_images`` (used to re-estimate BN).
-``summary`` written once at the end: ``role``, ``best_top1``, ``best_epoch``, ``last_top1``.
+``summary`` written once at the end: ``role``, ``split`` (of the eval records it summarises), ``best_top1``,
+            ``best_epoch``, ``last_top1``.
+``gap`` and ``probe`` records are computed on the eval records' split (the transferability probe on its
+target's test split, or under ``eval_on=val`` on the target's validation split).
 
 Readers (notebooks, figures, tests) use :func:`read_metrics` and filter on ``kind``. Trackers
 (``log=tensorboard|wandb``, :mod:`workbench.engine.trackers`) receive the same records from
