@@ -33,7 +33,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("probes", ("workbench.probes",)),
     ("assembly", ("workbench.references", "workbench.embedded_teachers", "workbench.student_init",
                   "workbench.config", "workbench.presets", "workbench.naming", "workbench.experiment")),
-    ("front", ("workbench.cli", "workbench.launch", "workbench.sweep", "workbench.table", "workbench.__main__")),
+    ("front", ("workbench.cli", "workbench.launch", "workbench.sweep", "workbench.table", "workbench.published",
+               "workbench.export", "workbench.__main__")),
     ("notebooks", ("workbench.nb", "workbench.notebook")),
     ("package", ("workbench",)),
 ]

@@ -27,17 +27,19 @@ def load() -> str:
 
 
 def numbers(run_dir: Path) -> dict:
-    """What a study table needs from one finished run folder."""
-    summary = json.loads((run_dir / "summary.json").read_text())
+    """What a study table needs from one finished run folder: the results table's numbers of the
+    run (``workbench.table.read_run``) plus where the student started (epoch 0)."""
+    from workbench.table import read_run
+
+    v = read_run(run_dir).values
     records = read_metrics(run_dir)
     start = {r["role"]: r["top1"] for r in records if r["kind"] == "eval" and r["epoch"] == 0}
-    out = {"best": summary["student"]["best_top1"], "last": summary["student"]["last_top1"],
-           "epoch0": start["student"]}
-    if "teacher" in summary:
-        out["T_s"] = summary["teacher"]["last_top1"]
+    out = {"best": v["s_best"], "last": v["s_last"], "epoch0": start["student"]}
+    if "t_s" in v:
+        out["T_s"] = v["t_s"]
         out["epoch0_gap"] = start["teacher"] - start["student"]
-    if "dynamic_teacher" in summary:
-        out["T_d_last"] = summary["dynamic_teacher"]["last_top1"]
+    if "t_d" in v:
+        out["T_d_last"] = v["t_d"]
     return out
 
 

@@ -6,8 +6,12 @@ cannot drift from what the code gives:
     python bench/fashion_vit.py --json docs/fashion_vit.json probe_every=0
     python bench/fashion_inherit.py --json docs/fashion_inherit.json probe_every=0
     python bench/ctc_embed_study.py                               # -> docs/ctc_embed_study.json (CTC / embed study)
+    python bench/bench_sweep.py --repeat 2 --json docs/sweep_bench.json     # sweep overhead, parallel cells
     python docs/render_readme.py [runs/demo] [--no-figure]        # -> docs/demo_summary.json, docs/demo_gap_curves.png, README.md
     python docs/render_readme.py --tables                         # README tables from the committed JSON files only
+
+Means and sample standard deviations over seeds and the Markdown tables are those of the results
+table (``workbench.table``: ``pm`` and ``markdown``), the code behind ``python -m workbench table``.
 
 The README holds generated blocks between ``<!-- name:start -->`` / ``<!-- name:end -->``
 markers; ``tests/test_readme_numbers.py`` checks they equal what this script renders from the
@@ -29,6 +33,7 @@ VIT_JSON = ROOT / "docs" / "fashion_vit.json"
 INHERIT_JSON = ROOT / "docs" / "fashion_inherit.json"
 FIGURE = ROOT / "docs" / "demo_gap_curves.png"
 STUDY_JSON = ROOT / "docs" / "ctc_embed_study.json"
+SWEEP_JSON = ROOT / "docs" / "sweep_bench.json"
 FIGURE_SIZE = (900, 560)
 LABELS = {"ce": "ce", "kd": "kd", "dkd": "dkd", "gpd_kd": "gpd (base=kd)", "gpd_dkd": "gpd (base=dkd)",
           "gpd_scratch": "gpd (base=none, no teacher)"}
@@ -69,19 +74,21 @@ def demo_sentence(s: dict) -> str:
 
 
 def _pm(xs) -> str:
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{statistics.mean(xs):.2f} +- {sd:.2f}"
+    """mean +- sample std over seeds, as the results table writes it (workbench.table.pm)."""
+    from workbench.table import pm
+
+    return pm(xs, single="zero")
 
 
 def methods_table(m: dict) -> str:
-    rows = ["| method (student resnet8) | best epoch | last epoch | T_d last |", "|---|---|---|---|"]
-    for name, r in m["methods"].items():
-        td = _pm(r["T_d_last"]) if "T_d_last" in r else ""
-        rows.append(f"| {LABELS.get(name, name)} | {_pm(r['best'])} | {_pm(r['last'])} | {td} |")
+    from workbench.table import markdown
+
+    rows = [[LABELS.get(name, name), _pm(r["best"]), _pm(r["last"]), _pm(r["T_d_last"]) if "T_d_last" in r else ""]
+            for name, r in m["methods"].items()]
     teacher = next((r["T_s"] for r in m["methods"].values() if "T_s" in r), None)
     seeds = ", ".join(str(s) for s in m["seeds"])
     note = f"\n\nSeeds {seeds}; static teacher T_s {teacher:.2f} % top-1." if teacher is not None else ""
-    return "\n".join(rows) + note
+    return markdown(["method (student resnet8)", "best epoch", "last epoch", "T_d last"], rows) + note
 
 
 VIT_LABELS = {"ce": "CE, vit_nano (no teacher)", "deit": "DeiT hard, vit_nano_dist", "cskd": "CSKD, vit_nano_dist"}
@@ -100,35 +107,33 @@ def _seeds_note(m: dict) -> str:
 
 
 def vit_table(m: dict) -> str:
-    rows = ["| student | best epoch | last epoch |", "|---|---|---|"]
-    for name, r in m["rows"].items():
-        rows.append(f"| {VIT_LABELS.get(name, name)} | {_cell(r, 'best')} | {_cell(r, 'last')} |")
-    return "\n".join(rows) + _seeds_note(m)
+    from workbench.table import markdown
+
+    rows = [[VIT_LABELS.get(name, name), _cell(r, "best"), _cell(r, "last")] for name, r in m["rows"].items()]
+    return markdown(["student", "best epoch", "last epoch"], rows) + _seeds_note(m)
 
 
 def inherit_table(m: dict) -> str:
-    rows = ["| student resnet8 | epoch 0 (before training) | T_s-S gap at epoch 0 | best epoch | last epoch | T_d last |",
-            "|---|---|---|---|---|---|"]
-    for name, r in m["rows"].items():
-        cells = " | ".join(_cell(r, k) for k in ("epoch0", "epoch0_gap", "best", "last", "T_d_last"))
-        rows.append(f"| {INHERIT_LABELS.get(name, name)} | {cells} |")
-    return "\n".join(rows) + _seeds_note(m)
+    from workbench.table import markdown
 
-
-def _pm_or_one(xs) -> str:
-    """mean +- std over seeds; a single seed's value alone (no fake 0.00 spread)."""
-    return _pm(xs) if len(xs) > 1 else f"{xs[0]:.2f}"
+    keys = ("epoch0", "epoch0_gap", "best", "last", "T_d_last")
+    rows = [[INHERIT_LABELS.get(name, name)] + [_cell(r, k) for k in keys] for name, r in m["rows"].items()]
+    return markdown(["student resnet8", "epoch 0 (before training)", "T_s-S gap at epoch 0", "best epoch", "last epoch",
+                     "T_d last"], rows) + _seeds_note(m)
 
 
 def study_table(m: dict) -> str:
-    """The CTC / embed study (bench/ctc_embed_study.py): mean +- std over seeds per method."""
-    rows = ["| method (student resnet8) | source top-1, last epoch (%) | transfer probe, peak (%) | peak epoch per seed "
-            "| transfer probe, last epoch (%) | linear CKA to the teacher |", "|---|---|---|---|---|---|"]
+    """The CTC / embed study (bench/ctc_embed_study.py): mean +- std over seeds per method (a
+    single seed's value alone: no invented spread)."""
+    from workbench.table import markdown, pm
+
+    body = []
     for name, per_seed in m["methods"].items():
-        cells = [_pm_or_one([r[k] for r in per_seed]) for k in ("source_top1", "transfer_peak", "transfer_last",
-                                                                 "cka_teacher")]
+        cells = [pm([r[k] for r in per_seed]) for k in ("source_top1", "transfer_peak", "transfer_last", "cka_teacher")]
         peaks = ", ".join(str(r["transfer_peak_epoch"]) for r in per_seed)
-        rows.append(f"| {m['labels'].get(name, name)} | {cells[0]} | {cells[1]} | {peaks} | {cells[2]} | {cells[3]} |")
+        body.append([m["labels"].get(name, name), cells[0], cells[1], peaks, cells[2], cells[3]])
+    rows = [markdown(["method (student resnet8)", "source top-1, last epoch (%)", "transfer probe, peak (%)",
+                      "peak epoch per seed", "transfer probe, last epoch (%)", "linear CKA to the teacher"], body)]
     seeds = ", ".join(str(s) for s in m["seeds"])
     n = {len(v) for v in m["methods"].values()}
     walls = [w for ws in m.get("seconds_per_run", {}).values() for w in ws]
@@ -138,6 +143,26 @@ def study_table(m: dict) -> str:
             f"transfer target {m['target']}; teacher (resnet20 on the 2500 source training images) "
             f"{m['teacher_top1']:.2f} % source top-1{wall}.")
     return "\n".join(rows) + note
+
+
+def sweep_bench(m: dict) -> str:
+    """bench/bench_sweep.py's figures: the sweep's overhead per cell and parallel cells' speed-up."""
+    med = {k: statistics.median(v) for k, v in m["seconds"].items()}
+    n = m["cells"]
+    over = (med["parallel 1"] - med["direct"]) / n
+    runs = f"median of {m['repeat']} rounds" if m["repeat"] > 1 else "one round"
+    return (f"Measured by `python bench/bench_sweep.py --repeat {m['repeat']} --json docs/sweep_bench.json` ({runs}; "
+            f"{n} cells: `{' '.join(m['grid'])}`) on the {m['cores']}-core machine while other work loaded it (load "
+            f"average {m['load_start'].split()[0]} at the start, {m['load_end'].split()[0]} at the end; an idle machine "
+            f"will differ): the {n} runs one after the other in one process took {med['direct']:.0f} s; as a local "
+            f"sweep with `parallel=1` {med['parallel 1']:.0f} s, so the sweep adds {over:.1f} s per cell "
+            f"({100 * over / (med['direct'] / n):.0f} % of a {med['direct'] / n:.0f} s run: validation, submitit's "
+            f"processes, a fresh Python and torch per cell); with `parallel=2` (one thread each) "
+            f"{med['parallel 2']:.0f} s, {med['parallel 1'] / med['parallel 2']:.2f}x faster than `parallel=1`."
+            + (" More than the 2 cores can explain: among the other processes on the busy machine, two cells got a "
+               "larger share of the CPU than one, and one thread per cell escapes the OpenMP spinning that "
+               "oversubscribed 2-thread cells suffer; on an idle machine expect at most 2x."
+               if float(m["load_start"].split()[0]) > m["cores"] else ""))
 
 
 def replace_block(text: str, name: str, body: str) -> str:
@@ -161,6 +186,8 @@ def blocks() -> dict[str, str]:
         out["inherit-table"] = inherit_table(json.loads(INHERIT_JSON.read_text()))
     if STUDY_JSON.exists():
         out["ctc-table"] = study_table(json.loads(STUDY_JSON.read_text()))
+    if SWEEP_JSON.exists():
+        out["sweep-bench"] = sweep_bench(json.loads(SWEEP_JSON.read_text()))
     return out
 
 

@@ -242,33 +242,35 @@ def compare_notebook() -> list:
 # Compare methods on one teacher-student pair
 
 Several methods x seeds, same data, same protocol: CE, KD, DKD, KD+DOT, KD+CTKD, GPD on KD / DKD
-and GPD from scratch (no static teacher). Every run is its own folder under `out_dir`
-(finished runs are reused). Shows the student's best and last top-1 as mean +- std over seeds,
-the gap curves overlaid, and one feature-map panel per method.
+and GPD from scratch (no static teacher). The runs form one sweep (`workbench.sweep`, on submitit):
+`executor=local` trains them side by side on this machine (one per GPU, or per CPU core),
+`executor=slurm` submits one job array and waits, `executor=debug` trains them in this kernel.
+Every run is an ordinary run folder under `out_dir` (finished runs are picked up, killed ones
+resume). Shows the results table (mean +- std over seeds, best and last epoch, the gaps, published
+numbers where a row follows a published protocol), the gap curves overlaid, and one feature-map
+panel per method.
 
 Offline CPU: `papermill notebooks/compare.ipynb out.ipynb -p dataset digits -p seeds 0,1,2`.
+A cluster: `papermill notebooks/compare.ipynb out.ipynb -p executor slurm -p partition gpu -p time_limit 1440`.
 """),
         parameters("compare", "Defaults: CIFAR-100 resnet32x4 -> resnet8x4, 8 methods x 3 seeds (a GPU job)."),
         code("""
 import workbench.notebook as nb
 from workbench.probes import figures
 nb.init_plotly()
-first, runs = nb.setup_many(nb.params_from(globals(), "compare"), nb.defaults("compare"))  # validates every run
+first, runs = nb.setup_many(nb.params_from(globals(), "compare"), nb.defaults("compare"), check_files=False)
 cfg, options = first.cfg, first.options
-nb.Table(["method", "seed", "run folder"], [(m, s, c.run_dir()) for m, s, c in runs], title="runs")
+sweep = nb.plan_compare(runs, options)  # validates every run before anything starts
+nb.Table(["method", "seed", "run folder"], [(m, s, c.run_dir()) for m, s, c in runs], title=f"runs of sweep {sweep.dir}")
 """),
-        md("## Train (or reuse) every run\nThe static teacher is trained once and cached; the students of the first seed are kept for the feature maps."),
+        md("## Train (or pick up) every run\nOne line per run, updated in place; static teachers are trained first and cached."),
+        code("statuses = nb.run_sweep(sweep)"),
+        md("## Results: one row per method (mean +- sample std over seeds)"),
+        code("nb.results_table(sweep)"),
         code("""
-records, students = {}, {}
-for label, seed, run_cfg in runs:
-    print(f"--- {label}, seed {seed}")
-    result, trained = nb.train(run_cfg)
-    records.setdefault(label, []).append(result.records)
-    if label not in students and "student" in trained:
-        students[label] = trained["student"]
+records = nb.sweep_records(sweep, runs)
+students = nb.first_students(sweep, runs)
 """),
-        md("## Results: student top-1, mean +- std over seeds (best epoch and last epoch)"),
-        code("nb.compare_table(records)"),
         md("## Gap curves overlaid (first seed; line style per method)\nGPD runs also have T_d-S and T_s-T_d; CE has no teacher, hence no gap."),
         code('figures.gap_curves({label: recs[0] for label, recs in records.items()}, metrics=["acc_gap", "kl"], pairs=["T_s-S", "T_d-S"])'),
         code('figures.top1_curves({label: recs[0] for label, recs in records.items()}, roles=["student"])'),

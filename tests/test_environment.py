@@ -19,7 +19,8 @@ def _pins(lines):
 
 def test_environment_yml_matches_pyproject():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    py_pins = _pins(pyproject["dependencies"] + pyproject["optional-dependencies"]["dev"])
+    extras = pyproject["optional-dependencies"]
+    py_pins = _pins(pyproject["dependencies"] + extras["dev"] + extras["track"])
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     env_pins = _pins([p for p in pip_section if isinstance(p, str)])
@@ -29,7 +30,7 @@ def test_environment_yml_matches_pyproject():
 
 def test_every_dependency_is_pinned():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    deps = pyproject["dependencies"] + pyproject["optional-dependencies"]["dev"]
+    deps = pyproject["dependencies"] + [d for extra in pyproject["optional-dependencies"].values() for d in extra]
     assert all("==" in d for d in deps), [d for d in deps if "==" not in d]
     assert _pins(deps)["torch"] == "2.14.1" and _pins(deps)["torchvision"] == "0.29.1"
 

@@ -36,6 +36,7 @@ COUPLED = {"method", "base", "teacher", "ctkd", "dot", "optimizer", "train_per_c
            "data_source", "dataset", "branches", "preset", "cache_teacher", "augment"}
 COUPLED |= {"ctc_stage_epoch", "ctc_alpha"}  # CTC on needs epochs >= 2 and a stage epoch below epochs: tests/test_ctc.py
 COUPLED |= {"sync_bn", "widening"}  # gpd refuses sync_bn=true with widening=reference: tests/test_config.py
+COUPLED |= {"eval_on", "val_per_class"}  # val needs val_per_class < train_per_class: tests/test_data_holdout.py
 
 
 def kind(name: str) -> str:

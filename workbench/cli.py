@@ -7,6 +7,9 @@ Commands
   methods   list the methods (one line each)
   models    list the model zoo
   keys      list every config key with its default, choices and help (same as ``train --help``)
+  sweep     train a grid of runs on submitit: ``python -m workbench sweep preset=cifar100/r32x4_r8x4/{kd,dkd} seed=0:5``
+            (``sweep --help`` for the grid syntax and the executor keys; ``sweep status <dir>`` per cell)
+  table     one results table of run folders or sweeps: ``python -m workbench table runs/sweeps/<name> [--format md|csv|latex]``
 
 Bad keys or values stop with a one-line error (exit code 2) before any work starts; a run that
 diverges exits with 3; Ctrl-C stops with one line (exit code 130): rerun the same command to resume.
@@ -14,8 +17,35 @@ diverges exits with 3; Ctrl-C stops with one line (exit code 130): rerun the sam
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from .config import ConfigError, RunConfig, help_text, parse_overrides
+
+SWEEP_USAGE = """``python -m workbench sweep [--dry-run] [--no-wait] key=values ... [sweep keys]``
+``python -m workbench sweep status <sweep folder>``
+
+Every ``key=`` of ``train`` takes several values; the cells are their product (the last key
+varies fastest). Each cell is an ordinary run folder (the one ``train`` would make with that
+config), so rerunning a sweep skips finished cells and resumes killed ones.
+
+Values
+  {a,b}      braces expand in place and nest: preset=cifar100/{r32x4_r8x4,r56_r20}/{kd,dkd} (4 values)
+  a,b,c      a comma list: seed=0,1,2
+  0:5        a range, end excluded as in Python's range: seed=0:5 is 0..4; 0:10:2 steps by 2 (integer keys)
+  x;y        list-valued keys (milestones, source_classes, branches, vit_eval_heads) separate their
+             alternatives with ';': milestones="150,180,210;100,150"
+
+Sweep keys (not run keys)
+{options}
+  slurm_<key>=v  any other SLURM parameter submitit knows (slurm_qos, slurm_constraint, slurm_setup, ...)
+
+--dry-run prints the cells (and whether each is new, resumable or finished) after validating them
+all; nothing is created. Every cell is validated as ``train`` would (config, files, resume) before
+anything is submitted: a bad cell is one line naming it (exit code 2). The sweep folder
+runs/sweeps/<name>/ records the grid, each cell's config and run folder, states and logs.
+executor=local and debug wait for the cells; executor=slurm submits one job array and returns
+(--wait: waits). Exit code 1 when a cell failed (``sweep status`` names its error and log).
+"""
 
 USAGE = __doc__
 INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
@@ -51,6 +81,111 @@ def _train(args: list[str]) -> int:
     s = result.summary.get("student", {})
     print(f"[workbench] done: student top-1 last {s.get('last_top1', float('nan')):.2f} / best "
           f"{s.get('best_top1', float('nan')):.2f} (epoch {s.get('best_epoch')}); results in {result.run_dir}")
+    return 0
+
+
+def _sweep_usage() -> str:
+    from .sweep import SweepOptions
+
+    return SWEEP_USAGE.replace("{options}", "\n".join(f"  {k:14s} {h}" for k, h in SweepOptions.HELP.items()))
+
+
+def _sweep(args: list[str]) -> int:
+    from .sweep import GridError, launch, plan
+    from .sweep.monitor import counts, status_line
+
+    if not args or "-h" in args or "--help" in args:
+        print(plain(_sweep_usage()))
+        return 0
+    if args[0] == "status":
+        return _sweep_status(args[1:])
+    flags = {a for a in args if a.startswith("--")}
+    unknown = flags - {"--dry-run", "--no-wait", "--wait"}
+    if unknown:
+        print(f"error: unknown flag {sorted(unknown)[0]}; valid: --dry-run, --no-wait, --wait", file=sys.stderr)
+        return 2
+    try:
+        p = plan([a for a in args if not a.startswith("--")])
+    except (GridError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if "--dry-run" in flags:
+        for c in p.all_cells():
+            state = "finished" if c.complete() else ("resumes" if (c.run_dir / "last.pt").exists() else "new")
+            print(f"{c.id:>4} {c.label}  [{state}]  {c.run_dir}")
+        print(f"{len(p.cells)} cells" + (f" + {len(p.teachers)} teacher run(s) first" if p.teachers else "")
+              + f"; sweep folder {p.dir} (executor={p.options.executor}); nothing was created")
+        return 0
+    wait = p.options.executor != "slurm" or "--wait" in flags
+    try:
+        statuses = launch(p, wait=wait)
+    except GridError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; rerun the same sweep to resume (`python -m workbench sweep status {p.dir}`)",
+              file=sys.stderr)
+        return INTERRUPTED
+    print("\n".join(status_line(s) for s in statuses))
+    print(f"{counts(statuses)} -- {p.dir}")
+    if wait:
+        from .table import build
+
+        done = [s.run_dir for s in statuses if s.status == "done" and s.role == "cell"]
+        if done:
+            print("\n" + build(done).markdown())
+    else:
+        print(f"submitted; follow it with `python -m workbench sweep status {p.dir}`")
+    return 1 if any(s.status == "failed" for s in statuses) else 0
+
+
+def _sweep_status(args: list[str]) -> int:
+    from .sweep.monitor import status_report
+
+    if len(args) != 1:
+        print("error: usage: python -m workbench sweep status <sweep folder>", file=sys.stderr)
+        return 2
+    try:
+        report, statuses = status_report(Path(args[0]))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report)
+    return 1 if any(s.status == "failed" for s in statuses) else 0
+
+
+TABLE_USAGE = """``python -m workbench table <sweep folder | run folder | folder of runs> ... [--format md|csv|latex]``
+
+One row per dataset, teacher -> student pair, method and setting (runs differing in anything but
+the seed are never averaged together): n seeds, the student's best- and last-epoch top-1 as mean
++- sample std, the reported max(raw, EMA) top-1 (GPD), T_s, T_d and the final gaps; a published
+number and the difference where a row follows a published protocol exactly."""
+
+
+def _table(args: list[str]) -> int:
+    from .table import FORMATS, build
+
+    if not args or "-h" in args or "--help" in args:
+        print(plain(TABLE_USAGE))
+        return 0
+    fmt, paths, it = "md", [], iter(args)
+    for a in it:
+        if a == "--format" or a.startswith("--format="):
+            fmt = a.split("=", 1)[1] if "=" in a else next(it, "")
+        elif a.startswith("--"):
+            print(f"error: unknown flag {a}; valid: --format md|csv|latex", file=sys.stderr)
+            return 2
+        else:
+            paths.append(a)
+    if fmt not in FORMATS:
+        print(f"error: --format: unknown format {fmt!r}; valid choices: {', '.join(FORMATS)}", file=sys.stderr)
+        return 2
+    result = build(paths)
+    if not result.rows:
+        print(f"error: no finished runs under {', '.join(paths) or '(no path given)'}"
+              + (f" ({'; '.join(result.notes)})" if result.notes else ""), file=sys.stderr)
+        return 2
+    print(result.render(fmt), end="" if fmt == "csv" else "\n")
     return 0
 
 
@@ -102,6 +237,10 @@ def _main(argv: list[str] | None = None) -> int:
         return _train(args)
     if command == "presets":
         return _presets(args)
+    if command == "sweep":
+        return _sweep(args)
+    if command == "table":
+        return _table(args)
     if command == "methods":
         from .methods import METHODS
 
@@ -114,7 +253,7 @@ def _main(argv: list[str] | None = None) -> int:
         for name in models.available():
             print(f"{name:14s} {models.family(name)}")
         return 0
-    print(f"error: unknown command {command!r}; valid commands: train, presets, methods, models, keys\n\n{plain(USAGE)}",
+    print(f"error: unknown command {command!r}; valid commands: train, sweep, table, presets, methods, models, keys\n\n{plain(USAGE)}",
           file=sys.stderr)
     return 2
 

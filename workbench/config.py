@@ -26,12 +26,14 @@ from typing import Any, Optional
 from . import data, methods, models, naming, paths, references, student_init
 from .engine.batch import BATCH_TRANSFORMS
 from .presets import get_preset
-from .keys import (AUTO, NO_BASE, NO_TEACHER, RUNTIME_KEYS, ConfigError, convert_value, opt,  # noqa: F401
+from .keys import (AUTO, NO_BASE, NO_TEACHER, RUNTIME_KEYS, TRACKERS, ConfigError, convert_value, opt,  # noqa: F401
                    parse_bool, parse_int_list, snapshot_epoch, unknown_key)
 from .registry import unknown_choice
 
 #: an EMA decay must stay below 1 (1 would freeze the average at the initial weights)
 MAX_EMA_DECAY = 1.0 - 1e-9
+
+
 @dataclass
 class CoreConfig:
     """The keys every run has (method keys come from the method files)."""
@@ -74,6 +76,13 @@ class CoreConfig:
                                          "digits: 70/30 split; fashion_mnist: all)", low=1,
                                          kind="Optional[int]")
     split_seed: int = opt(0, "digits, fashion_mnist: seed of the train_per_class pick", low=0)
+    val_per_class: int = opt(0, "images per class held out of the training split (after train_per_class) as a "
+                             "validation split, class-balanced, picked with val_seed; the run trains on the rest "
+                             "(0 = none)", low=0)
+    val_seed: int = opt(0, "seed of the val_per_class pick", low=0)
+    eval_on: str = opt("test", "what the per-epoch evaluation, the probes and best.pt read: the test split, or val "
+                       "(the validation split: needs val_per_class; the test set is then never built)",
+                       ("test", "val"))
     augment: bool = opt(True, "standard training augmentation (false: none, e.g. for exact comparisons)")
     mix: str = opt("none", "batch transform mixing inputs and targets (soft targets for every method; the "
                    "choices are the registered transforms, workbench/engine/batch.py)")
@@ -111,7 +120,7 @@ class CoreConfig:
     transfer: str = opt("auto", "transferability probe target: 'auto' (digits, fashion_mnist: the other "
                         "classes; cifar100: cifar10), 'none', or a dataset name")
     source_classes: str = opt("", "digits, fashion_mnist: comma list of source classes (e.g. 0,1,2,3,4); "
-                              "empty = all")
+                              "empty = all", list_value=True)
     # --- runtime --------------------------------------------------------------------------------
     seed: int = opt(0, "training seed", low=0)
     device: str = opt("auto", "device: auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
@@ -127,6 +136,9 @@ class CoreConfig:
                               "(needs augment=false)")
     sync_bn: bool = opt(False, "multi-GPU: synchronise BatchNorm statistics across processes (CUDA only)")
     workers: int = opt(-1, "DataLoader workers (-1 = auto: 0 on CPU, min(8, cores) on CUDA)", low=-1)
+    log: str = opt("none", "also send the records of metrics.jsonl (the source of truth) to a tracker: "
+                   "tensorboard (event files in <run folder>/tensorboard) or wandb (offline unless an account is "
+                   "configured); needs pip install -e '.[track]'", TRACKERS)
     out_dir: str = opt("", "where runs are written (empty = runs/ of the checkout or $WORKBENCH_RUNS)")
     name: str = opt("", "run name (folder under out_dir; empty = derived from the config)")
     resume: bool = opt(True, "continue from the run folder's last checkpoint if there is one")
@@ -311,6 +323,13 @@ class RunConfigBase:
             if getattr(self, key) != unset and option not in dataset_takes(self.dataset):
                 raise ConfigError(f"{key}: applies to dataset {' and '.join(datasets_taking(option))} only "
                                   f"(dataset={self.dataset!r})")
+        if self.eval_on == "val" and self.val_per_class < 1:
+            raise ConfigError("eval_on: 'val' evaluates on a validation split carved from the training data; set "
+                              "val_per_class to a positive number of images per class (e.g. val_per_class=10)")
+        if self.val_per_class and self.train_per_class is not None and self.val_per_class >= self.train_per_class:
+            raise ConfigError(f"val_per_class: {self.val_per_class} validation images per class are carved from the "
+                              f"train_per_class={self.train_per_class} training images, leaving none to train on; "
+                              f"valid: 0..{self.train_per_class - 1}")
         for check in methods.config_checks(self):
             try:
                 check(self)
@@ -405,6 +424,11 @@ def key_owner(key: str) -> str:
 def fields_by_name() -> dict[str, dataclasses.Field]:
     """Every config key's dataclass field (type, help text, choices), in declaration order."""
     return dict(_fields())
+
+
+def is_list_valued(key: str) -> bool:
+    """Whether one value of ``key`` is itself a comma list (``milestones``, ``source_classes``)."""
+    return bool(_fields()[key].metadata.get("list_value"))
 
 
 def convert(key: str, value: Any) -> Any:

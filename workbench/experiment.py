@@ -38,9 +38,11 @@ TEACHER_SEED = 0  # one cached teacher per training protocol serves every studen
 # What a cached teacher inherits from the student's config (its data and training protocol);
 # every other key keeps its default (gradient clipping too: GPD clips at 5 by default, a CE
 # teacher does not), so students that differ only in method settings share it.
+# The validation split (val_per_class, val_seed, eval_on) too: the teacher never trains on the
+# student's validation images, and with eval_on=val it never builds the test set either.
 TEACHER_INHERITS = ("dataset", "data_root", "data_source", "download", "image_size", "train_per_class", "split_seed",
-                    "augment", "source_classes", "batch_size", "optimizer", "lr", "momentum",
-                    "weight_decay", "schedule", "milestones", "lr_decay", "warmup_epochs",
+                    "val_per_class", "val_seed", "eval_on", "augment", "source_classes", "batch_size",
+                    "optimizer", "lr", "momentum", "weight_decay", "schedule", "milestones", "lr_decay", "warmup_epochs",
                     "device", "amp", "channels_last", "compile", "device_data", "sync_bn", "workers",
                     "progress", "eval_batch_size")
 
@@ -148,9 +150,19 @@ def _check_writable(run_dir: Path) -> None:
                           f"out_dir=... with free space") from None
 
 
+def _check_tracker(cfg: RunConfig) -> None:
+    from .engine.trackers import TrackerMissingError, check_available
+
+    try:
+        check_available(cfg.log)
+    except TrackerMissingError as e:
+        raise ConfigError(str(e)) from None
+
+
 def prepare(cfg: RunConfig) -> Prepared:
-    """Every cheap check, before any expensive work: models, dataset, teacher/init files."""
+    """Every cheap check, before any expensive work: models, dataset, teacher/init files, tracker."""
     METHODS.check(cfg.method)
+    _check_tracker(cfg)
     check_model("student", cfg.student)
     _check_device(cfg)
     if cfg.device_data == "on" and cfg.dataset not in DEVICE_DATASETS:
@@ -169,6 +181,11 @@ def prepare(cfg: RunConfig) -> Prepared:
                           f"teacher={cfg.teacher} does not exist before training; use "
                           f"init=inherit:<checkpoint> or a teacher checkpoint/architecture")
     check_teacher(cfg, ref)
+    if ref.kind == ARCH and cfg.val_per_class and cfg.teacher_data == "all":
+        raise ConfigError(f"teacher_data: 'all' would train the teacher {ref.arch} on every training image, the "
+                          f"student's validation images (val_per_class={cfg.val_per_class}) included; use "
+                          f"teacher_data=student (the teacher trains on the student's training images minus "
+                          f"the validation split) or a teacher checkpoint")
     init = student_init.parse(cfg.init)
     init_arch = _init_arch(init, ref.arch)
     prep = Prepared(cfg, info, ref, cfg.run_dir(), init, init_arch)
@@ -180,10 +197,34 @@ def prepare(cfg: RunConfig) -> Prepared:
         # (a ViT file's patch size), on a fresh build of the architecture when nothing is saved yet
         source_model = _inherit_source(prep) if init.path else teacher_model
         student_init.check_compatible(cfg.student, init_arch, info, student_options(cfg), source_model)
+    if _builds_early(cfg):
+        _check_build(prep, teacher_model)
     _check_writable(prep.run_dir)
     _check_space(prep.run_dir, estimate_checkpoint_bytes(cfg, info))
     resume_checkpoint(prep.run_dir, cfg)  # a run this config may not continue: refused now
     return prep
+
+
+def _builds_early(cfg: RunConfig) -> bool:
+    """The method or its base loss asks to be built in :func:`prepare` (``MethodSpec.early_build``)."""
+    return any(n in METHODS and METHODS.get(n).early_build for n in (cfg.method, cfg.resolved_base))
+
+
+def _check_build(prep: Prepared, teacher_model: Optional[nn.Module]) -> None:
+    """Build the method once on a fresh student, the teacher (loaded, or a fresh one of its
+    architecture while it is not trained yet) and a blank batch, leaving the global RNG as it was:
+    what depends on the pair (stages, widths, feature shapes) is one line now, before any teacher
+    or student training."""
+    cfg, info = prep.cfg, prep.info
+    with torch.random.fork_rng(devices=[]):
+        student, teacher = new_student(cfg, info), teacher_model
+        if teacher is None and prep.teacher.kind == ARCH and cfg.uses_teacher:
+            teacher = models.build(prep.teacher_arch, info.num_classes, info.in_channels, image_size=info.image_size)
+        example = torch.zeros(2, info.in_channels, info.image_size, info.image_size)
+        try:
+            build_method(cfg, student, teacher if cfg.uses_teacher else None, example_input=example)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _init_arch(init: student_init.InitSpec, teacher_arch: Optional[str]) -> Optional[str]:
@@ -292,10 +333,18 @@ def build_student(prep: Prepared, teacher: Optional[nn.Module] = None, device=No
         return student, []
     source = teacher if prep.init.from_teacher else _inherit_source(prep)
     label = f"teacher {cfg.teacher}" if prep.init.from_teacher else prep.init.path
-    plain = data.build(cfg.dataset, "train", **{**cfg.dataset_options(), "augment": False})
+    plain = data.training_split(cfg.dataset, {**cfg.dataset_options(), "augment": False}, cfg.val_per_class,
+                                cfg.val_seed)  # the images the run trains on (never the validation split)
     record = student_init.inherit_student(student, source, plain, cfg, device or torch.device("cpu"),
                                           label, prep.init_arch)
     return student.train(), [record]
+
+
+def run_datasets(cfg: RunConfig):
+    """``(train, evaluation)``: the training split minus the validation split (``val_per_class``)
+    and what the run evaluates on (``eval_on``: the test split, or the validation split -- the
+    test set is then not built)."""
+    return data.splits(cfg.dataset, cfg.dataset_options(), cfg.val_per_class, cfg.val_seed, cfg.eval_on)
 
 
 def load_teacher(prep: Prepared, log=print, progress=None) -> Optional[nn.Module]:
@@ -326,13 +375,21 @@ def default_callbacks(cfg: RunConfig, info: data.DatasetInfo) -> list:
     if target is not None:
         name, options = target
         try:
-            train, test = probes.target_datasets(name, **options)
+            train, test = probes.target_datasets(name, **options, **_target_holdout(cfg))
         except data.DatasetNotFoundError:
             return cbs  # the transfer target is optional: skip it quietly when absent offline
         label = probes.target_label(name, options.get("classes"))
         cbs.append(probes.TransferabilityProbe(train, test, target=label, roles=("student",),
                                                every=cfg.probe_every, seed=cfg.seed))
     return cbs
+
+
+def _target_holdout(cfg: RunConfig) -> dict:
+    """With ``eval_on=val`` the transfer probe's target is split like the source (its training
+    images minus their validation split -> its validation split): no test images anywhere."""
+    if cfg.eval_on != "val":
+        return {}
+    return dict(holdout=(cfg.val_per_class, cfg.val_seed))
 
 
 def transfer_target(cfg: RunConfig) -> Optional[tuple[str, dict]]:
@@ -401,8 +458,7 @@ def run(cfg: RunConfig | dict, callbacks: Optional[list] = None, log=print,
     with run_lock(prep.run_dir):  # held from before the teacher phase to the end
         resume_checkpoint(prep.run_dir, cfg)  # again, now that nobody else can change the folder
         teacher = load_teacher(prep, log, progress)
-        opts = cfg.dataset_options()
-        train_set, test_set = data.build(cfg.dataset, "train", **opts), data.build(cfg.dataset, "test", **opts)
+        train_set, eval_set = run_datasets(cfg)
         seed_everything(cfg.seed)  # initial weights (and GPD's IR noise) depend on the seed only
         student, init_records = build_student(prep, teacher, _run_device(cfg))
         example = torch.stack([train_set[i][0] for i in range(min(2, len(train_set)))])
@@ -411,7 +467,7 @@ def run(cfg: RunConfig | dict, callbacks: Optional[list] = None, log=print,
         if callbacks is None:
             callbacks = default_callbacks(cfg, prep.info)
         callbacks = list(callbacks) + list(extra_callbacks or []) + [InitRecords(init_records)]
-        trainer = Trainer(cfg, method, train_set, test_set, prep.run_dir, callbacks, log=log,
+        trainer = Trainer(cfg, method, train_set, eval_set, prep.run_dir, callbacks, log=log,
                           num_classes=prep.info.num_classes, progress=progress, title=title or phase_title(cfg, prep.teacher_arch))
         summary = trainer.fit()
         records = read_metrics(prep.run_dir) if (prep.run_dir / "metrics.jsonl").exists() else []

@@ -22,7 +22,9 @@ AUTO, NO_BASE = "auto", "none"
 # out of the config comparison on resume and out of the default run name's hash.
 RUNTIME_KEYS = frozenset({"device", "workers", "progress", "resume", "out_dir", "name", "probe_every",
                           "probe_samples", "transfer", "eval_batch_size", "compile", "preset",
-                          "device_data", "cache_teacher", "download"})
+                          "device_data", "cache_teacher", "download", "log"})
+#: ``log=``: where a run's records also go (besides ``metrics.jsonl``, the source of truth)
+TRACKERS = ("none", "tensorboard", "wandb")
 #: words the boolean parser accepts (CLI, notebooks and papermill alike)
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -47,16 +49,22 @@ def snapshot_epoch(teacher: str) -> Optional[int]:
 
 
 def opt(default, help: str, choices=None, low=None, high=None, kind: str | None = None,
-        numbers_as_text: bool = False):
+        numbers_as_text: bool = False, list_value: bool = False):
     """A config field with its help text, valid choices and numeric bounds. ``kind`` names the
     type when the default does not tell it (``"Optional[float]"`` / ``"Optional[int]"`` for a
     None default meaning "method default"); ``numbers_as_text``: a text key that also takes a
-    number (e.g. ``branches=3`` from a notebook)."""
+    number (e.g. ``branches=3`` from a notebook); ``list_value``: one value is itself a comma list
+    (``source_classes=0,1,2``), so a sweep separates its alternatives with ``;`` instead of ``,``
+    (tuple keys such as ``milestones`` are list-valued by their kind)."""
     meta = {"help": help, "choices": choices, "low": low, "high": high, "kind": kind or _kind(default),
-            "numbers_as_text": numbers_as_text}
+            "numbers_as_text": numbers_as_text, "list_value": list_value or _kind_of(default, kind) == "tuple"}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _kind_of(default, kind: str | None) -> str:
+    return kind or ("" if default is None else _kind(default))
 
 
 def _kind(default) -> str:

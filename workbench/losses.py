@@ -84,3 +84,53 @@ def deit_soft_loss(dist_logits: torch.Tensor, teacher_logits: torch.Tensor, temp
 
 def ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# Distances between two batches of representations, rows = examples: ``a`` the student's (N, ...),
+# ``b`` the teacher's (N, ...), both flattened to (N, D) rows. Every distance is 0 for identical
+# inputs and is a batch mean (``cka_distance``: one number for the whole batch). Used by the
+# composed distiller (``methods/composed.py``); KL is :func:`kd_loss`.
+#: guards a zero norm / variance (a constant row or a constant batch) against 0/0
+DISTANCE_EPS = 1e-12
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1)
+
+
+def mse_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean over every element of (a - b)^2 (``F.mse_loss``'s mean: FitNet's and AT's reduction)."""
+    return F.mse_loss(a, b)
+
+
+def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batch mean of 1 - cos(a_i, b_i) over flattened rows (in [0, 2])."""
+    a, b = _rows(a), _rows(b)
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(DISTANCE_EPS)
+    return (1.0 - cos).mean()
+
+
+def pearson_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batch mean of 1 - r(a_i, b_i), r the Pearson correlation of two flattened rows (the cosine
+    of the rows centred on their own means; in [0, 2]; DIST's inter-class term uses it on
+    probabilities)."""
+    a, b = _rows(a), _rows(b)
+    return cosine_distance(a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True))
+
+
+def linear_cka(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Linear CKA (Kornblith et al. 2019) of two batches of flattened rows, widths free:
+    ||B^T A||_F^2 / (||A^T A||_F ||B^T B||_F) with the columns centred over the batch, computed
+    from the (N, N) Gram matrices (K = A A^T, L = B B^T: <K, L> / (||K|| ||L||)), so wide
+    feature maps cost N^2 * D, not D^2."""
+    a, b = _rows(a), _rows(b)
+    a, b = a - a.mean(0, keepdim=True), b - b.mean(0, keepdim=True)
+    k, l = a @ a.T, b @ b.T
+    return (k * l).sum() / (k.norm() * l.norm()).clamp_min(DISTANCE_EPS)
+
+
+def cka_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 - linear CKA of the batch (in [0, 1]): compares the batch's similarity structure, so the
+    student's and the teacher's widths and map sizes may differ (no projector needed)."""
+    return 1.0 - linear_cka(a, b)

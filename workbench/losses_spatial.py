@@ -121,3 +121,44 @@ def dense_soft_loss(student: torch.Tensor, target: torch.Tensor, temperature) ->
     t = temperature
     kl = kl_along_classes(F.log_softmax(target / t, dim=1), F.log_softmax(student / t, dim=1))
     return kl.sum(dim=(1, 2)).mean() * t**2
+
+
+# ---------------------------------------------------------------------------------------------
+# Transformations of a feature map (N, C, H, W) for the composed distiller (``methods/composed.py``).
+#: grids of the multi-scale pooling (levels finer than the map are skipped)
+POOL_GRIDS = (1, 2, 4)
+
+
+def _check_map(x: torch.Tensor, what: str) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"{what} needs a (N, C, H, W) feature map, got shape {tuple(x.shape)}")
+
+
+def spatial_attention(x: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """Attention transfer's map (Zagoruyko & Komodakis 2017): Q = mean over channels of |A|^p,
+    flattened to (N, H*W) and L2-normalised per example (``F.normalize``'s eps). Width-free."""
+    _check_map(x, "spatial attention")
+    return F.normalize(x.abs().pow(p).mean(1).flatten(1), dim=1)
+
+
+def channel_attention(x: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """The channel counterpart: mean over positions of |A|^p, (N, C), L2-normalised per example."""
+    _check_map(x, "channel attention")
+    return F.normalize(x.abs().pow(p).mean((2, 3)), dim=1)
+
+
+def position_mask(shape, ratio: float, generator: torch.Generator) -> torch.Tensor:
+    """A random (N, 1, H, W) 0/1 mask over the positions of maps of ``shape`` (N, C, H, W): each
+    position is dropped (0) with probability ``ratio``, independently per example, drawn from
+    ``generator`` (float32 on the generator's device)."""
+    n, _, h, w = shape
+    return (torch.rand((n, 1, h, w), generator=generator, device=generator.device) >= ratio).float()
+
+
+def multiscale_pool(x: torch.Tensor, grids=POOL_GRIDS) -> torch.Tensor:
+    """Average-pool the map onto each g x g grid of ``grids`` no finer than the map and
+    concatenate them per example: (N, C * sum g^2) (a spatial pyramid: global, quadrant, ...)."""
+    _check_map(x, "multi-scale pooling")
+    h, w = x.shape[-2:]
+    levels = [g for g in grids if g <= min(h, w)]
+    return torch.cat([F.adaptive_avg_pool2d(x, g).flatten(1) for g in levels], dim=1)

@@ -30,10 +30,14 @@ from .nb.params import (  # noqa: F401
     papermill_help, params_from,
 )
 from .nb.progress import LiveGapFigure, NotebookProgress  # noqa: F401
-from .nb.run import CaptureModels, LiveCurves, check_student, in_kernel, live_figure, show_traceback, test_set, train  # noqa: F401
+from .nb.run import (CaptureModels, LiveCurves, check_student, eval_set, in_kernel, live_figure,  # noqa: F401
+                     show_traceback, test_set, train)
 from .nb.setup import (  # noqa: F401
     DEMO_EXTRAS, DEMO_PRESETS, DIGITS_BASE_PRESET, DIGITS_EXTRAS, METHOD_KEYS, Setup, apply_preset, preset_name, setup,
     setup_many,
+)
+from .nb.sweep import (  # noqa: F401
+    NotebookSweepMonitor, first_students, plan_compare, results_table, run_sweep, sweep_records,
 )
 from .nb.study import mean_curves, study_disc_transfer, study_root, study_runs  # noqa: F401
 from .nb.summary import Headline, gap_sentence, gap_summary, headline, outcome  # noqa: F401

@@ -128,6 +128,8 @@ def vit_student(size: str, method: str) -> str:
     return f"vit_{size}" if method == "ce" else f"vit_{size}{DIST_SUFFIX}"
 
 
+#: the composed distiller's KD + attention-transfer point (terms and the KD recipe's CE weight)
+COMPOSED_KD_AT, COMPOSED_KD_CE_WEIGHT = "logits:none:kl:0.9+stages:sattn:mse:1000", 0.1
 FASHION_TEACHER = "embedded:fashion_resnet20"
 FASHION_DKD_WARMUP = 2.0
 FASHION_EMA_DECAY = 0.99  # an EMA horizon of ~100 steps (6 of the demo's 20 epochs)
@@ -201,6 +203,13 @@ def _build() -> dict[str, dict]:
         if entry["method"] == "gpd":  # ~320 steps: the reference's per-step 0.99996 would average the init
             entry["ema_decay"] = FASHION_EMA_DECAY
         presets[f"fashion/demo/{mname}"] = entry
+    # The composed distiller (methods/composed.py) at a point no single method covers: KD and
+    # attention transfer summed at their references' weights (mdistiller: CE 0.1 + KD 0.9 at T 4;
+    # AT 1000 over every stage, p 2), alone and as GPD's base. Ours, not tuned on this data.
+    kd_at = dict(ce_weight=COMPOSED_KD_CE_WEIGHT, composed_terms=COMPOSED_KD_AT)
+    presets["fashion/demo/composed_kd_at"] = dict(fashion, method="composed", **kd_at)
+    presets["fashion/demo/gpd_composed_kd_at"] = dict(fashion, method="gpd", base="composed", **kd_at, **GPD_PRESET_KEYS,
+                                                      grad_clip=GPD_GRAD_CLIP, ema_decay=FASHION_EMA_DECAY)
     # weight inheritance for the same-family pair resnet20 -> resnet8 (block 0 of each stage):
     # the demo settings, started from the shipped teacher's weights (bench/fashion_inherit.py)
     for mname in ("ce", "kd", "gpd_kd"):

@@ -121,18 +121,34 @@ def test_teaching_notebook_default_run_learns_and_separates_the_gaps(tmp_path):
 
 
 def test_compare_notebook_tables_every_method_over_seeds(runs, tmp_path):
-    nb = execute("compare", tmp_path / "compare.ipynb", out_dir=str(runs), methods="ce,gpd+kd", seeds="0,1",
-                 **{k: v for k, v in TINY.items() if k != "dataset"}, dataset="digits")
-    table = outputs_text(nb, "nb.compare_table(records)").strip().splitlines()
-    rows = {line.split()[0]: line.split() for line in table[3:]}
-    assert set(rows) == {"ce", "gpd+kd"} and rows["ce"][1] == "2" and rows["gpd+kd"][1] == "2"
-    for label, prefix in (("ce", "digits_resnet8_ce_s"), ("gpd+kd", "digits_resnet8-resnet8_gpd-kd_s")):
+    """The (method, seed) runs go through the sweep API (local executor: one process per run,
+    side by side); the results table holds every method over both seeds; a second execution
+    picks the finished runs up instead of training them again."""
+    params = dict(out_dir=str(runs), methods="ce,gpd+kd", seeds="0,1", sweep_name="cmp",
+                  **{k: v for k, v in TINY.items() if k != "dataset"}, dataset="digits")
+    nb = execute("compare", tmp_path / "compare.ipynb", **params)
+    table = outputs_text(nb, "nb.results_table(sweep)").strip().splitlines()
+    rows = {line.split(" | ")[2]: line.split(" | ") for line in table if line.startswith("| digits")}
+    assert set(rows) == {"ce", "gpd (kd)"}, table
+    for label, prefix in (("ce", "digits_resnet8_ce_s"), ("gpd (kd)", "digits_resnet8-resnet8_gpd-kd_s")):
         dirs = [d for seed in (0, 1) for d in runs.glob(f"{prefix}{seed}-*")]
         assert len(dirs) == 2, dirs
+        assert rows[label][4:6] == ["2", "0,1"], rows[label]
         best = [s["best_top1"] for d in dirs for s in read_metrics(d, kind="summary") if s["role"] == "student"]
-        mean = sum(best) / 2
-        assert rows[label][2] == f"{mean:.2f}", (label, rows[label], best)  # table = mean of the logged bests
+        assert rows[label][6].startswith(f"{sum(best) / 2:.2f} +- "), (label, rows[label], best)  # mean of the bests
+    progress = outputs_text(nb, "nb.run_sweep(sweep)")
+    # the in-place cell table, final state: every run done (a teacher not cached yet by an earlier
+    # test of this module is a first cell, t0, trained once for both gpd+kd runs)
+    assert progress.startswith("sweep cmp (local): "), progress
+    lines = progress.splitlines()[1:]
+    assert [ln.split()[0] for ln in lines if ln.startswith("c")] == ["c0", "c1", "c2", "c3"], progress
+    assert all("  done  " in ln for ln in lines), progress
+    assert all("(for cells 2, 3)" in ln for ln in lines if ln.startswith("t")), progress
     assert plotly_outputs(nb) >= 3
+    log = runs / "sweeps" / "cmp" / "logs" / "c0.log"
+    before = log.read_text()
+    execute("compare", tmp_path / "compare2.ipynb", **params)  # picks up the finished runs
+    assert log.read_text() == before  # finished cells are not even started again
 
 
 def test_explore_notebook_widgets_and_live_updates(runs, tmp_path):

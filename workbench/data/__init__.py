@@ -5,64 +5,20 @@ Datasets: ``digits`` (scikit-learn's bundled handwritten digits: real, offline, 
 default), ``cifar10``, ``cifar100`` (torchvision), ``imagefolder`` (ImageNet-style folders) and
 ``synthetic`` (tiny random tensors for tests). ``split`` is ``"train"`` or ``"test"``;
 ``augment=None`` means "the standard training augmentation on the train split only".
+``splits(name, options, per_class, seed, eval_on)`` (:mod:`.holdout`) carves a seeded,
+class-balanced validation split out of the training split and returns what a run trains and
+evaluates on.
 Missing data raises :class:`DatasetNotFoundError` saying where to put the files and naming
 ``digits`` as the offline option.
 """
 from __future__ import annotations
 
-from ..registry import unknown_choice
-from .base import DATASETS, SPLITS, DatasetInfo, DatasetNotFoundError
+from .base import DATASETS, DatasetInfo, DatasetNotFoundError
 from . import cifar, digits, fashion_mnist, imagefolder, synthetic  # noqa: F401  (register themselves)
+from .catalog import available, build, check_available, info, labels, option_names, resolved_root  # noqa: F401
+from .holdout import EVAL_SPLITS, holdout_indices, splits, training_split, validation_split  # noqa: F401
 
 
-def available() -> list[str]:
-    return DATASETS.names()
-
-
-def _entry(name: str):
-    return DATASETS.get(name)
-
-
-def build(name: str, split: str, **options):
-    """Build dataset ``name`` for ``split`` ("train" | "test")."""
-    if split not in SPLITS:
-        raise ValueError(unknown_choice("split", split, list(SPLITS)))
-    return _entry(name).build(split, **options)
-
-
-def info(name: str, **options) -> DatasetInfo:
-    """Classes, channels and image size of ``name`` with ``options`` (no data loaded)."""
-    return _entry(name).info(**options)
-
-
-def check_available(name: str, **options) -> None:
-    """Raise DatasetNotFoundError early (before any training) if the files are missing and
-    cannot be downloaded. Cheap: does not load the data."""
-    _entry(name).check_available(**options)
-
-
-def resolved_root(name: str, root=None):
-    """The folder ``name`` is read from given ``root`` (None: the default), or None for
-    datasets that are not read from a folder (digits, synthetic)."""
-    return _entry(name).resolved_root(root)
-
-
-def labels(dataset):
-    """The labels of a built dataset in index order, as a LongTensor (N,): its ``targets``
-    when it has them (every dataset here), the labels of a TensorDataset, else read item by item."""
-    import torch
-
-    targets = getattr(dataset, "targets", None)
-    if targets is None and isinstance(dataset, torch.utils.data.TensorDataset):
-        targets = dataset.tensors[1]
-    if targets is None:
-        targets = [int(dataset[i][1]) for i in range(len(dataset))]
-    return torch.as_tensor(targets, dtype=torch.long).reshape(-1).clone()
-
-
-def option_names(name: str) -> list[str]:
-    return list(_entry(name).OPTIONS)
-
-
-__all__ = ["DATASETS", "DatasetInfo", "DatasetNotFoundError", "available", "build", "info",
-           "check_available", "labels", "option_names", "resolved_root"]
+__all__ = ["DATASETS", "DatasetInfo", "DatasetNotFoundError", "EVAL_SPLITS", "available", "build", "info",
+           "check_available", "holdout_indices", "labels", "option_names", "resolved_root", "splits",
+           "training_split", "validation_split"]

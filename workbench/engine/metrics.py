@@ -10,7 +10,8 @@ This module docstring is the one place the record schema is documented. Every re
             ``dense_weight`` (CSKD: the dense share d_e of the fused target), ``memory_format``
             (``channels_last`` | ``contiguous``: the layout the run trains in); DeiT/CSKD's terms are
             ``loss_ce`` (cls head), ``loss_deit`` (distillation token), ``loss_cskd`` (patches).
-``eval``    one per epoch and evaluated model: ``split="test"``, ``role`` in
+``eval``    one per epoch and evaluated model: ``split`` (``"test"``, or ``"val"`` under ``eval_on=val``:
+            the validation split carved from the training data, ``val_per_class``), ``role`` in
             {``student``, ``teacher`` (static), ``dynamic_teacher``}, ``top1``, ``top5`` (in %), ``loss``
             (cross-entropy), ``n`` (examples), ``time``; for models that say which outputs they
             give (the ViTs, ``models.readout``) also ``logits_from`` (the heads the logits average,
@@ -23,9 +24,14 @@ This module docstring is the one place the record schema is documented. Every re
 ``init``    once, at epoch 0, when the student starts from weight inheritance (``init=inherit``):
             ``source``, ``source_arch``, ``student``, ``blocks`` (per container, the source's
             block taken for each student block), ``bn_images`` (used to re-estimate BN).
-``summary`` written once at the end: ``role``, ``best_top1``, ``best_epoch``, ``last_top1``.
+``summary`` written once at the end: ``role``, ``split`` (of the eval records it summarises), ``best_top1``,
+            ``best_epoch``, ``last_top1``.
+``gap`` and ``probe`` records are computed on the eval records' split (the transferability probe on its
+target's test split, or under ``eval_on=val`` on the target's validation split).
 
-Readers (notebooks, figures, tests) use :func:`read_metrics` and filter on ``kind``.
+Readers (notebooks, figures, tests) use :func:`read_metrics` and filter on ``kind``. Trackers
+(``log=tensorboard|wandb``, :mod:`workbench.engine.trackers`) receive the same records from
+:meth:`MetricsLog.append`, after they are written here.
 """
 from __future__ import annotations
 
@@ -68,14 +74,19 @@ class MetricsLog:
     record counts only once its newline is on disk, so a crash mid-write leaves at most an
     unterminated tail, which readers skip and :meth:`truncate_after` (resume) removes."""
 
-    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True):
+    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True, trackers: list | None = None,
+                 note: Callable[[str], None] = print):
         self.path = Path(run_dir) / METRICS_FILE
         self.enabled = enabled
+        #: :mod:`workbench.engine.trackers` fed every appended record (``log=tensorboard|wandb``)
+        self.trackers = list(trackers or []) if enabled else []
+        self.note = note
 
     def append(self, records: Iterable[dict]) -> None:
         if not self.enabled:
             return
-        data = "".join(json.dumps({k: _clean(v) for k, v in r.items()}) + "\n" for r in records).encode()
+        records = [{k: _clean(v) for k, v in r.items()} for r in records]
+        data = "".join(json.dumps(r) + "\n" for r in records).encode()
         if not data:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,11 +105,24 @@ class MetricsLog:
                 raise write_failed(self.path, e, kept=True) from None
         finally:
             os.close(fd)
+        if self.trackers:  # the one place records leave for trackers: after they are safe on disk
+            from .trackers import send
+
+            send(self.trackers, records, note=self.note)
+
+    def close(self) -> None:
+        """Close the trackers (event files flushed, W&B run finished)."""
+        for t in self.trackers:
+            t.close()
 
     def truncate_after(self, epoch: int, note: Callable[[str], None] = print) -> None:
         """Drop records of epochs > ``epoch`` and summaries (used on resume so a re-run epoch is
         not logged twice); a torn last line left by a crash is dropped with a ``note``."""
-        if not self.enabled or not self.path.exists():
+        if not self.enabled:
+            return
+        for t in self.trackers:
+            t.truncate_after(epoch)
+        if not self.path.exists():
             return
         records, torn = _parse(self.path)
         if torn:

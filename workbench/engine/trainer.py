@@ -38,6 +38,7 @@ from .batch import BATCH_TRANSFORMS
 from .ema import ModelEMA
 from .memory import release_freed_memory
 from .method import TASK_PREFIX
+from . import trackers
 from .metrics import MetricsLog
 from .optim import DOT, build_optimizer
 from .progress import Progress, TerminalProgress
@@ -74,7 +75,10 @@ class Trainer:
         self.mix = BATCH_TRANSFORMS.get(cfg.mix)
         if cfg.mix != "none" and num_classes is None:
             raise ValueError(f"mix={cfg.mix}: the Trainer needs num_classes= for soft targets")
+        # test_set: what every epoch evaluates on -- the test split, or the validation split carved
+        # from the training data under eval_on=val (its records then say split="val")
         self.train_set, self.test_set = train_set, test_set
+        self.eval_split = getattr(cfg, "eval_on", "test")
         self.run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir()
         self.callbacks = list(callbacks)
         self._static_outputs: RoleOutputs | None = None  # the static teacher's, computed once
@@ -85,7 +89,9 @@ class Trainer:
         self.device = device or dist.local_device(select_device(cfg.device))
         self.amp = amp_dtype(self.device, cfg.resolved_amp)
         self.channels_last = self._resolve_channels_last(test_set, train_set)
-        self.log = MetricsLog(self.run_dir, enabled=self.is_main)
+        self.log = MetricsLog(self.run_dir, enabled=self.is_main, note=log,
+                              trackers=trackers.build(getattr(cfg, "log", "none"), self.run_dir, cfg.to_dict())
+                              if self.is_main else [])
         self.best = {"top1": -1.0, "epoch": 0}
         self.show = cfg.progress and self.is_main
         self.progress = (progress or TerminalProgress()) if self.show else Progress()
@@ -310,9 +316,9 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, epoch: int) -> tuple[list[dict], dict[str, RoleOutputs]]:
-        """One pass over the test set for every model that changes; returns eval records and
-        outputs (logits of all examples, features of the first ``probe_samples`` when a due
-        callback needs them) for callbacks. The static teacher never changes: its outputs are
+        """One pass over the evaluation set (``eval_split``: the test split, or the validation split)
+        for every model that changes; returns eval records and outputs (logits of all examples,
+        features of the first ``probe_samples`` when a due callback needs them) for callbacks. The static teacher never changes: its outputs are
         computed once and reused (recomputed only when features are needed and not cached).
         With EMA, each raw role's record also carries ``top1_reported`` = max(raw, EMA) top-1
         (what the GPD reference code reports)."""
@@ -349,7 +355,7 @@ class Trainer:
         elif "teacher" in outputs:
             self._static_outputs = outputs["teacher"]
         outputs = {role: outputs[role] for role in order}
-        records = [self._eval_record(epoch, role, out, elapsed) for role, out in outputs.items()]
+        records = [self._eval_record(epoch, role, out, elapsed, self.eval_split) for role, out in outputs.items()]
         _add_reported(records)
         return records, outputs
 
@@ -371,11 +377,11 @@ class Trainer:
             kept += take
 
     @staticmethod
-    def _eval_record(epoch: int, role: str, out: RoleOutputs, elapsed: float) -> dict:
+    def _eval_record(epoch: int, role: str, out: RoleOutputs, elapsed: float, split: str = "test") -> dict:
         z, y = out.logits, out.targets
         k = min(TOPK, z.shape[1])
         topk = z.topk(k, dim=1).indices
-        return {"kind": "eval", "epoch": epoch, "split": "test", "role": role,
+        return {"kind": "eval", "epoch": epoch, "split": split, "role": role,
                 "top1": 100.0 * (topk[:, 0] == y).float().mean().item(),
                 f"top{TOPK}": 100.0 * (topk == y[:, None]).any(1).float().mean().item(),
                 "loss": F.cross_entropy(z, y).item(), "n": len(y), "time": elapsed, **out.readout}
@@ -391,7 +397,7 @@ class Trainer:
 
     def _check_finite(self, epoch: int, records: list[dict], outputs: dict[str, RoleOutputs]) -> None:
         """Raise if the evaluation or the trained state holds NaN/inf (before any save or probe)."""
-        bad = [f"{r['role']} test {k}" for r in records for k in ("loss", "top1", f"top{TOPK}")
+        bad = [f"{r['role']} {self.eval_split} {k}" for r in records for k in ("loss", "top1", f"top{TOPK}")
                if not math.isfinite(r[k])]
         for role, out in outputs.items():
             for name, t in (("logits", out.logits), ("features", out.features)):
@@ -463,12 +469,15 @@ class Trainer:
             cb.on_fit_start(state)
         self.progress.phase(self.title, self.epochs, start)
         try:
-            self._loop(start, state)
+            try:
+                self._loop(start, state)
+            finally:
+                self.progress.close()
+            for cb in self.callbacks:
+                cb.on_fit_end(state)
+            return self.finish()
         finally:
-            self.progress.close()
-        for cb in self.callbacks:
-            cb.on_fit_end(state)
-        return self.finish()
+            self.log.close()  # trackers: event files flushed, W&B run finished
 
     def _loop(self, start: int, state: FitState) -> None:
         # between phases (set-up, training, evaluation) the heap memory one phase freed goes
@@ -512,7 +521,7 @@ class Trainer:
             return
         tops = "  ".join(f"{role_label(r)} {v:.2f}" for r, v in self._last_eval.items())
         msg = (f"epoch {train['epoch']}/{self.epochs}  loss {train['loss']:.4f}  train top1 "
-               f"{train['top1']:.2f}  | test top1 {tops}  | {train['time']:.1f}s")
+               f"{train['top1']:.2f}  | {self.eval_split} top1 {tops}  | {train['time']:.1f}s")
         self.progress.line(msg)
 
     def finish(self) -> dict:
@@ -526,7 +535,7 @@ class Trainer:
                 rs = [r for r in evals if r["role"] == role and r["epoch"] > 0] or [r for r in evals if r["role"] == role]
                 best = max(rs, key=lambda r: r["top1"])
                 summary[role] = {"kind": "summary", "epoch": rs[-1]["epoch"], "role": role,
-                                 "best_top1": best["top1"], "best_epoch": best["epoch"], "last_top1": rs[-1]["top1"]}
+                                 "split": rs[-1].get("split"), "best_top1": best["top1"], "best_epoch": best["epoch"], "last_top1": rs[-1]["top1"]}
                 if "top1_reported" in rs[-1]:
                     best_rep = max(rs, key=_reported)
                     summary[role].update(best_top1_reported=_reported(best_rep),

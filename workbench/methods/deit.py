@@ -54,7 +54,7 @@ KEYS = {
     "deit_tau": opt(DEIT_TAU, "DeiT/CSKD: temperature of the soft variants (DeiT: 1)", low=1e-6),
     "vit_eval_heads": opt(AUTO_HEADS, "DeiT/CSKD: heads whose logits the student's prediction averages: auto "
                           "(deit: cls,dist as DeiT; cskd: cls,dist,dense as CSKD) or a comma list of "
-                          f"{', '.join(vit.EVAL_HEADS)}"),
+                          f"{', '.join(vit.EVAL_HEADS)}", list_value=True),
 }
 
 

@@ -110,7 +110,7 @@ class GPD(Distiller):
 KEYS = {
     "ratio": opt(2.0, "GPD: channel expansion ratio r of the dynamic teacher", low=1.0),
     "branches": opt("default", "GPD: extra conv branches: 'default', a count (0 = channel-only), "
-                    "or a comma list of branch kinds", numbers_as_text=True),
+                    "or a comma list of branch kinds", numbers_as_text=True, list_value=True),
     "noise": opt(-1.0, "GPD: std of the symmetry-breaking noise on copied weights (-1 = default)"),
     "scale_init": opt("auto", "GPD: branch scale init: auto (the reference's per-setting choice: "
                       "one_zero when the student starts from init= (a checkpoint or inheritance), reference "

@@ -67,6 +67,9 @@ class MethodSpec:
       distillation-token ViT averages at inference), applied wherever the student is built or
       loaded, so ``student.pt`` reloads as the run evaluated it;
     - ``not_a_base``: why the method cannot be another method's ``base`` (shown when asked for);
+    - ``early_build``: :func:`workbench.experiment.prepare` builds the method (or, as a base, its
+      wrapper) once on fresh models and a blank batch, so errors that depend on the pair (a stage
+      it lacks, widths, feature shapes) are one line before any training, a teacher's included;
     - ``summary``: one line for listings.
     """
 
@@ -84,6 +87,7 @@ class MethodSpec:
     size_factor: Optional[Callable[[Any], float]] = None
     student_options: Optional[Callable[[Any], dict]] = None
     not_a_base: str = ""
+    early_build: bool = False
 
     def valid_bases(self) -> tuple[str, ...]:
         if not self.bases:
@@ -151,10 +155,14 @@ def declared_keys():
 
 
 def config_checks(cfg) -> list[Callable[[Any], None]]:
-    """The checks that apply to ``cfg``: the chosen method's and every extension's."""
+    """The checks that apply to ``cfg``: the chosen method's, its base loss's (``method=gpd
+    base=composed`` checks the composed terms) and every extension's."""
     checks = [ext.validate for ext in EXTENSIONS._items.values() if ext.validate is not None]
-    spec = METHODS.get(cfg.method)
-    return checks + ([spec.validate] if spec.validate is not None else [])
+    names = [cfg.method]
+    base = cfg.resolved_base
+    if base != cfg.method and base in METHODS._items:
+        names.append(base)
+    return checks + [METHODS.get(n).validate for n in names if METHODS.get(n).validate is not None]
 
 
 def build_criterion(base: str, ctx: BuildContext, model) -> Any:

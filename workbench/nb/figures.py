@@ -1,12 +1,12 @@
 """Notebook figures: plotly set-up for JupyterLab and HTML reports, and feature-map panels of
-trained models on the test set."""
+trained models on the run's evaluation set (the test split, or the validation split under ``eval_on=val``)."""
 from __future__ import annotations
 
 from typing import Sequence
 
 from ..config import RunConfig
 from ..engine.callbacks import role_label
-from .run import test_set
+from .run import eval_set
 
 
 def init_plotly() -> None:
@@ -21,13 +21,13 @@ def init_plotly() -> None:
 def feature_map_figure(models: dict, cfg: RunConfig, points: int, method: str = "tsne",
                        roles: Sequence[str] = ("student", "dynamic_teacher", "teacher"), title: str = ""):
     """Side-by-side penultimate-feature maps of the given roles on the first ``points`` test
-    examples (shared PCA init, aligned panels); ``None`` if no model of those roles is given."""
+    evaluation examples (shared PCA init, aligned panels); ``None`` if no model of those roles is given."""
     from ..probes import extract_many, feature_maps, figures
 
     chosen = {role_label(r): models[r] for r in roles if r in models}
     if not chosen:
         return None
-    sets = extract_many(chosen, test_set(cfg), max_samples=points, cache_dir=False)
+    sets = extract_many(chosen, eval_set(cfg), max_samples=points, cache_dir=False)
     fig = figures.feature_map_panels(feature_maps(sets, method=method, seed=cfg.seed))
     if title:
         fig.update_layout(title=title)
@@ -41,7 +41,7 @@ def method_feature_maps(models_by_panel: dict, cfg: RunConfig, points: int, meth
 
     if not models_by_panel:
         return None
-    sets = extract_many(dict(models_by_panel), test_set(cfg), max_samples=points, cache_dir=False)
+    sets = extract_many(dict(models_by_panel), eval_set(cfg), max_samples=points, cache_dir=False)
     cols = min(4, len(sets))
     fig = figures.feature_map_panels(feature_maps(sets, method=method, seed=cfg.seed), cols=cols)
     fig.update_layout(title="Student feature maps per method")

@@ -85,6 +85,15 @@ NOTEBOOK_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "live_epochs": lambda k, v: _int(k, v, 1),
     "surgery_ratio": lambda k, v: _float(k, v, 1.0),
     "surgery_branches": lambda k, v: _int(k, v, 0),
+    "executor": lambda k, v: _choice(k, v, ("local", "slurm", "debug")),
+    "parallel": lambda k, v: _int(k, v, 0),
+    "sweep_name": lambda k, v: str(v),
+    "partition": lambda k, v: str(v),
+    "account": lambda k, v: str(v),
+    "time_limit": lambda k, v: str(v),
+    "gpus_per_cell": lambda k, v: _int(k, v, -1),
+    "cpus_per_cell": lambda k, v: _int(k, v, 0),
+    "mem": lambda k, v: str(v),
 }
 
 # ------------------------------------------------------------------------------ parameter specs
@@ -95,6 +104,9 @@ NOTEBOOK_ONLY: dict[str, Any] = {
     "nproc": 1, "embed_method": "tsne", "embed_points": 2000,
     "methods": "ce,kd,dkd,kd+dot,kd+ctkd,gpd+kd,gpd+dkd,gpd-scratch", "seeds": "0,1,2",
     "live": False, "live_epochs": 15, "surgery_ratio": 1.5, "surgery_branches": 2,
+    # compare.ipynb's sweep (workbench.sweep): where and how its cells run
+    "executor": "local", "parallel": 0, "sweep_name": "", "partition": "", "account": "", "time_limit": "",
+    "gpus_per_cell": -1, "cpus_per_cell": 0, "mem": "",
 }
 #: the only run-config defaults a notebook changes, and why
 OVERRIDES: dict[str, dict[str, Any]] = {
@@ -150,7 +162,17 @@ _SPECS: dict[str, list[tuple]] = {
     "compare": _RUN + [
         ("methods", NOTEBOOK_ONLY["methods"], "comma list of: " + ", ".join(COMPARE_METHODS.names())),
         ("seeds", NOTEBOOK_ONLY["seeds"], "comma list of training seeds"),
-    ] + _OPTIM + _RUNTIME[:1] + _RUNTIME[2:] + _EMBED,
+    ] + _OPTIM + _RUNTIME[:1] + _RUNTIME[2:] + _EMBED + [
+        ("executor", NOTEBOOK_ONLY["executor"], "where the runs train: local (this machine, runs in parallel), slurm (one job array; waits), debug (in this kernel, one after the other)"),
+        ("parallel", NOTEBOOK_ONLY["parallel"], "runs at once (0: one per GPU, or one per CPU core; slurm: the array's limit, 0 means all)"),
+        ("sweep_name", NOTEBOOK_ONLY["sweep_name"], "sweep folder name under out_dir/sweeps ('' means derived from the runs)"),
+        ("partition", NOTEBOOK_ONLY["partition"], "slurm partition"),
+        ("account", NOTEBOOK_ONLY["account"], "slurm account"),
+        ("time_limit", NOTEBOOK_ONLY["time_limit"], "time limit per run: minutes or H:MM:SS ('' means 3 days on slurm, none locally)"),
+        ("gpus_per_cell", NOTEBOOK_ONLY["gpus_per_cell"], "GPUs per run (-1: one where there are GPUs)"),
+        ("cpus_per_cell", NOTEBOOK_ONLY["cpus_per_cell"], "slurm: CPUs per run; local: torch threads per run (0: cores / parallel)"),
+        ("mem", NOTEBOOK_ONLY["mem"], "slurm memory per run, e.g. 32G ('' means the partition's default)"),
+    ],
     "explore": [
         ("out_dir", "runs folder to explore ('' means runs/ of the checkout)"),
         ("live", NOTEBOOK_ONLY["live"], "train a small digits run now and update the curves as epochs finish"),

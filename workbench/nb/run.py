@@ -87,9 +87,20 @@ def test_set(cfg: RunConfig):
     return data.build(cfg.dataset, "test", **cfg.dataset_options())
 
 
+def eval_set(cfg: RunConfig):
+    """What the run evaluated on: its test split, or under ``eval_on=val`` its validation split
+    (the test set is then not built here either)."""
+    from .. import data
+
+    if cfg.eval_on == "val":
+        return data.validation_split(cfg.dataset, cfg.dataset_options(), cfg.val_per_class, cfg.val_seed)
+    return test_set(cfg)
+
+
 def check_student(cfg: RunConfig, run_dir, records: list[dict]) -> Table:
     """Load the saved plain student (``student.pt``) into the ordinary architecture (strict) and
-    re-evaluate it on the test set; its top-1 must equal the logged last-epoch student top-1."""
+    re-evaluate it on the run's evaluation set (:func:`eval_set`); its top-1 must equal the logged
+    last-epoch student top-1."""
     import torch
 
     from .. import data, models
@@ -100,7 +111,7 @@ def check_student(cfg: RunConfig, run_dir, records: list[dict]) -> Table:
     student = models.load(cfg.student, path, info.num_classes, info.in_channels, image_size=info.image_size,
                           **experiment.student_options(cfg)).eval()
     correct = total = 0
-    loader = torch.utils.data.DataLoader(test_set(cfg), batch_size=cfg.eval_batch_size)
+    loader = torch.utils.data.DataLoader(eval_set(cfg), batch_size=cfg.eval_batch_size)
     with torch.no_grad():
         for x, y in loader:
             correct += (student(x).argmax(1) == y).sum().item()

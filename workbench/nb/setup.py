@@ -109,9 +109,11 @@ def setup(params: dict, defaults: Optional[dict] = None, check_files: bool = Tru
     return Setup(cfg, options, name)
 
 
-def setup_many(params: dict, defaults: Optional[dict] = None) -> tuple[Setup, list[tuple[str, int, RunConfig]]]:
+def setup_many(params: dict, defaults: Optional[dict] = None,
+               check_files: bool = True) -> tuple[Setup, list[tuple[str, int, RunConfig]]]:
     """compare.ipynb: one validated config per (method, seed); ``params`` holds the ``methods``
-    and ``seeds`` lists. Each config is checked like :func:`setup` (with its own digits preset);
+    and ``seeds`` lists. Each config is checked like :func:`setup` (with its own digits preset;
+    ``check_files=False`` leaves the file checks to the sweep plan, which runs them per cell);
     returns the first setup (for display) and ``[(method label, seed, config), ...]``."""
     params = dict(params)
     methods = NOTEBOOK_CHECKS["methods"]("methods", params.pop("methods"))
@@ -119,7 +121,7 @@ def setup_many(params: dict, defaults: Optional[dict] = None) -> tuple[Setup, li
     first, runs = None, []
     for m in methods:
         for s in seeds:
-            su = setup(dict(params, **COMPARE_METHODS.get(m), seed=s), defaults, check_files=True)
+            su = setup(dict(params, **COMPARE_METHODS.get(m), seed=s), defaults, check_files=check_files)
             first = first or su
             runs.append((m, s, su.cfg))
     first.options.update(methods=methods, seeds=seeds)

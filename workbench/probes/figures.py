@@ -160,11 +160,15 @@ def gap_curves(source: Source, metrics: Optional[Sequence[str]] = None, pairs: O
     return fig
 
 
-def top1_curves(source: Source, split: str = "test", roles: Optional[Sequence[str]] = None) -> go.Figure:
+def top1_curves(source: Source, split: Optional[str] = None, roles: Optional[Sequence[str]] = None) -> go.Figure:
     """Top-1 vs epoch of S, T_d and T_s (``eval`` records of ``split``; ``train`` records when
-    ``split="train"``), one line per role and run."""
+    ``split="train"``), one line per role and run. ``split=None``: the split the eval records
+    are on (``test``, or ``val`` for a run with ``eval_on=val``; ``test`` when none says)."""
+    records = load_records(source)
+    if split is None:
+        split = next((r["split"] for r in records if r.get("kind") == "eval" and r.get("split")), "test")
     kind = "train" if split == "train" else "eval"
-    recs = [r for r in load_records(source) if r.get("kind") == kind and r.get("split", split) == split]
+    recs = [r for r in records if r.get("kind") == kind and r.get("split", split) == split]
     roles = list(roles) if roles else [ro for ro in ROLES if any(r.get("role") == ro for r in recs)]
     runs = _runs(recs)
     fig = go.Figure()

@@ -306,11 +306,15 @@ class TransferabilityProbe(Callback):
         return records
 
 
-def target_datasets(name: str = "digits", **options):
-    """``(train, test)`` target splits without augmentation via :func:`workbench.data.build`."""
+def target_datasets(name: str = "digits", holdout=None, **options):
+    """``(train, test)`` target splits without augmentation via :func:`workbench.data.build`;
+    ``holdout=(per_class, seed)``: the target's training split minus a validation split, and that
+    validation split instead of its test split (:func:`workbench.data.splits`)."""
     from .. import data
 
     options.setdefault("augment", False)
+    if holdout is not None:
+        return data.splits(name, options, holdout[0], holdout[1], eval_on="val")
     return data.build(name, "train", **options), data.build(name, "test", **options)
 
 
