@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 from . import folder as sf

@@ -22,7 +22,7 @@ import itertools
 import re
 from typing import Any
 
-from ..config import ConfigError, fields_by_name, is_list_valued, unknown_key
+from ..keys import ConfigError, unknown_key
 
 RANGE = re.compile(r"^(-?\d+):(-?\d+)(?::(-?\d+))?$")
 LIST_ALTERNATIVES = ";"  # the alternative separator of list-valued keys
@@ -66,6 +66,22 @@ def expand_braces(text: str, sep: str = ",") -> list[str]:
     head, body, tail = text[:start], text[start + 1:end], text[end + 1:]
     options = [o for part in split_top(body, sep) for o in expand_braces(part, sep)]
     return [head + o + t for o in options for t in expand_braces(tail, sep)]
+
+
+def _config():
+    """The assembled run-config keys, imported when a grid is read: importing them imports every
+    method (and torch), which a cell's job process must not pay for."""
+    from .. import config
+
+    return config
+
+
+def is_list_valued(key: str) -> bool:
+    return _config().is_list_valued(key)
+
+
+def fields_by_name() -> dict:
+    return _config().fields_by_name()
 
 
 def _is_int_key(key: str) -> bool:

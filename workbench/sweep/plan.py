@@ -20,13 +20,15 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .. import paths
-from ..config import ConfigError, RunConfig, fields_by_name
-from ..references import ARCH
+from ..keys import ConfigError
 from . import folder as sf
-from .grid import GridError, cells as grid_cells, parse_grid, varying
+from .grid import GridError, cells as grid_cells, fields_by_name, parse_grid, varying
+
+if TYPE_CHECKING:  # the assembled config imports every method (and torch): not in a job process
+    from ..config import RunConfig
 
 EXECUTORS = ("local", "slurm", "debug")
 MINUTES_PER_HOUR, MINUTES_PER_DAY = 60, 1440
@@ -249,7 +251,7 @@ def plan_cells(values_list: list[dict], opts: SweepOptions, grid: Optional[dict]
                check_files: bool = True, labels: Optional[list[str]] = None) -> Plan:
     """Validate given cells (``values_list``: one dict of run-config values each), e.g. the
     notebooks' own (method, seed) runs; see :func:`plan`."""
-    from .. import experiment
+    from .. import experiment, references
     from ..config import RunConfig
     from ..data import DatasetNotFoundError
     from ..engine import CheckpointError
@@ -275,7 +277,7 @@ def plan_cells(values_list: list[dict], opts: SweepOptions, grid: Optional[dict]
                             f"{cell.run_dir}): the grid repeats a setting")
         seen[str(cell.run_dir)] = i
         cells.append(cell)
-        if prep is not None and prep.teacher.kind == ARCH:
+        if prep is not None and prep.teacher.kind == references.ARCH:
             tcfg = experiment.teacher_config(cfg, prep.teacher_arch)
             if experiment.cached_teacher(tcfg) is None and str(tcfg.run_dir()) not in teachers:
                 teachers[str(tcfg.run_dir())] = (tcfg, prep.teacher_arch, [])
