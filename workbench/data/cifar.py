@@ -16,8 +16,9 @@ from pathlib import Path
 from .. import paths
 from . import DATASETS
 from .augment import TranslateFlip
-from .base import DatasetEntry, DatasetInfo, not_found
+from .base import DatasetEntry, DatasetInfo, failure, not_found
 
+URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 IMAGE_SIZE = 32
 CROP_PADDING = 4
 STATS = {  # per-channel mean, std of the training images
@@ -54,7 +55,7 @@ def problems(name: str, root: Path) -> str:
 
     folder = root / FOLDER[name]
     if not folder.is_dir():
-        return f"folder {folder} does not exist"
+        return f"no folder {paths.shown(folder)}"
     missing, damaged = [], []
     for fname, md5 in _expected_files(name):
         path = folder / fname
@@ -70,7 +71,7 @@ def problems(name: str, root: Path) -> str:
             _VERIFIED.add(key)
     parts = ([f"missing {', '.join(missing)}"] if missing else []) + \
             ([f"wrong checksum (damaged or not the original file): {', '.join(damaged)}"] if damaged else [])
-    return f"folder {folder} is incomplete or damaged: " + "; ".join(parts) if parts else ""
+    return f"folder {paths.shown(folder)} is incomplete or damaged: " + "; ".join(parts) if parts else ""
 
 
 def _ensure(name: str, root, download: bool) -> Path:
@@ -78,21 +79,19 @@ def _ensure(name: str, root, download: bool) -> Path:
     problem = problems(name, root)
     if not problem:
         return root
-    how = (f"Download it on a machine with internet (it is fetched automatically into {root} "
-           f"when download=True), or place the extracted '{FOLDER[name]}' folder from "
-           f"https://www.cs.toronto.edu/~kriz/cifar.html inside {root} (delete a damaged folder first).")
+    how = f"Place the extracted '{FOLDER[name]}' folder from {URL} in {paths.shown(root)}" + \
+        (" (delete the damaged one first)" if "damaged" in problem else "")
     if not download:
-        raise not_found(name, root / FOLDER[name], f"The {problem}. {how}", root)
+        raise not_found(name, problem, how)
     try:
         root.mkdir(parents=True, exist_ok=True)
         _tv_class(name)(root=str(root), train=True, download=True)
         _tv_class(name)(root=str(root), train=False, download=True)
     except Exception as e:  # no network, DNS failure, permission error, ...
-        raise not_found(name, root / FOLDER[name], f"The {problem}; automatic download failed "
-                        f"({type(e).__name__}: {e}). {how}", root) from e
+        raise not_found(name, f"{problem}; download failed ({failure(e)})", how) from e
     problem = problems(name, root)
     if problem:
-        raise not_found(name, root / FOLDER[name], f"After downloading, the {problem}. {how}", root)
+        raise not_found(name, f"after downloading, {problem}", how)
     return root
 
 

@@ -32,9 +32,9 @@ def _root(root) -> Path:
     root = Path(root) if root is not None else default_root()
     missing = [d for d in SPLIT_DIRS.values() if not (root / d).is_dir()]
     if missing:
-        raise not_found(NAME, root, f"Expected class sub-folders under {root}/train and {root}/val "
-                        f"(missing: {', '.join(missing)}); for ImageNet, extract ILSVRC2012 there "
-                        f"with the validation images sorted into class folders.", root)
+        raise not_found(NAME, f"no {' or '.join(missing)} folder in {paths.shown(root)}",
+                        "Put class sub-folders in train/ and val/ there (ImageNet: ILSVRC2012 with the "
+                        "validation images sorted into class folders)")
     return root
 
 

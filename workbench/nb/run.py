@@ -71,7 +71,7 @@ def train(cfg: RunConfig, nproc: int = 1, extra_callbacks: Sequence = (), echo=p
     except (ConfigError, CheckpointError, DatasetNotFoundError, NonFiniteLossError) as e:
         if kernel:
             show_traceback(e)
-        raise RunError(str(e)) from None
+        raise RunError(e.in_notebook() if isinstance(e, DatasetNotFoundError) else str(e)) from None
     except KeyboardInterrupt:
         raise RunError("interrupted; rerun the same command to resume") from None
     except Exception as e:  # an unexpected failure: still one visible line, traceback one click away
