@@ -1,5 +1,6 @@
 """workbench.notebook: parameter checks, the digits auto preset, tables, live curves (no kernels)."""
 import math
+from pathlib import Path
 
 import pytest
 
@@ -179,6 +180,41 @@ def test_unknown_papermill_name_stops_with_did_you_mean():
     params = nb.params_from(dict(_namespace("# Parameters\nepochs = 3\nkd_T = 2.0\n"), epochs=3, kd_T=2.0), "gpd")
     assert params["epochs"] == 3 and params["kd_T"] == 2.0
     assert nb.injected_names({"In": ["x = 1"]}) == []  # interactive session: nothing injected, nothing checked
+
+
+def _parameters_cell(notebook: str, extra: str = "") -> str:
+    """The committed notebook's parameters cell source, with ``extra`` lines typed into it."""
+    import nbformat
+
+    path = Path(__file__).resolve().parents[2] / "notebooks" / f"{notebook}.ipynb"
+    cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    return cell.source + extra
+
+
+VALIDATION_CELL = 'setup = nb.setup(nb.params_from(globals(), "gpd"), nb.defaults("gpd"))\n'
+
+
+def test_unknown_name_typed_in_the_parameters_cell_stops_with_did_you_mean():
+    """Issue 29 item 7: `epoch = 5` typed in Lab's parameters cell was ignored (20 epochs ran)."""
+    typed = dict(nb.defaults("gpd"), epoch=5)
+    lab = dict(typed, In=["", _parameters_cell("gpd", "\nepoch = 5\n"), VALIDATION_CELL])
+    with pytest.raises(nb.ParameterError) as e:
+        nb.params_from(lab, "gpd")
+    msg = str(e.value)
+    assert msg.startswith("parameters cell: epoch = ...: unknown gpd.ipynb parameter 'epoch' (did you mean 'epochs'?)"), msg
+    assert f"the parameters cell lists all {len(nb.defaults('gpd'))}" in msg and "kd_T" not in msg, msg
+    # a cell of assignments added under the parameters cell counts too; the cell running is not one
+    below = dict(typed, In=["", _parameters_cell("gpd"), "epoch = 5", VALIDATION_CELL])
+    with pytest.raises(nb.ParameterError, match="did you mean 'epochs'"):
+        nb.params_from(below, "gpd")
+    # a few parameters (teaching): the line lists them all
+    with pytest.raises(nb.ParameterError, match=r"unknown teaching.ipynb parameter 'epoch'; valid choices: epochs, .*did you mean 'epochs'"):
+        nb.params_from(dict(nb.defaults("teaching"), In=["", _parameters_cell("teaching", "\nepoch = 5"), "x"]), "teaching")
+    # the parameters cell as committed, or any other cell before the validation: nothing to object to
+    assert nb.params_from(dict(nb.defaults("gpd"), In=["", _parameters_cell("gpd"), VALIDATION_CELL]), "gpd")
+    assert nb.parameters_cell_names({"In": ["", "import torch\nx = 1", VALIDATION_CELL]}) == []
+    assert nb.parameters_cell_names({"In": ["", "epoch = 5", "print(epoch)", VALIDATION_CELL]}) == []
+    assert nb.parameters_cell_names({"In": ["", "a = 1  # note\nb: int = 2", "c = 3", VALIDATION_CELL]}) == ["a", "b", "c"]
 
 
 def _teacher_file(tmp_path, num_classes):

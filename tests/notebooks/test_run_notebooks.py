@@ -188,6 +188,25 @@ def test_gpd_bad_parameters_fail_fast_with_one_clear_line(tmp_path, params, must
         assert s in msg, (s, msg)
 
 
+def test_gpd_unknown_name_typed_in_the_parameters_cell_fails_fast(tmp_path):
+    """As in JupyterLab: `epoch = 5` typed into the parameters cell (not passed with -p) was
+    ignored and the defaults ran; now it stops the validation cell with a did-you-mean."""
+    import nbformat
+
+    book = nbformat.read(NB / "gpd.ipynb", as_version=4)
+    cell = next(c for c in book.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source += "\nepoch = 5  # typed by hand"
+    edited = tmp_path / "edited.ipynb"
+    nbformat.write(book, edited)
+    t0 = time.perf_counter()
+    with pytest.raises(PapermillExecutionError) as e:
+        pm.execute_notebook(str(edited), str(tmp_path / "out.ipynb"), progress_bar=False, kernel_name="python3",
+                            cwd=str(NB.parent), parameters=dict(TINY, out_dir=str(tmp_path / "runs")))
+    assert e.value.ename == "ParameterError" and len(e.value.traceback) == 1, e.value.traceback
+    assert "parameters cell: epoch" in e.value.evalue and "did you mean 'epochs'" in e.value.evalue, e.value.evalue
+    assert time.perf_counter() - t0 < FAST_FAIL_S and not (tmp_path / "runs").exists()
+
+
 def test_gpd_wrong_teacher_file_fails_in_the_validation_cell(tmp_path):
     """A teacher file of another class count: one line in the validation cell, not a traceback in step 2."""
     import torch
@@ -213,7 +232,9 @@ def _online(host="www.cs.toronto.edu") -> bool:
 def test_gpd_cifar100_offline_points_to_digits(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path / "empty_datasets"))  # no CIFAR files here
     msg = _error("gpd", tmp_path, dataset="cifar100", epochs=1)
-    assert "cifar100" in msg and "-p dataset fashion_mnist" in msg, msg
+    # short, in the notebook's parameter spelling (it was ~1,000 characters of CLI and papermill flags)
+    assert "cifar100" in msg and "dataset = 'fashion_mnist'" in msg and len(msg.replace(str(tmp_path), "")) < 400, msg
+    assert "papermill" not in msg and "-p " not in msg and "preset=" not in msg, msg
 
 
 def test_stored_notebooks_have_no_outputs_and_a_python3_kernelspec():

@@ -79,7 +79,7 @@ def _ensure(name: str, root, download: bool) -> Path:
     problem = problems(name, root)
     if not problem:
         return root
-    how = f"Place the extracted '{FOLDER[name]}' folder from {URL} in {paths.shown(root)}" + \
+    how = f"Put the folder extracted from {URL} at that path" + \
         (" (delete the damaged one first)" if "damaged" in problem else "")
     if not download:
         raise not_found(name, problem, how)
