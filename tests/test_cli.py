@@ -68,10 +68,13 @@ def test_terminal_progress_ends_each_epoch_line_with_the_phase_eta(monkeypatch):
     monkeypatch.setattr(engine_progress.TerminalProgress, "_write", lambda self, msg: lines.append(msg))
     p = engine_progress.TerminalProgress()
     p.phase("gpd (base dkd): resnet20 -> resnet8", 10)
+    fake.now += 15.0  # set-up and the evaluation before epoch 1: not an epoch's cost
+    list(p.bar(range(3), "epoch 1/10", 3, epoch=1))
     fake.now += 20.0  # two epochs of 10 s
     p.line("epoch 1/10 ...")
+    list(p.bar(range(3), "epoch 2/10", 3, epoch=2))
     p.line("epoch 2/10 ...")
-    assert lines[-1] == "epoch 2/10 ...  | elapsed 0:20, ETA 1:20", lines  # 8 epochs x 10 s left
+    assert lines[-1] == "epoch 2/10 ...  | elapsed 0:35, ETA 1:20", lines  # 8 epochs x 10 s left
     # resumed at epoch 7 of 10: the epochs done before the resume are not time left
     p.phase("gpd", 10, start=7)
     fake.now += 30.0

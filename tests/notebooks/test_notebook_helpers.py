@@ -316,19 +316,106 @@ def _progress_with_fake_display(monkeypatch):
     return progress.NotebookProgress(), shown
 
 
-def test_notebook_progress_counts_a_resumed_phase_from_its_start(monkeypatch):
+def test_notebook_progress_of_a_resumed_phase_counts_the_epochs_done_before(monkeypatch):
+    """Issue 29 item 8: a run resumed at epoch 7 of 10 restarted its bar at 0 (then 5 %); it
+    starts at 60 %, and the epoch is said once ("epoch 4/30 · epoch 4/30" before)."""
     p, shown = _progress_with_fake_display(monkeypatch)
-    p.phase("kd: resnet20 -> resnet8", epochs=10, start=7)  # resumed: epochs 7..10 to do
+    p.phase("kd: resnet20 -> resnet8", epochs=10, start=7)  # resumed: epochs 1..6 done before
+    assert p.fraction() == pytest.approx(0.6) and "60%" in shown[-1]["text/html"]
     for epoch in (7, 8):
         for i in p.bar(range(4), f"epoch {epoch}/10", 4, epoch=epoch):
             if epoch == 8 and i == 1:
-                assert p.fraction() == 1 / 4 + 1 / 4 * 1 / 4  # 1 epoch done + 1 of 4 steps (exact in binary)
+                assert p.fraction() == pytest.approx((6 + 1 + 1 / 4) / 10)  # 6 before + 1 done + 1 of 4 steps
+                state = p.status()[0]
+                assert state.count("epoch 8/10") == 1 and "epoch 8/10 · train step 1/4" in state, state
         p.line(f"epoch {epoch}/10 ...")
-    assert p.fraction() == 0.5
+    assert p.fraction() == pytest.approx(0.8)
     p.close()  # stopped early (an error, Ctrl-C): the saved record says so
     text = shown[-1]["text/plain"]
     assert text.startswith("kd: resnet20 -> resnet8 | stopped at epoch 8/10") and "epoch 8/10 ..." in text
     assert "<progress" in shown[-1]["text/html"]
+
+
+def test_notebook_progress_eta_is_this_sessions_pace(monkeypatch):
+    import workbench.nb.progress as progress
+
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    p, _ = _progress_with_fake_display(monkeypatch)
+    p.phase("kd", epochs=10, start=7)
+    assert p.eta() is None
+    now[0] += 30.0
+    p.line("epoch 7/10 ...")  # 30 s per epoch here; 3 epochs left (not 9)
+    assert p.eta() == pytest.approx(90.0) and "ETA 1:30" in p.status()[0]
+
+
+def test_notebook_progress_echoes_headers_and_epoch_lines_with_eta_to_the_terminal(monkeypatch):
+    import workbench.nb.progress as progress
+
+    lines = []
+    monkeypatch.setattr(progress, "_display", lambda obj, handle=None: "handle")
+    p = progress.NotebookProgress(echo=lines.append)
+    p.phase("gpd (base dkd): resnet20 -> resnet8", epochs=2)
+    for epoch in (1, 2):
+        list(p.bar(range(3), f"epoch {epoch}/2", 3, epoch=epoch))
+        p.line(f"epoch {epoch}/2  loss 1.0")
+    p.close()
+    assert lines[0] == "== gpd (base dkd): resnet20 -> resnet8: epochs 1..2 =="
+    assert lines[1].startswith("epoch 1/2  loss 1.0  | elapsed ") and "ETA" in lines[1], lines
+    assert lines[2].startswith("epoch 2/2  loss 1.0  | elapsed ") and lines[2].endswith("done"), lines
+    assert len(lines) == 3  # no per-step chatter
+
+
+@pytest.mark.parametrize("value, on", [("1", True), ("yes", True), ("", False), ("0", False), ("off", False)])
+def test_terminal_echo_only_when_asked(monkeypatch, value, on):
+    import workbench.nb.progress as progress
+
+    monkeypatch.setenv(progress.ECHO_ENV, value)
+    assert (progress.terminal_echo() is not None) == on
+
+
+def test_terminal_echo_writes_to_the_real_stderr_not_the_notebook(monkeypatch, tmp_path):
+    import os
+
+    import workbench.nb.progress as progress
+
+    target = tmp_path / "terminal.txt"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT)
+
+    class KernelStream:  # ipykernel's OutStream: fileno() is a copy of the original descriptor
+        def fileno(self):
+            return fd
+
+        def write(self, text):  # would go to the notebook
+            raise AssertionError("written into the notebook stream")
+
+    monkeypatch.setenv(progress.ECHO_ENV, "1")
+    monkeypatch.setattr(progress.sys, "stderr", KernelStream())
+    progress.terminal_echo()("epoch 1/2 ...")
+    os.close(fd)
+    assert target.read_text() == "epoch 1/2 ...\n"
+
+
+@pytest.mark.parametrize("values, ticks", [
+    ([-0.8, 8.2], [-2.5, 0, 2.5, 5, 7.5, 10]),
+    ([0.0, 14.7], [0, 5, 10, 15]),
+    ([-3.3, -0.4], [-4, -3, -2, -1, 0]),
+])
+def test_live_chart_has_round_ticks_and_a_zero_line(values, ticks):
+    """Issue 29 item 8: the live chart's y ticks were the range cut in four (3.7, 7.4, ...) and
+    no zero line marked where a gap changes sign."""
+    import re
+
+    from workbench.nb.progress import svg_chart
+
+    page = svg_chart({"T_d-S": [(e, v) for e, v in enumerate(values)]}, epochs=30)
+    labels = [float(t) for t in re.findall(r'text-anchor="end">(-?[0-9.]+)</text>', page)]
+    assert labels == ticks
+    assert page.count("wb-zero-line") == 1
+    xs = [int(t) for t in re.findall(r'text-anchor="middle">(\d+)</text>', page)]
+    assert xs == [0, 10, 20, 30]
+    assert [int(t) for t in re.findall(r'text-anchor="middle">(\d+)</text>', svg_chart({"a": [(0, 1.0)]}, epochs=21))] \
+        == [0, 10, 21]  # the last epoch labelled, the round tick crowding it (20) left out
 
 
 def test_run_failure_in_a_notebook_is_one_line_with_the_traceback_collapsed_above(monkeypatch, fast_cfg):

@@ -55,6 +55,11 @@ class DatasetInfo:
     in_channels: int
     image_size: int
     source: str = ""  # where the images come from, for datasets with a choice (fashion_mnist: embedded | full)
+    class_names: tuple[str, ...] = ()  # name of each label 0..num_classes-1 (figure legends); () if unknown
+
+    def class_name(self, label: int) -> str:
+        """The name of ``label`` (its number when the dataset names none)."""
+        return self.class_names[label] if 0 <= label < len(self.class_names) else str(label)
 
 
 def check_options(dataset: str, options: dict, allowed) -> None:

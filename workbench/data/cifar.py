@@ -26,6 +26,19 @@ STATS = {  # per-channel mean, std of the training images
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+# label names in label order, as the datasets' own meta files list them (batches.meta / meta)
+CLASS_NAMES = {
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    "cifar100": tuple("""
+        apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel
+        can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur
+        dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion
+        lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree
+        pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea
+        seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table
+        tank telephone television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman
+        worm""".split()),
+}
 FOLDER = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 OPTIONS = ("root", "download", "augment")
 
@@ -115,7 +128,7 @@ def _register(name: str):
         return ds
 
     def info(root=None, download=True, augment=None):
-        return DatasetInfo(name, NUM_CLASSES[name], 3, IMAGE_SIZE)
+        return DatasetInfo(name, NUM_CLASSES[name], 3, IMAGE_SIZE, class_names=CLASS_NAMES[name])
 
     def check(root=None, download=True, augment=None):
         _ensure(name, root, download)

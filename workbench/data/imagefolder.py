@@ -87,7 +87,8 @@ def build(split, root=None, image_size=DEFAULT_SIZE, augment=None):
 
 
 def info(root=None, image_size=DEFAULT_SIZE, augment=None):
-    return DatasetInfo(NAME, len(class_index(_root(root))), 3, int(image_size))
+    folders = class_index(_root(root))
+    return DatasetInfo(NAME, len(folders), 3, int(image_size), class_names=tuple(folders))
 
 
 def check(root=None, image_size=DEFAULT_SIZE, augment=None):

@@ -29,13 +29,20 @@ def clock(seconds: float) -> str:
 
 class EpochClock:
     """Elapsed time of a phase and the ETA of its remaining epochs, from the mean time of the
-    epochs finished so far in this process (a resumed run counts from the epoch it resumed at:
-    the epochs done before are neither time spent nor time left)."""
+    epochs finished so far in this process, counted from the start of the first one (the set-up
+    and the evaluation before epoch 1 are not an epoch's cost). A resumed run counts from the
+    epoch it resumed at: the epochs done before are neither time spent nor time left."""
 
     def __init__(self, epochs: int, start: int = 1):
         self.epochs, self.start = epochs, start
         self.done = 0
         self.t0 = time.perf_counter()
+        self.t_first: Optional[float] = None
+
+    def epoch_started(self) -> None:
+        """A training epoch begins (only the first call counts)."""
+        if self.t_first is None:
+            self.t_first = time.perf_counter()
 
     def tick(self) -> None:
         """One more epoch finished."""
@@ -49,7 +56,10 @@ class EpochClock:
 
     def eta(self) -> Optional[float]:
         """Seconds left, or None before the first finished epoch."""
-        return self.elapsed() / self.done * self.remaining_epochs() if self.done else None
+        if not self.done:
+            return None
+        spent = time.perf_counter() - (self.t0 if self.t_first is None else self.t_first)
+        return spent / self.done * self.remaining_epochs()
 
     def text(self) -> str:
         """``elapsed 1:02, ETA 3:10`` (``ETA -`` before the first epoch, ``done`` after the last)."""
@@ -96,6 +106,8 @@ class TerminalProgress(Progress):
         self._write(f"== {title}: epochs {start}..{epochs} ==" if start <= epochs else f"== {title} ==")
 
     def bar(self, iterable, desc, total=None, epoch=0):
+        if epoch and self.clock is not None:
+            self.clock.epoch_started()
         if not (self.enabled and interactive()):
             return iterable
         from tqdm.auto import tqdm
