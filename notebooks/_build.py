@@ -133,7 +133,7 @@ sentence this notebook prints is computed from its own run (and checked):
    T_s and T_d.
 4. **The gap**: T_s is far ahead of the student; T_d starts level with it and stays close.
 """),
-        parameters("teaching", "Small CPU settings; every value can be changed with papermill -p."),
+        parameters("teaching", "Small CPU settings: change them here (or pass papermill -p name value)."),
         code("""
 import torch
 import workbench.notebook as nb
@@ -202,7 +202,7 @@ batch: `L_D = CE(z_D, y) + DKD(z_D, z_T)` and `L_S = CE(z_S, y) + DKD(z_S, z_T) 
 one optimizer step on T_d (gradient-norm clip 5, as the reference code).
 """),
         code("""
-result, trained = nb.train(cfg)
+result, trained = nb.train(cfg, live_curves=False)  # the progress bar while it trains; the gaps follow in section 5
 records = result.records
 figures.top1_curves(records)
 """),
@@ -231,6 +231,23 @@ print(nb.gap_sentence(gaps))
 nb.Table(["pair", "gap at epoch 0", "mean |gap| over epochs", "final gap"],
          [(p, g["epoch 0"], g["mean abs"], g["final"]) for p, g in gaps.items()],
          title="top-1 gap (percentage points)")
+"""),
+        md("""
+## Takeaway
+* **IR and CBR are exact.** The dynamic teacher starts as the student (section 2), and the plain
+  student can be read back out of it at any moment without retraining (section 3): the two
+  networks share their weights, so training one moves the other.
+* **Two teachers, two kinds of gap.** The static gap T_s-S is set by a fixed, stronger network
+  and closes only as fast as the student learns. The dynamic gap T_d-S starts at zero (IR) and
+  moves with the student, because T_d trains together with it on the same data. GPD's bet is
+  that a teacher kept this close to the student is easier to learn from.
+* **Read the sign from the curves, not from the method.** Whether T_d ends above or below S is
+  something a run measures, not something GPD guarantees, and a short run on 100 images per
+  class is one data point: compare several seeds and longer schedules (the README's tables)
+  before concluding. This run, in numbers:
+"""),
+        code("""
+print(nb.gap_takeaway(gaps))
 """),
     ]
 
@@ -298,6 +315,9 @@ def explore_notebook() -> list:
 
 Open in JupyterLab (`make lab`). Pick runs from `runs/` and a metric, toggle the pairs
 (T_s-S, T_d-S, T_s-T_d), scrub epochs with the slider (dotted line + values at that epoch).
+Runs of one recipe are named by the settings that tell them apart (e.g. `(epochs=30)`), not by
+their settings hash; runs still training are marked `[training]`, and *refresh* (or *follow*,
+every few seconds while one trains) reads new runs and new epochs.
 Set `live = True` to train a small digits GPD run (from scratch: no teacher to train first) and
 watch its gap curves update as epochs finish.
 """),

@@ -23,7 +23,7 @@ Guarantees:
 """
 from .engine.callbacks import ROLE_LABELS, role_label  # noqa: F401
 from .nb.errors import OneLine, ParameterError, RunError  # noqa: F401
-from .nb.explorer import TOP1, Explorer, find_runs, runs_table  # noqa: F401
+from .nb.explorer import TOP1, Explorer, find_runs, run_config, run_labels, run_state, runs_table, training  # noqa: F401
 from .nb.figures import feature_map_figure, init_plotly, method_feature_maps  # noqa: F401
 from .nb.params import (  # noqa: F401
     ALL_RUN_KEYS, AUTO, COMPARE_METHODS, EMBED_METHODS, INJECTED_HEADER, MIN_EMBED_POINTS, NOTEBOOK_CHECKS,
@@ -37,6 +37,6 @@ from .nb.setup import (  # noqa: F401
     setup_many,
 )
 from .nb.study import mean_curves, study_disc_transfer, study_root, study_runs  # noqa: F401
-from .nb.summary import Headline, gap_sentence, gap_summary, headline, outcome  # noqa: F401
+from .nb.summary import Headline, gap_sentence, gap_summary, gap_takeaway, headline, outcome  # noqa: F401
 from .nb.tables import Table, Tables, accuracy_table, compare_table, final_table, gap_table  # noqa: F401
 from .nb.teaching import EQUAL_LOGITS, max_logit_diff, param_count, surgery_table  # noqa: F401

@@ -472,6 +472,72 @@ def test_explorer_axis_titles_say_meaning_and_unit(tmp_path):
     assert ex.fig.layout.yaxis.title.text == "top-1 (%)"
 
 
+def _configured_run(path, offset=0.0, **config):
+    import json
+
+    from workbench.config import RunConfig
+
+    _gap_run(path, offset)
+    (path / "config.json").write_text(json.dumps(dict(RunConfig.from_dict(dict(dataset="digits")).to_dict(), **config)))
+
+
+def test_runs_differing_only_by_their_hash_are_named_by_what_differs(tmp_path):
+    """Issue 29 item 9: two runs of one recipe (here 20 vs 30 epochs; a GPD and a KD run's
+    method keys) were told apart only by the settings hash in lists and legends."""
+    stem = "digits_resnet8-resnet8_gpd-dkd_s0"
+    _configured_run(tmp_path / f"{stem}-0a1b2c3d", epochs=20, out_dir="x")
+    _configured_run(tmp_path / f"{stem}-4e5f6a7b", 1.0, epochs=30, out_dir="y")  # out_dir: runtime, not shown
+    _configured_run(tmp_path / "digits_resnet8_kd_s0-11111111", method="kd", grad_clip=None)
+    _configured_run(tmp_path / "digits_resnet8_kd_s0-22222222", method="kd", grad_clip=5.0, lr=0.1)
+    labels = nb.run_labels(nb.find_runs(tmp_path))
+    assert labels[f"{stem}-0a1b2c3d"] == f"{stem} (epochs=20)" and labels[f"{stem}-4e5f6a7b"] == f"{stem} (epochs=30)"
+    assert labels["digits_resnet8_kd_s0-11111111"] == "digits_resnet8_kd_s0 (grad_clip=None, lr=0.05)"
+    assert labels["digits_resnet8_kd_s0-22222222"] == "digits_resnet8_kd_s0 (grad_clip=5.0, lr=0.1)"
+    ex = nb.Explorer(tmp_path, selected=[f"{stem}-0a1b2c3d", f"{stem}-4e5f6a7b"])
+    assert set(ex.series()) >= {f"T_s-S ({stem} (epochs=20))", f"T_s-S ({stem} (epochs=30))"}  # legends
+    assert [label for label, _ in ex.run_select.options if label.startswith(stem)] == [f"{stem} (epochs=20)",
+                                                                                       f"{stem} (epochs=30)"]
+    table = nb.runs_table(tmp_path).as_dicts()
+    assert {r["run"] for r in table} == set(labels.values()) and {r["epochs"] for r in table} >= {"0/20", "0/30"}  # (gap records only: no epoch trained)
+    # a lone run drops the hash (it says nothing); no config to compare: the full name stays
+    _gap_run(tmp_path / "lone_s1-33333333")
+    _gap_run(tmp_path / "twin_s1-44444444")
+    _gap_run(tmp_path / "twin_s1-55555555")
+    labels = nb.run_labels(nb.find_runs(tmp_path))
+    assert labels["lone_s1-33333333"] == "lone_s1" and labels["twin_s1-44444444"] == "twin_s1-44444444"
+
+
+def test_explorer_picks_up_runs_still_training(tmp_path):
+    """A run started (or advanced) after explore opened shows up on refresh, marked as training
+    while a live process holds its lock; follow mode stops once nothing trains."""
+    import os
+
+    from workbench.engine.lock import LOCK_FILE
+    from workbench.engine.metrics import MetricsLog
+
+    _gap_run(tmp_path / "first")
+    ex = nb.Explorer(tmp_path)
+    assert list(ex.runs) == ["first"] and ex.epoch.max == 2
+    running = tmp_path / "running"
+    _gap_run(running)
+    (running / LOCK_FILE).write_text(f"{os.getpid()}\n")  # held by a live process (this one)
+    ex.refresh()
+    assert list(ex.runs) == ["first", "running"] and ex.training() == ["running"]
+    assert dict((v, k) for k, v in ex.run_select.options)["running"] == "running [training]"
+    assert ex.run_select.value == ("first",)  # the selection is kept
+    MetricsLog(running).append([{"kind": "gap", "epoch": 3, "pair": "T_s-S", "metric": "acc_gap",
+                                                    "value": 9.0}])
+    ex.run_select.value = ("running",)
+    ex.follow.value = True
+    ex.follow.value = False  # (the thread waits FOLLOW_S before its first look; the step itself:)
+    ex.follow.value = True
+    assert ex.follow_tick() and ex.series()["T_s-S"][0][-1] == 3  # the new epoch is drawn
+    assert ex.epoch.max == 3
+    (running / LOCK_FILE).write_text("999999999\n")  # a lock left by a killed run: a dead pid
+    assert not ex.follow_tick() and ex.follow.value is False and ex.training() == []
+    assert {r["run"]: r["state"] for r in nb.runs_table(tmp_path).as_dicts()} == {"first": "stopped", "running": "stopped"}
+
+
 def test_study_helpers_group_runs_by_method_and_average_curves_over_seeds(tmp_path):
     """compare.ipynb's discriminability/transferability section reads bench/ctc_embed_study.py's
     run folders (``<method>_s<seed>``): curves are the mean over seeds, epoch by epoch."""
@@ -501,3 +567,13 @@ def test_study_helpers_group_runs_by_method_and_average_curves_over_seeds(tmp_pa
     names = {t.name for t in fig.data}
     assert len(fig.data) == 4 and any("ctc_transfer (mean of 2)" in n for n in names)
     assert fig.layout.yaxis.title.text == "source test top-1 (%)" and fig.layout.xaxis2.title.text == "epoch"
+
+
+@pytest.mark.parametrize("final, where", [(-1.4, "below"), (0.7, "above"), (0.0, "level with"), (-0.04, "level with")])
+def test_gap_takeaway_says_where_td_ended_from_the_numbers(final, where):
+    gaps = {"T_s-S": {"epoch 0": 80.9, "mean abs": 35.25, "final": 28.9},
+            "T_d-S": {"epoch 0": 0.0, "mean abs": 1.04, "final": final}}
+    text = nb.gap_takeaway(gaps)
+    assert text.startswith("The static gap T_s-S averaged 35.2 points and ended at +28.9; the dynamic gap T_d-S "
+                           "averaged 1.0 points in size")
+    assert text.endswith(f"T_d finished {where} the student in this run.")

@@ -183,6 +183,16 @@ def test_teaching_notebook_prints_only_what_its_run_shows(runs, tmp_path):
     td0 = [r["value"] for r in recs if r["kind"] == "gap" and r["pair"] == "T_d-S" and r["epoch"] == 0
            and r["metric"] == "acc_gap"][0]
     assert f"At epoch 0 the dynamic gap is {td0:+.1f} points" in text
+    # issue 29 item 11: progress on by default (its record stays), no live gap chart above the
+    # top-1 figure (the gap figure follows in section 5), and the run ends with its takeaway
+    train_cell = next(c for c in nb.cells if c.cell_type == "code" and "nb.train(cfg" in c.source)
+    html_out = ["".join(o.get("data", {}).get("text/html", "")) for o in train_cell.outputs]
+    assert any("wb-progress" in h and "done: 1/1 epochs" in h for h in html_out), html_out
+    assert not any("wb-live-gaps" in h for h in html_out)
+    assert nb.cells[-1].cell_type == "code" and "gap_takeaway" in nb.cells[-1].source
+    takeaway = outputs_text(nb, "nb.gap_takeaway(gaps)")
+    final = [r["value"] for r in recs if r["kind"] == "gap" and r["pair"] == "T_d-S" and r["metric"] == "acc_gap"][-1]
+    assert f"ended at {final:+.1f}: T_d finished " in takeaway and "the student in this run." in takeaway, takeaway
 
 
 @pytest.mark.slow

@@ -104,7 +104,7 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # explore's live run: no progress bars between the widgets
     "explore": {"progress": False},
     # teaching: a few-minute walk-through on a laptop (the fashion demo preset, shorter)
-    "teaching": {"epochs": 8, "progress": False},
+    "teaching": {"epochs": 8},
 }
 
 CONFIG_HELP = None  # a spec entry's help: the config key's own help (one text, never a stale copy)
