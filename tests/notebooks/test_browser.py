@@ -52,9 +52,10 @@ def workdir(tmp_path):
     from workbench import experiment
 
     runs = tmp_path / "runs"
-    experiment.run(dict(dataset="digits", method="gpd", base="none", teacher="none", student="resnet8",
-                        train_per_class=5, epochs=2, batch_size=32, eval_batch_size=512, probe_samples=100,
-                        progress=False, out_dir=str(runs), name="tiny_gpd"), log=lambda *_: None)
+    for epochs in (2, 3):  # one recipe, two epoch counts: same readable name, different settings hash
+        experiment.run(dict(dataset="digits", method="gpd", base="none", teacher="none", student="resnet8",
+                            train_per_class=5, epochs=epochs, batch_size=32, eval_batch_size=512, probe_samples=100,
+                            progress=False, out_dir=str(runs)), log=lambda *_: None)
     nbdir = tmp_path / "nb"
     nbdir.mkdir()
     pm.execute_notebook(str(ROOT / "notebooks" / "explore.ipynb"), str(nbdir / "explore.ipynb"),
@@ -111,6 +112,8 @@ def _need_chromium():
 
 
 def test_explore_renders_widgets_and_plotly_in_chromium(workdir, tmp_path):
+    """The explorer in JupyterLab: widgets and figure drawn; the two runs of one recipe are listed
+    by what differs (epochs=2 / epochs=3), not by their settings hash (issue 29 item 9)."""
     sync_api = _need_chromium()
     with jupyter_lab(workdir, tmp_path / "lab.log") as lab, \
             lab_notebook_run_all(sync_api, lab, "explore.ipynb", tmp_path / "chromium-profile") as page:
@@ -121,6 +124,8 @@ def test_explore_renders_widgets_and_plotly_in_chromium(workdir, tmp_path):
             page.wait_for_timeout(1500)  # let the figure settle before the screenshot
             n_plots = page.locator(".js-plotly-plot").count()
             curves = page.locator(".js-plotly-plot .scatterlayer .trace").count()
+            listed = page.locator(".widget-select-multiple option").all_text_contents()
+            refresh = page.locator("button", has_text="refresh").count()
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
             page.screenshot(path=str(SCREENSHOT), full_page=False)
@@ -130,6 +135,8 @@ def test_explore_renders_widgets_and_plotly_in_chromium(workdir, tmp_path):
             raise
     assert n_plots >= 1
     assert curves >= 1  # the explorer's gap curves of the tiny run were drawn
+    assert sorted(listed) == ["digits_resnet8_gpd_s0 (epochs=2)", "digits_resnet8_gpd_s0 (epochs=3)"], listed
+    assert refresh == 1
     assert SCREENSHOT.stat().st_size > 10_000
 
 
