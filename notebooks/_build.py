@@ -101,7 +101,7 @@ nb.headline(records)
         code('figures.gap_curves(records, metrics=["acc_gap", "kl", "cka"])'),
         md("## 4. Top-1 of S, T_d and T_s over epochs"),
         code("figures.top1_curves(records)"),
-        md("## 5. Discriminability vs transferability\nDiscriminability: source-task accuracy. Transferability: a linear probe on frozen features of a *different* target set (digits: set `source_classes`; CIFAR-100: CIFAR-10 when present)."),
+        md("## 5. Discriminability vs transferability\nDiscriminability: source-task accuracy. Transferability: a linear probe on frozen features of a *different* target set (digits, fashion_mnist: set `source_classes`, the other classes become the target; CIFAR-100: CIFAR-10 when present). Without a target the figure shows discriminability alone and says so."),
         code("figures.disc_transfer_curves(records)"),
         md("## 6. Feature maps: student vs dynamic teacher (vs static teacher)\nPenultimate features of the same test images, shared PCA initialisation, panels aligned."),
         code("""
