@@ -124,7 +124,7 @@ def test_explore_renders_widgets_and_plotly_in_chromium(workdir, tmp_path):
             page.wait_for_timeout(1500)  # let the figure settle before the screenshot
             n_plots = page.locator(".js-plotly-plot").count()
             curves = page.locator(".js-plotly-plot .scatterlayer .trace").count()
-            listed = page.locator(".widget-select-multiple option").all_text_contents()
+            listed = [t.replace("\xa0", " ") for t in page.locator(".widget-select-multiple option").all_text_contents()]
             refresh = page.locator("button", has_text="refresh").count()
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
