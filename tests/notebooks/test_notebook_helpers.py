@@ -467,7 +467,7 @@ def test_explorer_axis_titles_say_meaning_and_unit(tmp_path):
     _gap_run(tmp_path / "b")
     ex = nb.Explorer(tmp_path)
     assert ex.fig.layout.yaxis.title.text == "top-1 gap (percentage points)"
-    assert ex.fig.layout.xaxis.title.text == "epoch"
+    assert ex.fig.layout.xaxis.title.text == "epoch" and ex.fig.layout.xaxis.dtick == 1  # 2 epochs: no 0.5 ticks
     ex.metric.value = "top1"
     assert ex.fig.layout.yaxis.title.text == "top-1 (%)"
 

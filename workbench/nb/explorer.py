@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 
 from ..config import RUNTIME_KEYS
 from ..engine.callbacks import PAIRS, ROLE_LABELS
-from ..probes.figures import axis_label
+from ..probes.figures import WHOLE_EPOCH_TICKS_UP_TO, axis_label
 from .tables import Table
 
 TOP1 = "top1"  # pseudo-metric of the explorer: test top-1 of S, T_d, T_s
@@ -292,6 +292,8 @@ class Explorer:
             self.fig.layout.shapes = [dict(type="line", x0=e, x1=e, xref="x", y0=0, y1=1, yref="paper",
                                            line=dict(dash="dot", color="gray"))]
             label = axis_label(self.metric.value)
+            last = max((x for xs, _ in series.values() for x in xs), default=0)
+            self.fig.layout.xaxis.dtick = 1 if last <= WHOLE_EPOCH_TICKS_UP_TO else None  # no 0.5 epochs
             self.fig.layout.yaxis.title = label
             self.fig.layout.title = f"{label} vs epoch"
         rows = []
