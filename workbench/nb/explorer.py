@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 
 from ..config import RUNTIME_KEYS
 from ..engine.callbacks import PAIRS, ROLE_LABELS
+from ..engine.lock import LOCK_FILE  # held, with the holder's pid in it, while a run trains
 from ..probes.figures import WHOLE_EPOCH_TICKS_UP_TO, axis_label
 from .tables import Table
 
@@ -30,7 +31,6 @@ FIRST_KEYS = ("epochs", "method", "base", "dot", "ctkd", "grad_clip", "ratio", "
               "teacher", "student", "lr", "batch_size", "schedule", "ema_decay")
 MAX_SHOWN_KEYS = 4
 FOLLOW_S = 10.0  # the explorer's follow mode re-reads the runs this often while one is training
-LOCK_FILE = ".run.lock"  # workbench.engine.lock: held (with the holder's pid) while a run trains
 
 
 def find_runs(root) -> dict[str, Path]:
