@@ -235,8 +235,13 @@ def _assigned(source: str) -> list[str] | None:
         return None
     names = []
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else None
-        if not targets or not all(isinstance(t, ast.Name) for t in targets):
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        else:
+            return None
+        if not all(isinstance(t, ast.Name) for t in targets):
             return None
         names += [t.id for t in targets]
     return names

@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..config import FALSE_WORDS
 from ..engine.callbacks import PAIRS, Callback
 from ..engine.progress import EpochClock, Progress, clock
 
 MIN_UPDATE_S = 0.5  # at most two in-place updates per second (each is a message to the front end)
 BAR_WIDTH_PX = 240
 ECHO_ENV = "WORKBENCH_TERMINAL_PROGRESS"
-OFF_WORDS = ("", "0", "false", "no", "off")
+OFF_WORDS = ("",) + FALSE_WORDS  # unset, or a word the config reads as false
 
 
 def terminal_echo() -> Optional[Callable[[str], None]]:

@@ -127,7 +127,8 @@ def plotly_bundle(types: set[str]) -> tuple[str, str]:
         return basic_bundle(), f"plotly.js basic {BASIC_VERSION}"
     from plotly.offline import get_plotlyjs, get_plotlyjs_version
 
-    return get_plotlyjs(), f"plotly.js {get_plotlyjs_version()} (full bundle: the figures use {', '.join(sorted(types - BASIC_TRACES))})"
+    other = ", ".join(sorted(types - BASIC_TRACES))
+    return get_plotlyjs(), f"plotly.js {get_plotlyjs_version()} (full bundle: the figures use {other})"
 
 
 def inline_script(js: str) -> str:
