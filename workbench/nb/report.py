@@ -176,9 +176,11 @@ def main(argv: list[str]) -> int:
         print("usage: python -m workbench.nb.report <executed.ipynb> [out.html]", file=sys.stderr)
         return 2
     out = write_report(*argv)
+    book = nbformat.read(argv[0], as_version=4)
+    _, bundle = plotly_bundle(trace_types(book))
     print(f"executed notebook: {argv[0]}")
-    print(f"HTML report:       {out} ({out.stat().st_size / 1e6:.1f} MB, one file: figures drawn offline)")
-    sentence = headline_text(nbformat.read(argv[0], as_version=4))
+    print(f"HTML report:       {out} ({out.stat().st_size / 1e6:.1f} MB, one file with {bundle}: figures drawn offline)")
+    sentence = headline_text(book)
     if sentence:
         print(sentence)
     return 0
