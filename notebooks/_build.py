@@ -120,8 +120,9 @@ def teaching_notebook() -> list:
         md("""
 # GPD in one sitting: a reading-group walk-through
 
-Runs on a laptop CPU in a few minutes, offline (the embedded Fashion-MNIST subset and its shipped
-teacher: nothing to download, no teacher to train). Four ideas, each shown in code, and every
+Runs offline on a CPU (the embedded Fashion-MNIST subset and its shipped teacher: nothing to
+download, no teacher to train): about 7 CPU-minutes, so roughly 5 minutes on 2 idle cores and
+longer on a busy machine -- the progress line under section 4 gives the ETA. Four ideas, each shown in code, and every
 sentence this notebook prints is computed from its own run (and checked):
 
 1. **Inverse Reparameterization (IR)**: widen the student into a dynamic teacher T_d *without

@@ -197,7 +197,8 @@ def test_teaching_notebook_prints_only_what_its_run_shows(runs, tmp_path):
 
 @pytest.mark.slow
 def test_teaching_notebook_default_run_learns_and_separates_the_gaps(tmp_path):
-    """The notebook as a reading group runs it (~2-3 min on 2 idle cores)."""
+    """The notebook as a reading group runs it (about 7 CPU-minutes; 15-30 min wall on a 2-core
+    machine shared with other jobs, load average 5-18)."""
     nb = execute("teaching", tmp_path / "teaching.ipynb", out_dir=str(tmp_path / "runs"))
     text = _teaching_claims(nb)
     assert "The student learned: " in text and "x smaller); final gaps" in text
