@@ -16,10 +16,12 @@ diverges exits with 3; Ctrl-C stops with one line (exit code 130): rerun the sam
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 from .config import ConfigError, RunConfig, help_text, parse_overrides
+from .registry import unknown_choice
 
 SWEEP_USAGE = """``python -m workbench sweep [--dry-run] [--no-wait] key=values ... [sweep keys]``
 ``python -m workbench sweep status <sweep folder>``
@@ -78,9 +80,7 @@ def _train(args: list[str]) -> int:
         dist.shutdown()
     if rank != 0:
         return 0
-    s = result.summary.get("student", {})
-    print(f"[workbench] done: student top-1 last {s.get('last_top1', float('nan')):.2f} / best "
-          f"{s.get('best_top1', float('nan')):.2f} (epoch {s.get('best_epoch')}); results in {result.run_dir}")
+    print(done_line(result.summary, result.run_dir))
     return 0
 
 
@@ -189,6 +189,30 @@ def _table(args: list[str]) -> int:
     return 0
 
 
+def _top1(summary: dict, role: str, which: str) -> float | None:
+    """The reported top-1 (max of raw and EMA where an EMA was evaluated, else raw) of a role."""
+    s = summary.get(role)
+    return None if s is None else s.get(f"{which}_top1_reported", s.get(f"{which}_top1"))
+
+
+def done_line(summary: dict, run_dir) -> str:
+    """The run's last line: S (last, best and its epoch), T_d and T_s where the run has them, and
+    their gaps to S in points."""
+    s_last, s_best = _top1(summary, "student", "last"), _top1(summary, "student", "best")
+    if s_last is None:
+        return f"[workbench] done; results in {run_dir}"
+    s = summary["student"]
+    parts = [f"S {s_last:.2f} (best {s_best:.2f} at epoch {s.get('best_epoch_reported', s.get('best_epoch'))})"]
+    gaps = []
+    for role, label in (("dynamic_teacher", "T_d"), ("teacher", "T_s")):
+        t = _top1(summary, role, "last")
+        if t is not None:
+            parts.append(f"{label} {t:.2f}")
+            gaps.append(f"{label}-S {t - s_last:+.2f}")
+    gap_text = f"; gaps {', '.join(gaps)} points" if gaps else ""
+    return f"[workbench] done: last top-1 {', '.join(parts)}{gap_text}; results in {run_dir}"
+
+
 def plain(text: str) -> str:
     """Terminal text: reST literals ``x`` shown as x."""
     return text.replace("``", "")
@@ -253,9 +277,16 @@ def _main(argv: list[str] | None = None) -> int:
         for name in models.available():
             print(f"{name:14s} {models.family(name)}")
         return 0
-    print(f"error: unknown command {command!r}; valid commands: train, sweep, table, presets, methods, models, keys\n\n{plain(USAGE)}",
+    print(f"error: {unknown_choice('command', command, commands())}; `python -m workbench --help` explains them",
           file=sys.stderr)
     return 2
+
+
+def commands(usage: str = USAGE) -> list[str]:
+    """The command names the usage text documents (its ``Commands`` block, one per line): the
+    did-you-mean of a mistyped command knows every documented command, new ones included."""
+    block = usage.split("\nCommands\n", 1)[1].split("\n\n", 1)[0]
+    return [m.group(1) for m in re.finditer(r"^  (\w[\w-]*)\s", block, flags=re.M)]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,24 +10,42 @@ SPLITS = ("train", "test")
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """The dataset's files are absent (and could not be downloaded)."""
+    """The dataset's files are absent (and could not be downloaded). ``str()`` speaks the command
+    line (``key=value``); :meth:`in_notebook` says the same with the notebooks' parameter spelling
+    (``key = 'value'`` in the parameters cell), so a notebook never tells a Lab user about
+    papermill flags or the CLI."""
+
+    def __init__(self, message: str, cli_hint: str = "", notebook_hint: str = ""):
+        super().__init__(message)
+        self.message, self.cli_hint, self.notebook_hint = message, cli_hint, notebook_hint or cli_hint
+
+    def __str__(self) -> str:
+        return " ".join(t for t in (self.message, self.cli_hint) if t)
+
+    def in_notebook(self) -> str:
+        return " ".join(t for t in (self.message, self.notebook_hint) if t)
 
 
-def looked_for(root: Path) -> str:
-    """Where data is looked for and how to point elsewhere (part of every not-found message)."""
-    return (f"Data is looked for under {root} (data_root=<folder> if given, else $WORKBENCH_DATA, else "
-            f"datasets/ of the checkout); pass data_root=<folder> (papermill: -p data_root <folder>) or set "
-            f"WORKBENCH_DATA to use another folder.")
+def failure(e: BaseException, max_chars: int = 80) -> str:
+    """A download failure in a few words: the exception's class and its first line, cut short."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    text = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    return text if len(text) <= max_chars else text[:max_chars - 3] + "..."
 
 
-def not_found(name: str, where: str, how: str, root: Path | None = None) -> DatasetNotFoundError:
-    where_text = f" {looked_for(root)}" if root is not None else ""
-    return DatasetNotFoundError(
-        f"dataset {name!r} not found at {where}. {how}{where_text} "
-        f"Offline, run an embedded-data demo preset instead (a whole recipe, not just the dataset): "
-        f"preset=fashion/demo/<method> (papermill: -p dataset fashion_mnist, whose auto preset does the same) "
-        f"or preset=digits/demo/<method>; `python -m workbench presets` lists them."
-    )
+# where to point at other data, and the offline alternative, in each front end's spelling
+OTHER_ROOT = {"cli": "or point data_root=<folder> (or $WORKBENCH_DATA) at it",
+              "notebook": "or set data_root = '<folder>' (or $WORKBENCH_DATA)"}
+OFFLINE = {"cli": "Offline: preset=fashion/demo/<method> runs the CPU demo (`python -m workbench presets` lists them).",
+           "notebook": "Offline: dataset = 'fashion_mnist' runs the CPU demo."}
+
+
+def not_found(name: str, what: str, how: str) -> DatasetNotFoundError:
+    """``dataset 'name' not found: <what>. <how>, or point data_root ... Offline: ...`` -- short,
+    paths shown relative to the current folder where they can be (:func:`workbench.paths.shown`)."""
+    return DatasetNotFoundError(f"dataset {name!r} not found: {what}.",
+                                f"{how}, {OTHER_ROOT['cli']}. {OFFLINE['cli']}",
+                                f"{how}, {OTHER_ROOT['notebook']}. {OFFLINE['notebook']}")
 
 
 @dataclass(frozen=True)
@@ -37,6 +55,11 @@ class DatasetInfo:
     in_channels: int
     image_size: int
     source: str = ""  # where the images come from, for datasets with a choice (fashion_mnist: embedded | full)
+    class_names: tuple[str, ...] = ()  # name of each label 0..num_classes-1 (figure legends); () if unknown
+
+    def class_name(self, label: int) -> str:
+        """The name of ``label`` (its number when the dataset names none)."""
+        return self.class_names[label] if 0 <= label < len(self.class_names) else str(label)
 
 
 def check_options(dataset: str, options: dict, allowed) -> None:

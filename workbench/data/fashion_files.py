@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import paths
 from . import idx
-from .base import DatasetNotFoundError
+from .base import DatasetNotFoundError, failure
 
 NAME = "fashion_mnist"
 NATIVE_SIZE = 28
@@ -64,13 +64,16 @@ def find_full(root=None):
     return None
 
 
-def _not_found(root) -> DatasetNotFoundError:
-    looked = ", ".join(str(f) for f in candidate_folders(root))
-    names = ", ".join(s for pair in FILES.values() for s in pair)
+def _not_found(root, download_error: BaseException | None = None) -> DatasetNotFoundError:
+    looked = ", ".join(paths.shown(f) for f in candidate_folders(root))
+    failed = f"; download failed ({failure(download_error)})" if download_error is not None else ""
     return DatasetNotFoundError(
-        f"dataset {NAME!r}: the full IDX files ({names}, plain or .gz) are in none of: {looked}. "
-        f"Put them in one of these folders, install Debian's dataset-fashion-mnist, set download=true "
-        f"with internet, or use the subset in the repo: data_source=embedded.")
+        f"dataset {NAME!r}: the full IDX files (train-images-idx3-ubyte, ... plain or .gz) are in none of: "
+        f"{looked}{failed}.",
+        "Put them in one of these folders (or install Debian's dataset-fashion-mnist), or use the subset "
+        "in the repo: data_source=embedded.",
+        "Put them in one of these folders (or install Debian's dataset-fashion-mnist), or use the subset "
+        "in the repo: data_source = 'embedded'.")
 
 
 def _download(root) -> Path:
@@ -82,8 +85,7 @@ def _download(root) -> Path:
         for train in (True, False):
             tvd.FashionMNIST(root=str(base), train=train, download=True)
     except Exception as e:  # no network, DNS failure, permission error, ...
-        raise DatasetNotFoundError(f"{_not_found(root)} (Automatic download into {base} failed: "
-                                   f"{type(e).__name__}: {e})") from e
+        raise _not_found(root, e) from e
     return base.joinpath(*SUBFOLDERS[-1])
 
 

@@ -32,9 +32,9 @@ def _root(root) -> Path:
     root = Path(root) if root is not None else default_root()
     missing = [d for d in SPLIT_DIRS.values() if not (root / d).is_dir()]
     if missing:
-        raise not_found(NAME, root, f"Expected class sub-folders under {root}/train and {root}/val "
-                        f"(missing: {', '.join(missing)}); for ImageNet, extract ILSVRC2012 there "
-                        f"with the validation images sorted into class folders.", root)
+        raise not_found(NAME, f"no {' or '.join(missing)} folder in {paths.shown(root)}",
+                        "Put class sub-folders in train/ and val/ there (ImageNet: ILSVRC2012 with the "
+                        "validation images sorted into class folders)")
     return root
 
 
@@ -87,7 +87,8 @@ def build(split, root=None, image_size=DEFAULT_SIZE, augment=None):
 
 
 def info(root=None, image_size=DEFAULT_SIZE, augment=None):
-    return DatasetInfo(NAME, len(class_index(_root(root))), 3, int(image_size))
+    folders = class_index(_root(root))
+    return DatasetInfo(NAME, len(folders), 3, int(image_size), class_names=tuple(folders))
 
 
 def check(root=None, image_size=DEFAULT_SIZE, augment=None):
