@@ -8,8 +8,17 @@ Commands
   models    list the model zoo
   keys      list every config key with its default, choices and help (same as ``train --help``)
 
-Bad keys or values stop with a one-line error (exit code 2) before any work starts; a run that
-diverges exits with 3; Ctrl-C stops with one line (exit code 130): rerun the same command to resume.
+Exit codes and what ``train`` prints (always one line on stderr):
+  0    done
+  2    bad keys or values, missing/damaged data or files, a refused resume, a failed write (disk
+       full, file-size limit): stopped before any work where it can be checked up front
+  3    the run diverged (the last good checkpoint is named)
+  75   preempted (EX_TEMPFAIL): SIGTERM, SIGUSR1 or SIGUSR2 stopped the run at its next safe point
+       -- after the current optimizer step, with a mid-epoch checkpoint, or after the epoch's
+       checkpoint if the signal came during evaluation, probes or a checkpoint write. The line
+       names the signal and where it stopped; rerun the same command to resume (bit-identical
+       to an uninterrupted run). Under torchrun every rank stops at the same step, rank 0 writes.
+  130  Ctrl-C (SIGINT): rerun the same command to resume from the last checkpoint
 """
 from __future__ import annotations
 
@@ -18,14 +27,16 @@ import sys
 from .config import ConfigError, RunConfig, help_text, parse_overrides
 
 USAGE = __doc__
+BAD_INPUT = 2
+DIVERGED = 3
+PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped by a scheduler's signal, checkpoint written; rerun to resume
 INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 
 def _train(args: list[str]) -> int:
-    import torch.distributed as tdist
-
     from .data import DatasetNotFoundError
-    from .engine import CheckpointError, NonFiniteLossError
+    from .engine import CheckpointError, NonFiniteLossError, Preempted
+    from .engine import distributed as dist
     from .experiment import run
 
     try:
@@ -33,25 +44,38 @@ def _train(args: list[str]) -> int:
         result = run(cfg)
     except (ConfigError, DatasetNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3
+        return DIVERGED
+    except Preempted as e:
+        if dist.rank() == 0:  # before the ranks part: under torchrun the first rank to exit ends the others
+            print(f"[workbench] {e}", file=sys.stderr, flush=True)
+        _leave_process_group()
+        return PREEMPTED
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return INTERRUPTED
-    from .engine import distributed as dist
-
     rank = dist.rank()
-    if dist.is_dist():  # together, before exit: a process group left to interpreter teardown could abort
-        tdist.barrier()  # (gloo: "terminate called without an active exception", seen on a loaded CPU)
-        dist.shutdown()
+    _leave_process_group()
     if rank != 0:
         return 0
     s = result.summary.get("student", {})
     print(f"[workbench] done: student top-1 last {s.get('last_top1', float('nan')):.2f} / best "
           f"{s.get('best_top1', float('nan')):.2f} (epoch {s.get('best_epoch')}); results in {result.run_dir}")
     return 0
+
+
+def _leave_process_group() -> None:
+    """Every rank together, before exit: a process group left to interpreter teardown could abort
+    (gloo: "terminate called without an active exception", seen on a loaded CPU)."""
+    import torch.distributed as tdist
+
+    from .engine import distributed as dist
+
+    if dist.is_dist():
+        tdist.barrier()
+        dist.shutdown()
 
 
 def plain(text: str) -> str:

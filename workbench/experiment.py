@@ -21,7 +21,7 @@ from torch import nn
 
 from . import data, embedded_teachers, models, paths, student_init
 from .config import ConfigError, RunConfig, snapshot_epoch
-from .engine import Trainer
+from .engine import Trainer, preempt
 from .engine.callbacks import Callback
 from .engine.trainer import seed_everything
 from .engine.checkpoint import STUDENT, verify_archive
@@ -434,6 +434,11 @@ def run(cfg: RunConfig | dict, callbacks: Optional[list] = None, log=print,
     from .engine import distributed as dist
 
     dist.init_from_env()
+    with preempt.watch():  # a stop signal from here on: the trainer checkpoints and raises Preempted
+        return _run(cfg, callbacks, log, extra_callbacks, progress, title)
+
+
+def _run(cfg: RunConfig, callbacks, log, extra_callbacks, progress, title) -> RunResult:
     prep = prepare(cfg)
     with run_lock(prep.run_dir):  # held from before the teacher phase to the end
         resume_checkpoint(prep.run_dir, cfg)  # again, now that nobody else can change the folder

@@ -100,9 +100,13 @@ class GlobalBatchSampler(Sampler):
         self.n, self.batch, self.shuffle = n, global_batch, shuffle
         self.seed, self.rank, self.world = seed, rank, world
         self.epoch_seed = seed
+        self.skip = 0  # global batches of this epoch already consumed (a mid-epoch resume)
 
-    def set_epoch_seed(self, seed: int) -> None:
-        self.epoch_seed = seed
+    def set_epoch_seed(self, seed: int, skip: int = 0) -> None:
+        """This epoch's order; ``skip``: leave out its first ``skip`` global batches (a run resumed
+        mid-epoch continues with the batch it stopped before; the skipped indices are never
+        loaded, so no augmentation is drawn for them)."""
+        self.epoch_seed, self.skip = seed, int(skip)
 
     def _order(self) -> list[int]:
         if not self.shuffle:
@@ -112,11 +116,14 @@ class GlobalBatchSampler(Sampler):
 
     def __iter__(self):
         order = self._order()
-        for start in range(0, self.n, self.batch):
+        for start in range(self.skip * self.batch, self.n, self.batch):
             yield from order[start:start + self.batch][self.rank::self.world]
 
     def __len__(self) -> int:
         full, rest = divmod(self.n, self.batch)
+        full -= min(self.skip, full)
+        if self.skip * self.batch >= self.n:
+            rest = 0
         return full * len(range(self.rank, self.batch, self.world)) + len(range(self.rank, rest, self.world))
 
 
@@ -127,10 +134,12 @@ def sampler(dataset, train: bool, seed: int, global_batch: int | None = None) ->
     return GlobalBatchSampler(n, n, False, seed, rank(), world_size())  # shard r::world
 
 
-def set_sampler_epoch(loader, seed: int) -> None:
+def set_sampler_epoch(loader, seed: int, skip: int = 0) -> None:
     s = loader.sampler
     if isinstance(s, GlobalBatchSampler):
-        s.set_epoch_seed(seed)
+        s.set_epoch_seed(seed, skip)
+    elif skip:
+        raise ValueError("a mid-epoch resume needs the trainer's GlobalBatchSampler")
 
 
 def all_reduce_sum(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -208,3 +217,22 @@ def broadcast_object(obj):
 def barrier() -> None:
     if is_dist():
         tdist.barrier()
+
+
+def any_true(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (one all-reduce of one number; one process: ``flag``).
+    Every rank must call it at the same point: it is how the ranks agree to stop at one step."""
+    if not is_dist():
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=_comm_device())
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's ``obj``, in rank order (one process: ``[obj]``)."""
+    if not is_dist():
+        return [obj]
+    out = [None] * world_size()
+    tdist.all_gather_object(out, obj)
+    return out
