@@ -110,6 +110,20 @@ def test_7_sigterm_mid_epoch_checkpoints_that_step_and_the_rerun_is_bit_identica
     assert_same_run(run_dir, Path(fast_cfg["out_dir"]) / "ref")
 
 
+def test_7_mid_epoch_resume_is_exact_on_the_device_resident_loader_too(fast_cfg, monkeypatch):
+    """device_data=on (batches gathered and augmented from one tensor, crops/flips drawn from the
+    loader's own generator, here on the CPU): the mid-epoch checkpoint keeps that generator's state,
+    so the rerun draws what the uninterrupted run drew."""
+    cfg = dict(fast_cfg, method="ce", epochs=2, probe_every=0, device_data="on")
+    run(dict(cfg, name="ref"), **QUIET)
+    _signal_at_step(monkeypatch, "killed", epoch=1, step=2)
+    with pytest.raises(Preempted, match=r"in epoch 1/2 after step 2/"):
+        run(dict(cfg, name="killed"), **QUIET)
+    monkeypatch.undo()
+    run(dict(cfg, name="killed"), **QUIET)
+    assert_same_run(Path(fast_cfg["out_dir"]) / "killed", Path(fast_cfg["out_dir"]) / "ref")
+
+
 @pytest.mark.parametrize("where", ["checkpoint_write", "probes"])
 def test_7_sigterm_during_a_checkpoint_write_or_probes_stops_after_that_epochs_checkpoint(fast_cfg, monkeypatch, where):
     """The signal arrives while epoch 1's last.pt is being written, or while its probes run: the
@@ -277,3 +291,65 @@ def test_7_ddp_all_ranks_stop_at_the_same_step_and_rank_0_writes(tmp_path):
     resumed = torchrun("killed", False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(tmp_path / "killed", tmp_path / "ref")
+
+
+# ------------------------------------------------------------------ 8. a failed checkpoint write
+FSIZE_SCRIPT = """
+import resource, sys
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # what `ulimit -f` sets: writes past it fail
+from workbench import cli
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def test_8_a_file_size_limit_hit_while_checkpointing_is_the_one_line_write_error(tmp_path, fast_cfg):
+    """RLIMIT_FSIZE of 100 kB: config and metrics fit, last.pt (about 1 MB) does not. torch.save
+    reports that as "RuntimeError: unexpected pos ..." (and SIGXFSZ would kill the process first):
+    now the CLI prints the same one line as a failed metrics write, naming the file, the cause and
+    the remedy, exits 2 and leaves no temporary file."""
+    script = tmp_path / "limited.py"
+    script.write_text(FSIZE_SCRIPT)
+    args = [f"{k}={v}" for k, v in dict(fast_cfg, method="ce", epochs=1, probe_every=0, name="limited").items()]
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(script), str(100_000), "train", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    run_dir = Path(fast_cfg["out_dir"]) / "limited"
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert f"could not write {run_dir / LAST}" in lines[0] and "File too large" in lines[0] and "ulimit -f" in lines[0]
+    assert not [p.name for p in run_dir.iterdir() if ".tmp" in p.name]
+
+
+def test_8_disk_full_inside_torch_save_is_the_one_line_write_error(fast_cfg, monkeypatch, capsys):
+    """ENOSPC from the file write torch.save makes (which torch re-raises as a RuntimeError without
+    the cause): the same one line as a failed metrics write ("Free disk space ... rerun"), exit 2."""
+    from workbench import cli
+    from workbench.engine import checkpoint
+
+    real_open = open
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, data):
+            if self.written + len(data) > 4096:
+                raise OSError(28, os.strerror(28))
+            self.written += len(data)
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+    monkeypatch.setattr(checkpoint, "open", lambda *a, **k: Full(real_open(*a, **k)), raising=False)
+    argv = ["train"] + [f"{k}={v}" for k, v in dict(fast_cfg, method="ce", epochs=1, probe_every=0).items()]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and LAST in err and "No space left" in err and "Free disk space" in err, err
