@@ -353,3 +353,19 @@ def test_8_disk_full_inside_torch_save_is_the_one_line_write_error(fast_cfg, mon
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and LAST in err and "No space left" in err and "Free disk space" in err, err
+
+
+# ------------------------------------------------------------------ 6. top1_reported on every epoch
+def test_6_top1_reported_is_on_every_epoch_with_ema_also_where_the_twins_are_skipped(fast_cfg):
+    """ema_eval_every=3 over 4 epochs: the twins are evaluated at epochs 0, 3 and 4 only; every
+    epoch's student (and, for GPD, dynamic-teacher) record still carries top1_reported -- the raw
+    top-1 where the twin was skipped, as its help says -- and the static teacher never does."""
+    res = run(dict(fast_cfg, method="gpd", base="kd", branches=0, epochs=4, ema_eval_every=3, probe_every=0), **QUIET)
+    evals = [r for r in read_metrics(res.run_dir, kind="eval")]
+    by = {(r["epoch"], r["role"]): r for r in evals}
+    assert sorted(e for e, role in by if role == "student_ema") == [0, 3, 4]
+    for epoch in range(5):
+        for role in ("student", "dynamic_teacher"):
+            rec, twin = by[(epoch, role)], by.get((epoch, role + "_ema"))
+            assert rec["top1_reported"] == (max(rec["top1"], twin["top1"]) if twin else rec["top1"]), (epoch, role)
+        assert "top1_reported" not in by[(epoch, "teacher")]

@@ -364,8 +364,19 @@ class Trainer:
         """The method's plain models by role (for probes); with EMA (and ``ema``) also ``<role>_ema``."""
         models = self.method.eval_models()
         if ema and self.ema is not None:
-            models.update({r + EMA_SUFFIX: m for r, m in self.method.eval_models(self.ema.module).items()})
+            twins = self.method.eval_models(self.ema.module)
+            self._twin_roles = set(twins)
+            models.update({r + EMA_SUFFIX: m for r, m in twins.items()})
         return models
+
+    def _ema_twin_roles(self) -> set[str]:
+        """The roles that have an EMA twin (none without EMA), known without building the twins
+        once they have been built."""
+        if self.ema is None:
+            return set()
+        if getattr(self, "_twin_roles", None) is None:
+            self._twin_roles = set(self.method.eval_models(self.ema.module))
+        return self._twin_roles
 
     def _ema_due(self, epoch: int) -> bool:
         """Whether this epoch evaluates the EMA twins (``ema_eval_every``; the last epoch always)."""
@@ -385,8 +396,9 @@ class Trainer:
         outputs (logits of all examples, features of the first ``probe_samples`` when a due
         callback needs them) for callbacks. The static teacher never changes: its outputs are
         computed once and reused (recomputed only when features are needed and not cached).
-        With EMA, each raw role's record also carries ``top1_reported`` = max(raw, EMA) top-1
-        (what the GPD reference code reports)."""
+        With EMA, each raw role's record that has an EMA twin also carries ``top1_reported`` =
+        max(raw, EMA) top-1 (what the GPD reference code reports); on epochs that skip the twins
+        (``ema_eval_every``) it is the raw top-1, so every epoch has it."""
         models = self.eval_models(ema=self._ema_due(epoch))
         order = list(models)  # records keep the roles' order whatever was cached
         readouts = {role: model_readout(m) for role, m in models.items()}  # which heads/tokens are read
@@ -423,7 +435,7 @@ class Trainer:
             self._static_outputs = outputs["teacher"]
         outputs = {role: outputs[role] for role in order}
         records = [self._eval_record(epoch, role, out, elapsed) for role, out in outputs.items()]
-        _add_reported(records)
+        _add_reported(records, self._ema_twin_roles())
         return records, outputs
 
     def _eval_batches(self, models, budget, logits, feats, targets) -> None:
@@ -670,13 +682,16 @@ def _reported(record: dict) -> float:
     return record.get("top1_reported", record["top1"])
 
 
-def _add_reported(records: list[dict]) -> None:
-    """``top1_reported`` = max(raw, EMA) top-1 on each raw role that has an EMA twin."""
+def _add_reported(records: list[dict], twin_roles) -> None:
+    """``top1_reported`` on each raw role of ``twin_roles`` (those with an EMA twin): max(raw, EMA)
+    top-1 where the twin was evaluated, the raw top-1 where it was not."""
     by_role = {r["role"]: r for r in records}
     for role, rec in by_role.items():
         twin = by_role.get(role + EMA_SUFFIX)
         if twin is not None:
             rec["top1_reported"] = max(rec["top1"], twin["top1"])
+        elif role in twin_roles:
+            rec["top1_reported"] = rec["top1"]
 
 
 def _stamp(records, epoch: int):
