@@ -369,3 +369,197 @@ def test_6_top1_reported_is_on_every_epoch_with_ema_also_where_the_twins_are_ski
             rec, twin = by[(epoch, role)], by.get((epoch, role + "_ema"))
             assert rec["top1_reported"] == (max(rec["top1"], twin["top1"]) if twin else rec["top1"]), (epoch, role)
         assert "top1_reported" not in by[(epoch, "teacher")]
+
+
+# ------------------------------------------------------------------ 1-3. data that moves under a run
+@pytest.fixture
+def fake_fashion(monkeypatch, tmp_path):
+    """Fake full Fashion-MNIST files (tiny, well-formed) accepted as the published ones, no system
+    copy, and an empty default data root; returns a function writing them into a folder."""
+    from test_data_fashion import fake_content_md5, write_files
+    from workbench.data import fashion_files as ff
+
+    monkeypatch.setattr(ff, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(ff, "CONTENT_MD5", fake_content_md5())
+    monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path / "default-root"))
+    return write_files
+
+
+FASHION = dict(dataset="fashion_mnist", student="resnet8", batch_size=10, epochs=1, teacher_epochs=1, lr=0.05,
+               probe_every=0, progress=False, eval_batch_size=512)
+
+
+def test_1_data_root_is_honoured_by_the_teacher_recorded_resolved_and_in_the_run_name(tmp_path, fake_fashion,
+                                                                                      monkeypatch):
+    """dataset=fashion_mnist data_root=A (full files in A; other copies in the default root B):
+    the teacher is trained from A -- no file of B is read --, its cached config records A (not
+    ""), and data_root=A and data_root=B name different runs (and teachers)."""
+    from workbench.config import RunConfig
+    from workbench.data import fashion_files as ff
+    from workbench.experiment import teacher_config
+
+    a, b = tmp_path / "A", tmp_path / "default-root"
+    fake_fashion(a), fake_fashion(b)
+    read = []
+    real = ff.load_full
+    monkeypatch.setattr(ff, "load_full", lambda folder: read.append(Path(folder).resolve()) or real(folder))
+    cfg = dict(FASHION, method="kd", teacher="resnet8", data_root=str(a), out_dir=str(tmp_path / "runs"))
+    run(cfg, **QUIET)
+    assert set(read) == {a.resolve()}, read
+    tcfg = teacher_config(RunConfig.from_dict(cfg), "resnet8")
+    import json
+    assert json.loads((tcfg.run_dir() / "config.json").read_text())["data_root"] == str(a.resolve())
+    in_b = RunConfig.from_dict(dict(cfg, data_root=str(b)))
+    assert in_b.run_dir() != RunConfig.from_dict(cfg).run_dir()
+    assert teacher_config(in_b, "resnet8").run_dir() != tcfg.run_dir()
+
+
+def test_1_data_root_on_a_dataset_read_from_no_folder_is_refused():
+    """digits is not read from a folder: data_root= would be ignored silently; now one line."""
+    from workbench.config import ConfigError, RunConfig
+
+    with pytest.raises(ConfigError, match=r"data_root: applies to dataset .*fashion_mnist.* only \(dataset='digits'\)"):
+        RunConfig.from_dict(dict(dataset="digits", data_root="/somewhere"))
+
+
+def test_2_full_fashion_files_with_a_flipped_pixel_or_shifted_labels_are_refused_naming_the_file(tmp_path,
+                                                                                               fake_fashion):
+    """The full files are checked against the published content checksums (as CIFAR's are): one
+    flipped pixel, or labels shifted by one, is one line naming the file -- up front, through the
+    CLI too, with nothing created."""
+    import numpy as np
+
+    from workbench import cli, data
+    from workbench.data import fashion_files as ff
+    from workbench.data import idx
+
+    folder = tmp_path / "full"
+    fake_fashion(folder, gz=False)
+    data.check_available("fashion_mnist", source="full", root=str(folder))  # the published files pass
+    images = idx.read(folder / "train-images-idx3-ubyte").copy()
+    images[3, 10, 10] ^= 0x80
+    idx.write(folder / "train-images-idx3-ubyte", images)
+    with pytest.raises(ff.DatasetFileError, match=r"train-images-idx3-ubyte is not the published .* damaged or modified"):
+        data.check_available("fashion_mnist", source="full", root=str(folder))
+    fake_fashion(folder, gz=False)
+    labels = idx.read(folder / "t10k-labels-idx1-ubyte")
+    idx.write(folder / "t10k-labels-idx1-ubyte", np.roll(labels, 1))
+    out = tmp_path / "runs"
+    argv = ["train"] + [f"{k}={v}" for k, v in dict(FASHION, method="ce", data_source="full", data_root=folder,
+                                                    out_dir=out).items()]
+    assert cli.main(argv) == 2
+    assert not out.exists()
+
+
+def test_2_the_published_checksums_are_those_of_the_real_files_where_installed():
+    from workbench.data import fashion_files as ff
+
+    folder = ff.find_full()
+    if folder is None:
+        pytest.skip("full Fashion-MNIST files not installed (Debian dataset-fashion-mnist)")
+    ff.load_full(folder)  # raises if any installed file differs from the published content
+
+
+def test_3_data_source_auto_is_pinned_on_resume(tmp_path, fake_fashion, monkeypatch):
+    """A run started on the embedded subset (data_source=auto, no full files) and stopped in epoch 2:
+    the full files appear, the same command with name= resumes on the data it started with and ends
+    as the uninterrupted embedded run; without name= the same command is another run (its default
+    name covers the resolved data), so nothing continues on other data."""
+    from workbench.config import RunConfig
+
+    a = tmp_path / "A"
+    a.mkdir()
+    cfg = dict(FASHION, method="ce", epochs=2, train_per_class=5, data_root=str(a), out_dir=str(tmp_path / "runs"))
+    run(dict(cfg, name="ref"), **QUIET)
+    embedded_name = RunConfig.from_dict(cfg).run_dir()
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(Preempted):
+        _signal_at_step(mp, "killed", epoch=2, step=2)
+        run(dict(cfg, name="killed"), **QUIET)
+    fake_fashion(a)  # the full files appear meanwhile
+    run(dict(cfg, name="killed"), **QUIET)
+    assert_same_run(tmp_path / "runs" / "killed", tmp_path / "runs" / "ref")
+    assert all(r["n"] == 1000 for r in read_metrics(tmp_path / "runs" / "killed", kind="eval"))  # the subset's test split
+    assert RunConfig.from_dict(cfg).run_dir() != embedded_name
+
+
+# ------------------------------------------------------------------ 4. a teacher file changed under a run
+def test_4_a_teacher_file_overwritten_between_kill_and_resume_is_refused(fast_cfg, tmp_path, monkeypatch, capsys):
+    """kd from a teacher checkpoint file, stopped in epoch 2; the file is overwritten with other
+    weights. The resume stops with one line naming the file and both hashes (before: it continued
+    silently with the new teacher); restoring the file lets it continue."""
+    import shutil
+
+    from workbench import cli, models
+
+    teacher = tmp_path / "teacher.pt"
+    torch.manual_seed(1)
+    torch.save({"model": models.build("resnet8", 10, 1).state_dict(), "arch": "resnet8"}, teacher)
+    original = teacher.read_bytes()
+    cfg = dict(fast_cfg, method="kd", teacher=str(teacher), epochs=2, probe_every=0, name="kd")
+    _signal_at_step(monkeypatch, "kd", epoch=2, step=1)
+    with pytest.raises(Preempted):
+        run(cfg, **QUIET)
+    monkeypatch.undo()
+    torch.manual_seed(2)
+    torch.save({"model": models.build("resnet8", 10, 1).state_dict(), "arch": "resnet8"}, teacher)
+    before = load_checkpoint(Path(fast_cfg["out_dir"]) / "kd" / LAST)
+    assert cli.main(["train"] + [f"{k}={v}" for k, v in cfg.items()]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"the teacher file {teacher} changed since it started" in err, err
+    assert_same(load_checkpoint(Path(fast_cfg["out_dir"]) / "kd" / LAST), before)  # nothing trained
+    teacher.write_bytes(original)
+    run(cfg, **QUIET)
+    shutil.rmtree(Path(fast_cfg["out_dir"]) / "kd")
+
+
+# ------------------------------------------------------------------ 5. imagefolder data identity
+def _class_folders(root: Path, classes: dict[str, int], splits=("train", "val"), seed: int = 0) -> Path:
+    """ImageNet-style folders whose file names carry their class (``<class>_<i>.png``)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    for split in splits:
+        for c, n in classes.items():
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = torch.randint(0, 256, (8, 8, 3), generator=g, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(root / split / c / f"{c}_{i}.png")
+    return root
+
+
+def test_5_imagefolder_class_folders_swapped_in_place_train_another_teacher(tmp_path):
+    """The cached teacher's key covers the data's identity (class folders and their file lists),
+    not only the path: after swapping two class folders in place, a new student run trains a new
+    teacher instead of reusing the one trained on the old labels, and the resumed student run
+    is refused."""
+    from workbench.engine.checkpoint import CheckpointError
+
+    root = _class_folders(tmp_path / "imgs", {"ant": 3, "bee": 4})
+    base = dict(dataset="imagefolder", data_root=str(root), method="kd", teacher="resnet8", student="resnet8",
+                image_size=8, epochs=1, teacher_epochs=1, batch_size=4, probe_every=0, progress=False,
+                out_dir=str(tmp_path / "runs"))
+    logs = []
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(Preempted):
+        _signal_at_step(mp, "before", epoch=2, step=1)
+        run(dict(base, name="before", epochs=2), log=logs.append)
+    for split in ("train", "val"):
+        (root / split / "ant").rename(root / split / "tmp")
+        (root / split / "bee").rename(root / split / "ant")
+        (root / split / "tmp").rename(root / split / "bee")
+    run(dict(base, seed=1), log=logs.append)
+    assert sum("training teacher" in m for m in logs) == 2, logs
+    with pytest.raises(CheckpointError, match=r"class folders or image files under .* changed since it started"):
+        run(dict(base, name="before", epochs=2), **QUIET)
+
+
+def test_10_imagefolder_with_an_empty_class_folder_in_val_is_one_line(tmp_path):
+    from workbench.config import ConfigError, RunConfig
+    from workbench.experiment import prepare
+
+    root = _class_folders(tmp_path / "imgs", {"ant": 2, "bee": 2})
+    for f in (root / "val" / "bee").iterdir():
+        f.unlink()
+    with pytest.raises(ConfigError, match=r"dataset: imagefolder: class folder .*val/bee has no image files"):
+        prepare(RunConfig.from_dict(dict(dataset="imagefolder", data_root=str(root), method="ce", student="resnet8",
+                                         image_size=8, out_dir=str(tmp_path / "runs"))))
+    assert not (tmp_path / "runs").exists()

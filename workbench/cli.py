@@ -13,6 +13,8 @@ Exit codes and what ``train`` prints (always one line on stderr):
   2    bad keys or values, missing/damaged data or files, a refused resume, a failed write (disk
        full, file-size limit): stopped before any work where it can be checked up front
   3    the run diverged (the last good checkpoint is named)
+  4    multi-process run: a rank stopped answering for dist_timeout seconds (the line names it);
+       rerun the same command to resume from the last checkpoint
   75   preempted (EX_TEMPFAIL): SIGTERM, SIGUSR1 or SIGUSR2 stopped the run at its next safe point
        -- after the current optimizer step, with a mid-epoch checkpoint, or after the epoch's
        checkpoint if the signal came during evaluation, probes or a checkpoint write. The line
@@ -29,6 +31,7 @@ from .config import ConfigError, RunConfig, help_text, parse_overrides
 USAGE = __doc__
 BAD_INPUT = 2
 DIVERGED = 3
+RANK_LOST = 4  # a rank of a multi-process run stopped answering (dist_timeout)
 PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped by a scheduler's signal, checkpoint written; rerun to resume
 INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
@@ -48,6 +51,10 @@ def _train(args: list[str]) -> int:
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return DIVERGED
+    except dist.RankLostError as e:  # the process group is broken: no barrier, just the line and out
+        if e.report:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return RANK_LOST
     except Preempted as e:
         if dist.rank() == 0:  # before the ranks part: under torchrun the first rank to exit ends the others
             print(f"[workbench] {e}", file=sys.stderr, flush=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import paths
 from . import DATASETS
 from .augment import TranslateFlip
-from .base import DatasetEntry, DatasetInfo, not_found
+from .base import DatasetEntry, DatasetInfo, not_found, quiet_download
 
 IMAGE_SIZE = 32
 CROP_PADDING = 4
@@ -83,13 +83,15 @@ def _ensure(name: str, root, download: bool) -> Path:
            f"https://www.cs.toronto.edu/~kriz/cifar.html inside {root} (delete a damaged folder first).")
     if not download:
         raise not_found(name, root / FOLDER[name], f"The {problem}. {how}", root)
+    archive = root / _tv_class(name).filename
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        _tv_class(name)(root=str(root), train=True, download=True)
-        _tv_class(name)(root=str(root), train=False, download=True)
+        with quiet_download(root, root / FOLDER[name], archive):
+            root.mkdir(parents=True, exist_ok=True)
+            _tv_class(name)(root=str(root), train=True, download=True)
+            _tv_class(name)(root=str(root), train=False, download=True)
     except Exception as e:  # no network, DNS failure, permission error, ...
         raise not_found(name, root / FOLDER[name], f"The {problem}; automatic download failed "
-                        f"({type(e).__name__}: {e}). {how}", root) from e
+                        f"({type(e).__name__}: {' '.join(str(e).split())}). {how}", root) from e
     problem = problems(name, root)
     if problem:
         raise not_found(name, root / FOLDER[name], f"After downloading, the {problem}. {how}", root)

@@ -82,8 +82,10 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     def __init__(self, cfg, method: Distiller, train_set, test_set, run_dir: str | Path | None = None,
                  callbacks: list[Callback] = (), device: torch.device | None = None, log=print,
-                 num_classes: int | None = None, progress: Progress | None = None, title: str = ""):
+                 num_classes: int | None = None, progress: Progress | None = None, title: str = "",
+                 provenance: dict | None = None):
         self.cfg, self.method, self.note = cfg, method, log
+        self.provenance = provenance  # what the run is made of, recorded in every checkpoint (experiment.provenance)
         self.num_classes = num_classes  # needed by mixing batch transforms (soft targets)
         self.mix = BATCH_TRANSFORMS.get(cfg.mix)
         if cfg.mix != "none" and num_classes is None:
@@ -497,7 +499,8 @@ class Trainer:
                 "method": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in self.method.state().items()},
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "ema": _cpu(self.ema.state_dict()) if self.ema is not None else None,
-                "rng": rng_state(), "best": dict(self.best), "memory_format": self.memory_format}
+                "rng": rng_state(), "best": dict(self.best), "memory_format": self.memory_format,
+                **({"provenance": self.provenance} if self.provenance is not None else {})}
 
     def save(self, epoch: int, student_top1: float | None) -> None:
         if not self.is_main:
