@@ -563,3 +563,187 @@ def test_10_imagefolder_with_an_empty_class_folder_in_val_is_one_line(tmp_path):
         prepare(RunConfig.from_dict(dict(dataset="imagefolder", data_root=str(root), method="ce", student="resnet8",
                                          image_size=8, out_dir=str(tmp_path / "runs"))))
     assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------ 9. a frozen rank
+FREEZE_SCRIPT = """
+import os, signal, sys
+from pathlib import Path
+from workbench import cli
+from workbench.engine import Trainer
+
+real, seen = Trainer._backward_step, {"n": 0}
+Path(sys.argv[1] + "." + os.environ["RANK"]).write_text(str(os.getpid()))
+
+def backward_step(self, loss, losses):  # rank 1 freezes (SIGSTOP) after its 2nd step
+    real(self, loss, losses)
+    seen["n"] += 1
+    if seen["n"] == 2 and os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGSTOP)
+Trainer._backward_step = backward_step
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def test_9_a_frozen_rank_is_named_in_one_line_after_dist_timeout(tmp_path):
+    """torchrun, 2 processes (gloo), dist_timeout=5: rank 1 stops (SIGSTOP) in epoch 1. Rank 0
+    gives up after 5 s instead of torch's 30 minutes and prints one line naming rank 1 and the
+    timeout; its exit code is 4."""
+    from workbench.cli import RANK_LOST
+
+    script, pid_file = tmp_path / "freeze.py", tmp_path / "pid"
+    script.write_text(FREEZE_SCRIPT)
+    args = [f"{k}={v}" for k, v in dict(method="ce", dataset="digits", train_per_class=20, student="resnet8", epochs=1,
+                                       batch_size=20, progress="false", probe_every=0, dist_timeout=5,
+                                       out_dir=tmp_path).items()]
+    env = dict(_env(), PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(script), str(pid_file), "train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, started = [], time.time()
+    for line in proc.stdout:  # until rank 0's line
+        lines.append(line)
+        if "stopped answering" in line:
+            break
+    waited = time.time() - started
+    rank0, rank1 = (int((tmp_path / f"pid.{r}").read_text()) for r in (0, 1))
+    deadline = time.time() + 60
+    while time.time() < deadline and not _exited(rank0):  # torchrun then sees rank 0's exit code first
+        time.sleep(0.1)
+    time.sleep(1)
+    os.kill(rank1, signal.SIGKILL)  # a stopped process ignores torchrun's SIGTERM: it would wait 30 s more
+    out = "".join(lines) + proc.communicate(timeout=SUBPROCESS_TIMEOUT)[0]
+    ours = [line for line in out.splitlines() if "stopped answering" in line]
+    assert len(ours) == 1 and "rank 1 of 2 stopped answering" in ours[0] and "dist_timeout=5" in ours[0], out[-3000:]
+    assert f"exitcode  : {RANK_LOST}" in out and waited < 120, (waited, out[-3000:])
+
+
+def _exited(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def test_9_dist_timeout_is_a_runtime_key_outside_the_run_name():
+    from workbench.config import RUNTIME_KEYS, RunConfig
+
+    assert "dist_timeout" in RUNTIME_KEYS and RunConfig().dist_timeout == 600
+    assert RunConfig.from_dict(dict(dist_timeout=30)).run_dir() == RunConfig().run_dir()
+
+
+# ------------------------------------------------------------------ 10. bad input: one line, nothing created
+def _refused(argv_extra: dict, fast_cfg, capsys, match: str) -> None:
+    """The CLI refuses with one line matching ``match``, exit 2, and creates no folder."""
+    from workbench import cli
+
+    out = Path(fast_cfg["out_dir"])
+    code = cli.main(["train"] + [f"{k}={v}" for k, v in {**fast_cfg, **argv_extra}.items()])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert re.search(match, err), err
+    assert not out.exists(), list(out.rglob("*"))
+
+
+import re  # noqa: E402
+
+
+def test_10_init_with_a_file_that_is_not_a_checkpoint(fast_cfg, capsys, tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all" * 10)
+    _refused(dict(method="ce", init=junk), fast_cfg, capsys, rf"init: cannot read checkpoint {junk}")
+
+
+def test_10_an_unknown_transfer_target(fast_cfg, capsys):
+    _refused(dict(method="ce", transfer="foo"), fast_cfg, capsys, r"transfer: unknown transfer target 'foo'.*cifar10")
+
+
+def test_10_gpd_ratio_a_student_cannot_take_names_the_layer_and_the_ratios_that_work(fast_cfg, capsys):
+    _refused(dict(method="gpd", base="none", student="ShuffleV1", ratio=1.5), fast_cfg, capsys,
+             r"ratio: GPD cannot widen ShuffleV1 by 1.5: module 'layer1\.0\.shuffle1' \(ShuffleBlock\).*"
+             r"integer ratio.*ratios that work for ShuffleV1: 2, 3, 4")
+
+
+@pytest.mark.parametrize("keys, match", [
+    (dict(ctc_dim=100_000_000), r"ctc_dim=100000000, ctc_nce_k=16384: CTC's memory banks .* GiB, more than the"),
+    (dict(ctc_nce="crd", ctc_nce_k=10**12), r"ctc_nce_k=1000000000000: .* more than the .* GiB available"),
+])
+def test_10_ctc_sizes_that_cannot_fit_in_memory_are_refused_before_any_folder(fast_cfg, capsys, keys, match):
+    _refused(dict(method="ctc", teacher="none", **keys), fast_cfg, capsys, match)
+
+
+def test_10_a_key_given_twice_names_the_key(fast_cfg, capsys):
+    from workbench import cli
+
+    code = cli.main(["train", "method=ce", "lr=0.1", "lr=0.2", f"out_dir={fast_cfg['out_dir']}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "lr: given twice (lr=0.1 and lr=0.2)" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_10_gpd_negative_noise(fast_cfg, capsys):
+    _refused(dict(method="gpd", base="none", noise=-5), fast_cfg, capsys,
+             r"noise: -5 is not a standard deviation; use -1 .* or a value >= 0")
+
+
+def test_10_probe_samples_0_with_probes_on(fast_cfg, capsys):
+    from workbench.config import MIN_PROBE_SAMPLES, RunConfig
+    from workbench.probes.transfer import DEFAULT_KNN_K
+
+    assert MIN_PROBE_SAMPLES == DEFAULT_KNN_K + 1
+    _refused(dict(method="ce", probe_samples=0), fast_cfg, capsys, r"probe_samples: 0 is too few .* probe_every=0")
+    RunConfig.from_dict(dict(probe_samples=0, probe_every=0))  # no probes: nothing to feed
+
+
+def test_10_a_failed_download_leaves_no_empty_folder_and_is_one_line(tmp_path, monkeypatch, capsys):
+    """An empty data root, data_source=full: torchvision's download fails (offline) after making
+    <root>/FashionMNIST/raw and part of a file; the run stops with one line and the data root is
+    as empty as before (torchvision's retry messages do not reach the output either)."""
+    import torchvision.datasets as tvd
+
+    from workbench import cli
+    from workbench.data import fashion_files as ff
+
+    root = tmp_path / "datasets"
+    root.mkdir()
+    monkeypatch.setattr(ff, "DEBIAN_DIR", tmp_path / "no-debian")
+
+    def offline(root, train, download):
+        raw = Path(root) / "FashionMNIST" / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        (raw / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b partial")
+        print("Downloading http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/train-images-idx3-ubyte.gz")
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried http://..., got:\n"
+                           "<urlopen error [Errno -2] Name or service not known>")
+    monkeypatch.setattr(tvd, "FashionMNIST", offline)
+    out = tmp_path / "runs"
+    argv = ["train"] + [f"{k}={v}" for k, v in dict(FASHION, method="kd", teacher="resnet8", data_source="full",
+                                                    data_root=root, out_dir=out).items()]
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert len(captured.err.strip().splitlines()) == 1 and "Automatic download" in captured.err, captured.err
+    assert "Downloading" not in captured.out + captured.err
+    assert list(root.iterdir()) == [] and not out.exists()
+
+
+# ------------------------------------------------------------------ 11. a teacher trained by another run
+def test_11_a_second_run_needing_the_same_uncached_teacher_is_told_to_wait_or_pass_a_file(fast_cfg, capsys):
+    """While another process trains the teacher into the cache (it holds the teacher folder's
+    lock), a second student run stops with one line naming that process, saying to wait for it
+    (the rerun then uses the cached teacher) or to point teacher= at a file -- not to change
+    name=/out_dir=, which would not help."""
+    from test_integrity import _hold_lock, _kill
+    from workbench import cli
+    from workbench.config import RunConfig
+    from workbench.experiment import teacher_config
+
+    cfg = dict(fast_cfg, method="kd", epochs=1, probe_every=0)
+    teacher_dir = teacher_config(RunConfig.from_dict(cfg), "resnet8").run_dir()
+    holder = _hold_lock(teacher_dir)
+    try:
+        assert cli.main(["train"] + [f"{k}={v}" for k, v in cfg.items()]) == 2
+    finally:
+        _kill(holder)
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"in use by process {holder.pid}" in err and "Wait for it to finish" in err and "teacher=" in err, err
+    assert "name=" not in err, err

@@ -29,12 +29,18 @@ def quiet_download(*paths: Path):
     (a failure is reported in one line by the caller), and if it fails, every one of ``paths``
     (folders or files) that did not exist before is removed again -- no empty ``FashionMNIST/raw``
     or half-downloaded archive is left behind."""
-    new = [Path(p) for p in paths if not Path(p).exists()]
+    new = []
+    for p in map(Path, paths):  # the outermost folder of each that a download would create
+        top = None
+        while not p.exists():
+            top, p = p, p.parent
+        if top is not None and top not in new:
+            new.append(top)
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             yield
     except BaseException:
-        for p in new:  # outermost first: removing it removes what was made inside
+        for p in new:  # removing the outermost new folder removes what was made inside
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             elif p.exists():
