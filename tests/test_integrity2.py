@@ -245,6 +245,56 @@ def test_7_cli_kill_term_exits_75_with_one_line_and_the_rerun_is_identical(tmp_p
     assert_same_run(tmp_path / "killed", tmp_path / "ref")
 
 
+KILL_IN_WRITE_SCRIPT = """
+import os, signal, sys
+from workbench import cli
+from workbench.engine import Trainer, checkpoint
+from workbench.engine import trainer as trainer_module
+
+real, seen = Trainer._backward_step, {"n": 0}
+
+def backward_step(self, loss, losses):  # SIGTERM after the 2nd step of epoch 2
+    real(self, loss, losses)
+    if self.epoch == 2:
+        seen["n"] += 1
+        if seen["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+def atomic_save(obj, path):  # kill -9 halfway through writing the mid-epoch checkpoint
+    if "position" in obj:
+        with open(checkpoint.temp_path(path), "wb") as f:
+            f.write(b"PK" + bytes(5000))
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+    return checkpoint.atomic_save(obj, path)
+Trainer._backward_step = backward_step
+trainer_module.atomic_save = atomic_save
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_7_kill_9_while_writing_a_mid_epoch_checkpoint_loses_nothing_written_before(tmp_path):
+    """kill -9 in the middle of writing the mid-epoch checkpoint: last.pt is still the epoch-1
+    checkpoint (atomic write), the half-written temporary file is removed by the rerun, which ends
+    bit-identical to an uninterrupted run."""
+    script = tmp_path / "kill_in_write.py"
+    script.write_text(KILL_IN_WRITE_SCRIPT)
+    args = dict(method="ce", dataset="digits", train_per_class=20, student="resnet8", epochs=2, batch_size=16,
+                progress="false", probe_every=0, out_dir=tmp_path)
+    ref = _cli(dict(args, name="ref"))
+    assert ref.wait(timeout=SUBPROCESS_TIMEOUT) == 0, ref.stderr.read()
+    env = dict(_env(), PYTHONPATH=str(ROOT))
+    killed = subprocess.run([sys.executable, str(script), "train", *[f"{k}={v}" for k, v in args.items()], "name=killed"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run_dir = tmp_path / "killed"
+    assert load_checkpoint(run_dir / LAST)["epoch"] == 1 and [p for p in run_dir.iterdir() if ".tmp" in p.name]
+    again = _cli(dict(args, name="killed"))
+    assert again.wait(timeout=SUBPROCESS_TIMEOUT) == 0, again.stderr.read()
+    assert not [p for p in run_dir.iterdir() if ".tmp" in p.name]
+    assert_same_run(run_dir, tmp_path / "ref")
+
+
 DDP_SCRIPT = """
 import os, signal, sys
 from workbench import cli

@@ -66,6 +66,7 @@ class _Writes:
 
     def __init__(self, f):
         self.f, self.error = f, None
+        self.name = getattr(f, "name", None)
 
     def write(self, data) -> int:
         try:

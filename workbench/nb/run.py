@@ -54,6 +54,7 @@ def train(cfg: RunConfig, nproc: int = 1, extra_callbacks: Sequence = (), echo=p
     redrawn after each epoch. A failure ends the cell with one line saying what failed and what
     to do (:class:`RunError`), its traceback collapsed just above."""
     from ..engine import CheckpointError, NonFiniteLossError, Preempted
+    from ..launch import DistributedRunError
 
     kernel = in_kernel()
     try:
@@ -68,7 +69,7 @@ def train(cfg: RunConfig, nproc: int = 1, extra_callbacks: Sequence = (), echo=p
         progress = NotebookProgress() if kernel and cfg.progress else None
         result = experiment.run(cfg, extra_callbacks=extra, log=echo, progress=progress)
         return result, cap.models
-    except Preempted as e:  # a stop signal: the checkpoint is written, one line says where and what to do
+    except (Preempted, DistributedRunError) as e:  # a stop signal, or the workers' own one line
         raise RunError(str(e)) from None
     except (ConfigError, CheckpointError, DatasetNotFoundError, NonFiniteLossError) as e:
         if kernel:
