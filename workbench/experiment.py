@@ -162,9 +162,11 @@ def _check_build(prep: "Prepared", student: nn.Module) -> None:
             sizes.append(len(data.build(cfg.dataset, "train", **prep.data_options)))
         return sizes[0]
 
+    info = prep.info
+    example = torch.randn(2, info.in_channels, info.image_size, info.image_size)
     for check in checks:
         try:
-            check(cfg, student, train_size)
+            check(cfg, student, example, train_size)
         except ValueError as e:
             raise e if isinstance(e, ConfigError) else ConfigError(str(e)) from None
 

@@ -326,7 +326,7 @@ def memory_needed(n: int, dim: int, width: int, k: int, nce: str, batch: int) ->
     return banks + heads + step
 
 
-def _check_memory(cfg, student: nn.Module, train_size) -> None:
+def _check_memory(cfg, student: nn.Module, example_input, train_size) -> None:
     """``ctc_dim`` / ``ctc_nce_k`` that cannot fit: one line before any folder is made (instead of an
     allocation error, or the OOM killer, after the teacher phase)."""
     from ..engine import distributed as dist

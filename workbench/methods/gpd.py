@@ -150,7 +150,7 @@ def gpd_noise(cfg) -> float:
     return surgery.DEFAULT_NOISE if cfg.noise == NOISE_DEFAULT else cfg.noise
 
 
-def _check_student(cfg, student: nn.Module, train_size) -> None:
+def _check_student(cfg, student: nn.Module, example_input, train_size) -> None:
     """The dynamic teacher can be made from this student at ``ratio``; if not, one line naming the
     layer and the ratios that do work (before any folder is made)."""
     from ..gpd.expand import check_widening
@@ -158,13 +158,13 @@ def _check_student(cfg, student: nn.Module, train_size) -> None:
 
     def widens(ratio: float) -> bool:
         try:
-            check_widening(student, ratio, cfg.widening)
+            check_widening(student, ratio, cfg.widening, example_input)
         except UnsupportedLayerError:
             return False
         return True
 
     try:
-        check_widening(student, cfg.ratio, cfg.widening)
+        check_widening(student, cfg.ratio, cfg.widening, example_input)
     except UnsupportedLayerError as e:
         works = [f"{r:g}" for r in RATIO_CANDIDATES if r != cfg.ratio and widens(r)]
         tried = ", ".join(f"{r:g}" for r in RATIO_CANDIDATES)
