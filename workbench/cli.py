@@ -21,6 +21,14 @@ Exit codes and what ``train`` prints (always one line on stderr):
        names the signal and where it stopped; rerun the same command to resume (bit-identical
        to an uninterrupted run). Under torchrun every rank stops at the same step, rank 0 writes.
   130  Ctrl-C (SIGINT): rerun the same command to resume from the last checkpoint
+
+Preemption contract (what schedulers and sweep launchers may rely on): while a run is active,
+SIGTERM/SIGUSR1/SIGUSR2 only set a flag; the checkpoint is written at the next safe point, then
+``workbench.engine.Preempted`` is raised (attributes ``signal``, ``epoch``, ``step`` -- None when it
+stopped at an epoch end --, ``steps``, ``checkpoint``), which this command turns into the one line
+and exit code 75 (``PREEMPTED``). The handlers that were installed before the run (another
+program's, e.g. submitit's) are restored when it ends. Under torchrun the workers exit 75 and
+torchrun reports a failed child itself.
 """
 from __future__ import annotations
 
