@@ -199,6 +199,18 @@ def test_7_ctc_preempted_across_its_stage_boundary_resumes_bit_identical(fast_cf
     assert_same_run(Path(fast_cfg["out_dir"]) / "killed", Path(fast_cfg["out_dir"]) / "ref")
 
 
+def test_7_a_notebook_run_stopped_by_sigterm_ends_in_the_same_one_line(fast_cfg, monkeypatch):
+    """The notebooks' train() turns Preempted into a one-line RunError with the CLI's words."""
+    from workbench.config import RunConfig
+    from workbench.nb.errors import RunError
+    from workbench.nb.run import train
+
+    _signal_at_step(monkeypatch, "nb", epoch=1, step=1)
+    with pytest.raises(RunError, match=r"^stopped by SIGTERM in epoch 1/1 after step 1/\d+ \(checkpoint .*nb/last\.pt\); "
+                                       r"rerun the same command to resume$"):
+        train(RunConfig.from_dict(dict(fast_cfg, method="ce", epochs=1, probe_every=0, name="nb")), echo=lambda *_: None)
+
+
 def test_7_the_previous_signal_handlers_come_back_after_a_run(fast_cfg):
     """Another program in the process (submitit, a notebook) keeps its own handlers."""
     def mine(*_):
