@@ -126,6 +126,7 @@ class Trainer:
                 nn.SyncBatchNorm.convert_sync_batchnorm(module)  # replaces BN children in place
         decay = cfg.resolved_ema_decay
         self.ema = ModelEMA(method.trained_module(), decay) if decay > 0 else None
+        self._twin_roles: set[str] | None = None  # roles with an EMA twin, once known (top1_reported)
         # DDP around the method when world > 1
         self.model = dist.wrap(method, self.device, find_unused=method.find_unused_parameters)
         if cfg.compile:
@@ -376,7 +377,7 @@ class Trainer:
         once they have been built."""
         if self.ema is None:
             return set()
-        if getattr(self, "_twin_roles", None) is None:
+        if self._twin_roles is None:
             self._twin_roles = set(self.method.eval_models(self.ema.module))
         return self._twin_roles
 
