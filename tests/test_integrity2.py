@@ -85,6 +85,18 @@ def _signal_at_step(monkeypatch, run_name: str, epoch: int, step: int, sig=signa
     monkeypatch.setattr(Trainer, "_backward_step", backward_step)
 
 
+def _crash_at_epoch(monkeypatch, run_name: str, epoch: int):
+    """The run folder ``run_name`` dies (KeyboardInterrupt, as a kill would) when ``epoch`` starts:
+    its epoch ``epoch - 1`` checkpoint is on disk. Independent of the preemption machinery."""
+    real = Trainer.train_epoch
+
+    def train_epoch(self, e):
+        if self.run_dir.name == run_name and e == epoch:
+            raise KeyboardInterrupt("simulated kill")
+        return real(self, e)
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+
+
 GPD = dict(method="gpd", base="kd", branches=2, epochs=3, probe_samples=50)  # EMA twins on (gpd's default)
 
 
@@ -442,7 +454,7 @@ def fake_fashion(monkeypatch, tmp_path):
     from workbench.data import fashion_files as ff
 
     monkeypatch.setattr(ff, "DEBIAN_DIR", tmp_path / "no-debian")
-    monkeypatch.setattr(ff, "CONTENT_MD5", fake_content_md5())
+    monkeypatch.setattr(ff, "CONTENT_MD5", fake_content_md5(), raising=False)
     monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path / "default-root"))
     return write_files
 
@@ -534,8 +546,8 @@ def test_3_data_source_auto_is_pinned_on_resume(tmp_path, fake_fashion, monkeypa
     cfg = dict(FASHION, method="ce", epochs=2, train_per_class=5, data_root=str(a), out_dir=str(tmp_path / "runs"))
     run(dict(cfg, name="ref"), **QUIET)
     embedded_name = RunConfig.from_dict(cfg).run_dir()
-    with pytest.MonkeyPatch.context() as mp, pytest.raises(Preempted):
-        _signal_at_step(mp, "killed", epoch=2, step=2)
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        _crash_at_epoch(mp, "killed", epoch=2)
         run(dict(cfg, name="killed"), **QUIET)
     fake_fashion(a)  # the full files appear meanwhile
     run(dict(cfg, name="killed"), **QUIET)
@@ -558,8 +570,8 @@ def test_4_a_teacher_file_overwritten_between_kill_and_resume_is_refused(fast_cf
     torch.save({"model": models.build("resnet8", 10, 1).state_dict(), "arch": "resnet8"}, teacher)
     original = teacher.read_bytes()
     cfg = dict(fast_cfg, method="kd", teacher=str(teacher), epochs=2, probe_every=0, name="kd")
-    _signal_at_step(monkeypatch, "kd", epoch=2, step=1)
-    with pytest.raises(Preempted):
+    _crash_at_epoch(monkeypatch, "kd", epoch=2)
+    with pytest.raises(KeyboardInterrupt):
         run(cfg, **QUIET)
     monkeypatch.undo()
     torch.manual_seed(2)
@@ -601,8 +613,8 @@ def test_5_imagefolder_class_folders_swapped_in_place_train_another_teacher(tmp_
                 image_size=8, epochs=1, teacher_epochs=1, batch_size=4, probe_every=0, progress=False,
                 out_dir=str(tmp_path / "runs"))
     logs = []
-    with pytest.MonkeyPatch.context() as mp, pytest.raises(Preempted):
-        _signal_at_step(mp, "before", epoch=2, step=1)
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        _crash_at_epoch(mp, "before", epoch=2)
         run(dict(base, name="before", epochs=2), log=logs.append)
     for split in ("train", "val"):
         (root / split / "ant").rename(root / split / "tmp")
