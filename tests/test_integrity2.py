@@ -100,17 +100,28 @@ def _crash_at_epoch(monkeypatch, run_name: str, epoch: int):
 GPD = dict(method="gpd", base="kd", branches=2, epochs=3, probe_samples=50)  # EMA twins on (gpd's default)
 
 
-def test_7_sigterm_mid_epoch_checkpoints_that_step_and_the_rerun_is_bit_identical(fast_cfg, monkeypatch):
+@pytest.fixture(scope="module")
+def gpd_ref(tmp_path_factory):
+    """One uninterrupted GPD run the GPD preemption tests compare with; they run in its out_dir, so
+    the teacher is trained once."""
+    from conftest import FAST
+
+    out = tmp_path_factory.mktemp("gpd") / "runs"
+    cfg = dict(FAST, out_dir=str(out), **GPD)
+    run(dict(cfg, name="ref"), **QUIET)
+    return cfg, out / "ref"
+
+
+def test_7_sigterm_mid_epoch_checkpoints_that_step_and_the_rerun_is_bit_identical(gpd_ref, monkeypatch):
     """GPD with its EMA twins, SIGTERM after step 2 of epoch 2: the run stops after that step with a
     mid-epoch last.pt (the position, not the epoch-end state), best.pt stays epoch 1, the
     exception names signal, epoch, step and file; the rerun equals an uninterrupted run bit for bit
     (records, last/best checkpoints, student.pt, student_ema.pt)."""
-    cfg = dict(fast_cfg, **GPD)
-    run(dict(cfg, name="ref"), **QUIET)
+    cfg, ref = gpd_ref
     _signal_at_step(monkeypatch, "killed", epoch=2, step=2)
     with pytest.raises(Preempted) as err:
         run(dict(cfg, name="killed"), **QUIET)
-    e, run_dir = err.value, Path(fast_cfg["out_dir"]) / "killed"
+    e, run_dir = err.value, Path(cfg["out_dir"]) / "killed"
     assert (e.signal, e.epoch, e.step, e.checkpoint) == ("SIGTERM", 2, 2, run_dir / LAST), str(e)
     assert "rerun the same command to resume" in str(e) and "\n" not in str(e)
     ckpt = load_checkpoint(run_dir / LAST)
@@ -119,7 +130,7 @@ def test_7_sigterm_mid_epoch_checkpoints_that_step_and_the_rerun_is_bit_identica
     assert max(r["epoch"] for r in read_metrics(run_dir)) == 1  # nothing of epoch 2 logged yet
     monkeypatch.undo()
     run(dict(cfg, name="killed"), **QUIET)
-    assert_same_run(run_dir, Path(fast_cfg["out_dir"]) / "ref")
+    assert_same_run(run_dir, ref)
 
 
 def test_7_mid_epoch_resume_is_exact_on_the_device_resident_loader_too(fast_cfg, monkeypatch):
@@ -137,20 +148,20 @@ def test_7_mid_epoch_resume_is_exact_on_the_device_resident_loader_too(fast_cfg,
 
 
 @pytest.mark.parametrize("where", ["checkpoint_write", "probes"])
-def test_7_sigterm_during_a_checkpoint_write_or_probes_stops_after_that_epochs_checkpoint(fast_cfg, monkeypatch, where):
+def test_7_sigterm_during_a_checkpoint_write_or_probes_stops_after_that_epochs_checkpoint(gpd_ref, monkeypatch, where):
     """The signal arrives while epoch 1's last.pt is being written, or while its probes run: the
     write completes, the run stops with the normal epoch-1 checkpoint (no position) and the
     rerun is bit-identical."""
     from workbench import experiment
     from workbench.engine import trainer as trainer_module
 
-    cfg = dict(fast_cfg, **GPD)
-    run(dict(cfg, name="ref"), **QUIET)
+    cfg, ref = gpd_ref
+    name = f"killed_{where}"
     if where == "checkpoint_write":
         real = trainer_module.atomic_save
 
         def atomic_save(obj, path):
-            if Path(path).parent.name == "killed" and Path(path).name == LAST and obj.get("epoch") == 1:
+            if Path(path).parent.name == name and Path(path).name == LAST and obj.get("epoch") == 1:
                 os.kill(os.getpid(), signal.SIGTERM)
             return real(obj, path)
         monkeypatch.setattr(trainer_module, "atomic_save", atomic_save)
@@ -163,21 +174,21 @@ def test_7_sigterm_during_a_checkpoint_write_or_probes_stops_after_that_epochs_c
             on_eval_end = probe.on_eval_end
 
             def signalling(state, epoch, outputs):
-                if epoch == 1 and state.run_dir.name == "killed":
+                if epoch == 1 and state.run_dir.name == name:
                     os.kill(os.getpid(), signal.SIGTERM)
                 return on_eval_end(state, epoch, outputs)
             probe.on_eval_end = signalling
             return cbs
         monkeypatch.setattr(experiment, "default_callbacks", callbacks)
     with pytest.raises(Preempted, match=r"stopped by SIGTERM after epoch 1/3") as err:
-        run(dict(cfg, name="killed"), **QUIET)
-    run_dir = Path(fast_cfg["out_dir"]) / "killed"
+        run(dict(cfg, name=name), **QUIET)
+    run_dir = Path(cfg["out_dir"]) / name
     assert err.value.step is None and err.value.epoch == 1
     ckpt = load_checkpoint(run_dir / LAST)
     assert ckpt["epoch"] == 1 and "position" not in ckpt
     monkeypatch.undo()
-    run(dict(cfg, name="killed"), **QUIET)
-    assert_same_run(run_dir, Path(fast_cfg["out_dir"]) / "ref")
+    run(dict(cfg, name=name), **QUIET)
+    assert_same_run(run_dir, ref)
 
 
 CTC = dict(method="ctc", teacher="none", epochs=3, ctc_stage_epoch=1, probe_every=0)
@@ -243,17 +254,28 @@ def _training_started(run_dir: Path) -> bool:
     return path.exists() and b'"kind": "eval", "epoch": 0' in path.read_bytes()
 
 
-def test_7_cli_kill_term_exits_75_with_one_line_and_the_rerun_is_identical(tmp_path):
+CLI_RUN = dict(method="ce", dataset="digits", train_per_class=60, student="resnet8", epochs=2, batch_size=16,
+               schedule="cosine", progress="false", probe_every=0)
+
+
+@pytest.fixture(scope="module")
+def cli_ref(tmp_path_factory):
+    """An uninterrupted CLI run of :data:`CLI_RUN` (the CLI tests run beside it in its out_dir)."""
+    out = tmp_path_factory.mktemp("cli")
+    ref = _cli(dict(CLI_RUN, out_dir=out, name="ref"))
+    assert ref.wait(timeout=SUBPROCESS_TIMEOUT) == 0, ref.stderr.read()
+    return dict(CLI_RUN, out_dir=out), out / "ref"
+
+
+def test_7_cli_kill_term_exits_75_with_one_line_and_the_rerun_is_identical(cli_ref):
     """``kill -TERM`` of the CLI while it trains: exit code 75 (EX_TEMPFAIL), one line naming the
     signal and where it stopped, no traceback; rerunning the same command ends bit-identical to an
     uninterrupted run, wherever the signal landed."""
     from workbench.cli import PREEMPTED
 
-    args = dict(method="ce", dataset="digits", train_per_class=60, student="resnet8", epochs=2, batch_size=16,
-                schedule="cosine", progress="false", probe_every=0, out_dir=tmp_path)
+    args, ref_dir = cli_ref
+    tmp_path = args["out_dir"]
     assert PREEMPTED == 75
-    ref = _cli(dict(args, name="ref"))
-    assert ref.wait(timeout=SUBPROCESS_TIMEOUT) == 0, ref.stderr.read()
     proc = _cli(dict(args, name="killed"))
     deadline = time.time() + SUBPROCESS_TIMEOUT
     while time.time() < deadline and proc.poll() is None and not _training_started(tmp_path / "killed"):
@@ -266,7 +288,7 @@ def test_7_cli_kill_term_exits_75_with_one_line_and_the_rerun_is_identical(tmp_p
     assert len(lines) == 1 and "stopped by SIGTERM" in lines[0] and "rerun the same command" in lines[0], err
     again = _cli(dict(args, name="killed"))
     assert again.wait(timeout=SUBPROCESS_TIMEOUT) == 0, again.stderr.read()
-    assert_same_run(tmp_path / "killed", tmp_path / "ref")
+    assert_same_run(tmp_path / "killed", ref_dir)
 
 
 KILL_IN_WRITE_SCRIPT = """
@@ -297,26 +319,23 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def test_7_kill_9_while_writing_a_mid_epoch_checkpoint_loses_nothing_written_before(tmp_path):
+def test_7_kill_9_while_writing_a_mid_epoch_checkpoint_loses_nothing_written_before(cli_ref, tmp_path):
     """kill -9 in the middle of writing the mid-epoch checkpoint: last.pt is still the epoch-1
     checkpoint (atomic write), the half-written temporary file is removed by the rerun, which ends
     bit-identical to an uninterrupted run."""
+    args, ref_dir = cli_ref
     script = tmp_path / "kill_in_write.py"
     script.write_text(KILL_IN_WRITE_SCRIPT)
-    args = dict(method="ce", dataset="digits", train_per_class=20, student="resnet8", epochs=2, batch_size=16,
-                progress="false", probe_every=0, out_dir=tmp_path)
-    ref = _cli(dict(args, name="ref"))
-    assert ref.wait(timeout=SUBPROCESS_TIMEOUT) == 0, ref.stderr.read()
     env = dict(_env(), PYTHONPATH=str(ROOT))
-    killed = subprocess.run([sys.executable, str(script), "train", *[f"{k}={v}" for k, v in args.items()], "name=killed"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    killed = subprocess.run([sys.executable, str(script), "train", *[f"{k}={v}" for k, v in args.items()],
+                             "name=killed9"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    run_dir = tmp_path / "killed"
+    run_dir = args["out_dir"] / "killed9"
     assert load_checkpoint(run_dir / LAST)["epoch"] == 1 and [p for p in run_dir.iterdir() if ".tmp" in p.name]
-    again = _cli(dict(args, name="killed"))
+    again = _cli(dict(args, name="killed9"))
     assert again.wait(timeout=SUBPROCESS_TIMEOUT) == 0, again.stderr.read()
     assert not [p for p in run_dir.iterdir() if ".tmp" in p.name]
-    assert_same_run(run_dir, tmp_path / "ref")
+    assert_same_run(run_dir, ref_dir)
 
 
 DDP_SCRIPT = """
@@ -344,9 +363,9 @@ def test_7_ddp_all_ranks_stop_at_the_same_step_and_rank_0_writes(tmp_path):
     uninterrupted 2-process run bit for bit."""
     script = tmp_path / "train_with_signal.py"
     script.write_text(DDP_SCRIPT)
-    args = [f"{k}={v}" for k, v in dict(method="kd", dataset="digits", train_per_class=20, teacher="resnet8",
-                                       student="resnet8", epochs=2, teacher_epochs=1, batch_size=20,
-                                       progress="false", probe_every=0, out_dir=tmp_path).items()]
+    args = [f"{k}={v}" for k, v in dict(method="ce", dataset="digits", train_per_class=20, student="resnet8",
+                                       epochs=2, batch_size=20, progress="false", probe_every=0,
+                                       out_dir=tmp_path).items()]
 
     def torchrun(name: str, signal_rank1: bool):
         env = dict(_env(), SIGNAL_RANK1="1" if signal_rank1 else "0", PYTHONPATH=str(ROOT))
