@@ -801,8 +801,9 @@ def test_10_probe_samples_0_with_probes_on(fast_cfg, capsys):
 
 def test_10_a_failed_download_leaves_no_empty_folder_and_is_one_line(tmp_path, monkeypatch, capsys):
     """An empty data root, data_source=full: torchvision's download fails (offline) after making
-    <root>/FashionMNIST/raw and part of a file; the run stops with one line and the data root is
-    as empty as before (torchvision's retry messages do not reach the output either)."""
+    <root>/FashionMNIST/raw and part of a file; the run stops with one error line (after the one
+    saying the download starts) and the data root is as empty as before (torchvision's retry
+    messages do not reach the output)."""
     import torchvision.datasets as tvd
 
     from workbench import cli
@@ -825,7 +826,9 @@ def test_10_a_failed_download_leaves_no_empty_folder_and_is_one_line(tmp_path, m
                                                     data_root=root, out_dir=out).items()]
     assert cli.main(argv) == 2
     captured = capsys.readouterr()
-    assert len(captured.err.strip().splitlines()) == 1 and "Automatic download" in captured.err, captured.err
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Automatic download" in errors[0], captured.err
+    assert captured.err.strip().splitlines()[:-1] == [f"[workbench] downloading into {root} (may take minutes)"]
     assert "Downloading" not in captured.out + captured.err
     assert list(root.iterdir()) == [] and not out.exists()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +26,11 @@ def looked_for(root: Path) -> str:
 
 @contextlib.contextmanager
 def quiet_download(*paths: Path):
-    """Around a torchvision download: its progress and retry messages are kept out of the output
-    (a failure is reported in one line by the caller), and if it fails, every one of ``paths``
-    (folders or files) that did not exist before is removed again -- no empty ``FashionMNIST/raw``
-    or half-downloaded archive is left behind."""
+    """Around a torchvision download: one line says it starts, torchvision's progress and retry
+    messages are kept out of the output (a failure is reported in one line by the caller), and if
+    it fails, every one of ``paths`` (folders or files) that did not exist before is removed again
+    -- no empty ``FashionMNIST/raw`` or half-downloaded archive is left behind."""
+    print(f"[workbench] downloading into {Path(paths[0])} (may take minutes)", file=sys.stderr, flush=True)
     new = []
     for p in map(Path, paths):  # the outermost folder of each that a download would create
         top = None
