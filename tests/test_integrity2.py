@@ -397,10 +397,10 @@ sys.exit(cli.main(sys.argv[2:]))
 
 
 def test_8_a_file_size_limit_hit_while_checkpointing_is_the_one_line_write_error(tmp_path, fast_cfg):
-    """RLIMIT_FSIZE of 100 kB: config and metrics fit, last.pt (about 1 MB) does not. torch.save
-    reports that as "RuntimeError: unexpected pos ..." (and SIGXFSZ would kill the process first):
-    now the CLI prints the same one line as a failed metrics write, naming the file, the cause and
-    the remedy, exits 2 and leaves no temporary file."""
+    """RLIMIT_FSIZE of 100 kB: config and metrics fit, last.pt (about 1 MB) does not (Python ignores
+    SIGXFSZ, so the write fails with EFBIG). torch.save reports that as "RuntimeError: unexpected
+    pos ..."; now the CLI prints the same one line as a failed metrics write, naming the file, the
+    cause and its remedy (not "free disk space"), exits 2 and leaves no temporary file."""
     script = tmp_path / "limited.py"
     script.write_text(FSIZE_SCRIPT)
     args = [f"{k}={v}" for k, v in dict(fast_cfg, method="ce", epochs=1, probe_every=0, name="limited").items()]

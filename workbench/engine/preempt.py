@@ -17,10 +17,8 @@ for the DataLoader-worker limit). Under DDP the ranks agree on the flag after ev
 all-reduce of a single number, :func:`workbench.engine.distributed.any_true`), so all stop at
 the same step; rank 0 writes.
 
-While watching, SIGXFSZ is ignored as well: a write past a file-size limit (``ulimit -f``,
-``RLIMIT_FSIZE``) then fails with EFBIG and ends in the one-line "could not write" error instead
-of killing the process without a word. The previous handlers are restored when the outermost
-:func:`watch` ends (another program in the process -- submitit, a notebook -- may have its own).
+The previous handlers are restored when the outermost :func:`watch` ends (another program in the
+process -- submitit, a notebook -- may have its own).
 """
 from __future__ import annotations
 
@@ -32,7 +30,6 @@ from typing import Optional
 
 #: the signals that stop a run with a checkpoint (SIGINT keeps Python's KeyboardInterrupt)
 SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
-FILE_SIZE_SIGNAL = "SIGXFSZ"
 
 
 class Preempted(Exception):
@@ -86,8 +83,6 @@ def watch():
             for name in SIGNALS:
                 if hasattr(signal, name):
                     _state["previous"][name] = signal.signal(getattr(signal, name), _handler)
-            if hasattr(signal, FILE_SIZE_SIGNAL):
-                _state["previous"][FILE_SIZE_SIGNAL] = signal.signal(getattr(signal, FILE_SIZE_SIGNAL), signal.SIG_IGN)
         _state["depth"] += 1
     try:
         yield
