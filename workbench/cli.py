@@ -11,8 +11,27 @@ Commands
             (``sweep --help`` for the grid syntax and the executor keys; ``sweep status <dir>`` per cell)
   table     one results table of run folders or sweeps: ``python -m workbench table runs/sweeps/<name> [--format md|csv|latex]``
 
-Bad keys or values stop with a one-line error (exit code 2) before any work starts; a run that
-diverges exits with 3; Ctrl-C stops with one line (exit code 130): rerun the same command to resume.
+Exit codes and what ``train`` prints (always one line on stderr):
+  0    done
+  2    bad keys or values, missing/damaged data or files, a refused resume, a failed write (disk
+       full, file-size limit): stopped before any work where it can be checked up front
+  3    the run diverged (the last good checkpoint is named)
+  4    multi-process run: a rank stopped answering for dist_timeout seconds (the line names it);
+       rerun the same command to resume from the last checkpoint
+  75   preempted (EX_TEMPFAIL): SIGTERM, SIGUSR1 or SIGUSR2 stopped the run at its next safe point
+       -- after the current optimizer step, with a mid-epoch checkpoint, or after the epoch's
+       checkpoint if the signal came during evaluation, probes or a checkpoint write. The line
+       names the signal and where it stopped; rerun the same command to resume (bit-identical
+       to an uninterrupted run). Under torchrun every rank stops at the same step, rank 0 writes.
+  130  Ctrl-C (SIGINT): rerun the same command to resume from the last checkpoint
+
+Preemption contract (what schedulers and sweep launchers may rely on): while a run is active,
+SIGTERM/SIGUSR1/SIGUSR2 only set a flag; the checkpoint is written at the next safe point, then
+``workbench.engine.Preempted`` is raised (attributes ``signal``, ``epoch``, ``step`` -- None when it
+stopped at an epoch end --, ``steps``, ``checkpoint``), which this command turns into the one line
+and exit code 75 (``PREEMPTED``). The handlers that were installed before the run (another
+program's, e.g. submitit's) are restored when it ends. Under torchrun the workers exit 75 and
+torchrun reports a failed child itself.
 """
 from __future__ import annotations
 
@@ -50,14 +69,17 @@ executor=local and debug wait for the cells; executor=slurm submits one job arra
 """
 
 USAGE = __doc__
+BAD_INPUT = 2
+DIVERGED = 3
+RANK_LOST = 4  # a rank of a multi-process run stopped answering (dist_timeout)
+PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped by a scheduler's signal, checkpoint written; rerun to resume
 INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 
 def _train(args: list[str]) -> int:
-    import torch.distributed as tdist
-
     from .data import DatasetNotFoundError
-    from .engine import CheckpointError, NonFiniteLossError
+    from .engine import CheckpointError, NonFiniteLossError, Preempted
+    from .engine import distributed as dist
     from .experiment import run
 
     try:
@@ -65,19 +87,24 @@ def _train(args: list[str]) -> int:
         result = run(cfg)
     except (ConfigError, DatasetNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3
+        return DIVERGED
+    except dist.RankLostError as e:  # the process group is broken: no barrier, just the line and out
+        if e.report:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return RANK_LOST
+    except Preempted as e:
+        if dist.rank() == 0:  # before the ranks part: under torchrun the first rank to exit ends the others
+            print(f"[workbench] {e}", file=sys.stderr, flush=True)
+        _leave_process_group()
+        return PREEMPTED
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return INTERRUPTED
-    from .engine import distributed as dist
-
     rank = dist.rank()
-    if dist.is_dist():  # together, before exit: a process group left to interpreter teardown could abort
-        tdist.barrier()  # (gloo: "terminate called without an active exception", seen on a loaded CPU)
-        dist.shutdown()
+    _leave_process_group()
     if rank != 0:
         return 0
     print(done_line(result.summary, result.run_dir))
@@ -211,6 +238,18 @@ def done_line(summary: dict, run_dir) -> str:
             gaps.append(f"{label}-S {t - s_last:+.2f}")
     gap_text = f"; gaps {', '.join(gaps)} points" if gaps else ""
     return f"[workbench] done: last top-1 {', '.join(parts)}{gap_text}; results in {run_dir}"
+
+
+def _leave_process_group() -> None:
+    """Every rank together, before exit: a process group left to interpreter teardown could abort
+    (gloo: "terminate called without an active exception", seen on a loaded CPU)."""
+    import torch.distributed as tdist
+
+    from .engine import distributed as dist
+
+    if dist.is_dist():
+        tdist.barrier()
+        dist.shutdown()
 
 
 def plain(text: str) -> str:

@@ -13,8 +13,10 @@ Missing data raises :class:`DatasetNotFoundError` saying where to put the files 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..registry import Registry, unknown_choice
-from .base import DatasetInfo, DatasetNotFoundError, SPLITS
+from .base import DataIdentity, DatasetInfo, DatasetNotFoundError, SPLITS
 
 DATASETS = Registry("dataset")
 
@@ -54,6 +56,19 @@ def resolved_root(name: str, root=None):
     return _entry(name).resolved_root(root)
 
 
+def identity(name: str, **options) -> DataIdentity:
+    """What ``name`` with ``options`` reads, resolved (:class:`DataIdentity`): the same for every
+    dataset -- ``data_root=`` if given, else the default root, with a dataset's own look-up rules
+    (fashion_mnist: where the full files are found, or the embedded subset). Never raises for
+    absent or damaged data (the up-front check reports that): it then names the folder it would read."""
+    entry = _entry(name)
+    try:
+        return entry.identity(**options)
+    except (ValueError, OSError):
+        root = entry.resolved_root(options.get("root"))
+        return DataIdentity("", str(Path(root).absolute()) if root is not None else "", "")
+
+
 def labels(dataset):
     """The labels of a built dataset in index order, as a LongTensor (N,): its ``targets``
     when it has them (every dataset here), the labels of a TensorDataset, else read item by item."""
@@ -71,6 +86,6 @@ def option_names(name: str) -> list[str]:
     return list(_entry(name).OPTIONS)
 
 
-__all__ = ["DATASETS", "DatasetInfo", "DatasetNotFoundError", "EVAL_SPLITS", "available", "build", "info",
-           "check_available", "holdout_indices", "labels", "option_names", "resolved_root", "splits",
-           "training_split", "validation_split"]
+__all__ = ["DATASETS", "DatasetInfo", "DatasetNotFoundError", "DataIdentity", "EVAL_SPLITS", "available", "build",
+           "info", "check_available", "holdout_indices", "identity", "labels", "option_names", "resolved_root",
+           "splits", "training_split", "validation_split"]

@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import paths
 from . import DATASETS
 from .augment import TranslateFlip
-from .base import DatasetEntry, DatasetInfo, failure, not_found
+from .base import DatasetEntry, DatasetInfo, failure, not_found, quiet_download
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 IMAGE_SIZE = 32
@@ -96,10 +96,12 @@ def _ensure(name: str, root, download: bool) -> Path:
         (" (delete the damaged one first)" if "damaged" in problem else "")
     if not download:
         raise not_found(name, problem, how)
+    archive = root / _tv_class(name).filename
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        _tv_class(name)(root=str(root), train=True, download=True)
-        _tv_class(name)(root=str(root), train=False, download=True)
+        with quiet_download(root, root / FOLDER[name], archive):
+            root.mkdir(parents=True, exist_ok=True)
+            _tv_class(name)(root=str(root), train=True, download=True)
+            _tv_class(name)(root=str(root), train=False, download=True)
     except Exception as e:  # no network, DNS failure, permission error, ...
         raise not_found(name, f"{problem}; download failed ({failure(e)})", how) from e
     problem = problems(name, root)

@@ -31,10 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .. import paths
 from . import DATASETS
 from .augment import TranslateFlip
 from .base import DatasetEntry, DatasetInfo
-from .fashion_files import NAME, NATIVE_SIZE, NUM_CLASSES, SOURCES, load, resolve
+from .fashion_files import NAME, NATIVE_SIZE, NUM_CLASSES, SOURCES, load, locate, resolve
 
 MIN_SIZE = 8
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -157,4 +158,5 @@ def check_available(source="auto", root=None, download=True, train_per_class=Non
     _check_per_class(train_per_class, splits["train"][1], _classes(classes), kind)
 
 
-DATASETS.register(NAME, DatasetEntry(NAME, OPTIONS, build, info, check_available))
+DATASETS.register(NAME, DatasetEntry(NAME, OPTIONS, build, info, check_available, default_root=paths.data_root,
+                                     locate=locate))

@@ -54,7 +54,8 @@ def train(cfg: RunConfig, nproc: int = 1, extra_callbacks: Sequence = (), echo=p
     terminal the kernel was started from, as ``make demo`` does) and, with ``live_curves`` and
     probes on, the gap curves are redrawn after each epoch. A failure ends the cell with one line saying what failed and what
     to do (:class:`RunError`), its traceback collapsed just above."""
-    from ..engine import CheckpointError, NonFiniteLossError
+    from ..engine import CheckpointError, NonFiniteLossError, Preempted
+    from ..launch import DistributedRunError
 
     kernel = in_kernel()
     try:
@@ -71,6 +72,8 @@ def train(cfg: RunConfig, nproc: int = 1, extra_callbacks: Sequence = (), echo=p
         progress = NotebookProgress(echo=terminal) if kernel and cfg.progress else None
         result = experiment.run(cfg, extra_callbacks=extra, log=log, progress=progress)
         return result, cap.models
+    except (Preempted, DistributedRunError) as e:  # a stop signal, or the workers' own one line
+        raise RunError(str(e)) from None
     except (ConfigError, CheckpointError, DatasetNotFoundError, NonFiniteLossError) as e:
         if kernel:
             show_traceback(e)
