@@ -101,7 +101,7 @@ nb.headline(records)
         code('figures.gap_curves(records, metrics=["acc_gap", "kl", "cka"])'),
         md("## 4. Top-1 of S, T_d and T_s over epochs"),
         code("figures.top1_curves(records)"),
-        md("## 5. Discriminability vs transferability\nDiscriminability: source-task accuracy. Transferability: a linear probe on frozen features of a *different* target set (digits: set `source_classes`; CIFAR-100: CIFAR-10 when present)."),
+        md("## 5. Discriminability vs transferability\nDiscriminability: source-task accuracy. Transferability: a linear probe on frozen features of a *different* target set (digits, fashion_mnist: set `source_classes`, the other classes become the target; CIFAR-100: CIFAR-10 when present). Without a target the figure shows discriminability alone and says so."),
         code("figures.disc_transfer_curves(records)"),
         md("## 6. Feature maps: student vs dynamic teacher (vs static teacher)\nPenultimate features of the same test images, shared PCA initialisation, panels aligned."),
         code("""
@@ -120,8 +120,9 @@ def teaching_notebook() -> list:
         md("""
 # GPD in one sitting: a reading-group walk-through
 
-Runs on a laptop CPU in a few minutes, offline (the embedded Fashion-MNIST subset and its shipped
-teacher: nothing to download, no teacher to train). Four ideas, each shown in code, and every
+Runs offline on a CPU (the embedded Fashion-MNIST subset and its shipped teacher: nothing to
+download, no teacher to train): about 7 CPU-minutes, so roughly 5 minutes on 2 idle cores and
+longer on a busy machine -- the progress line under section 4 gives the ETA. Four ideas, each shown in code, and every
 sentence this notebook prints is computed from its own run (and checked):
 
 1. **Inverse Reparameterization (IR)**: widen the student into a dynamic teacher T_d *without
@@ -133,7 +134,7 @@ sentence this notebook prints is computed from its own run (and checked):
    T_s and T_d.
 4. **The gap**: T_s is far ahead of the student; T_d starts level with it and stays close.
 """),
-        parameters("teaching", "Small CPU settings; every value can be changed with papermill -p."),
+        parameters("teaching", "Small CPU settings: change them here (or pass papermill -p name value)."),
         code("""
 import torch
 import workbench.notebook as nb
@@ -202,7 +203,7 @@ batch: `L_D = CE(z_D, y) + DKD(z_D, z_T)` and `L_S = CE(z_S, y) + DKD(z_S, z_T) 
 one optimizer step on T_d (gradient-norm clip 5, as the reference code).
 """),
         code("""
-result, trained = nb.train(cfg)
+result, trained = nb.train(cfg, live_curves=False)  # the progress bar while it trains; the gaps follow in section 5
 records = result.records
 figures.top1_curves(records)
 """),
@@ -231,6 +232,23 @@ print(nb.gap_sentence(gaps))
 nb.Table(["pair", "gap at epoch 0", "mean |gap| over epochs", "final gap"],
          [(p, g["epoch 0"], g["mean abs"], g["final"]) for p, g in gaps.items()],
          title="top-1 gap (percentage points)")
+"""),
+        md("""
+## Takeaway
+* **IR and CBR are exact.** The dynamic teacher starts as the student (section 2), and the plain
+  student can be read back out of it at any moment without retraining (section 3): the two
+  networks share their weights, so training one moves the other.
+* **Two teachers, two kinds of gap.** The static gap T_s-S is set by a fixed, stronger network
+  and closes only as fast as the student learns. The dynamic gap T_d-S starts at zero (IR) and
+  moves with the student, because T_d trains together with it on the same data. GPD's bet is
+  that a teacher kept this close to the student is easier to learn from.
+* **Read the sign from the curves, not from the method.** Whether T_d ends above or below S is
+  something a run measures, not something GPD guarantees, and a short run on 100 images per
+  class is one data point: compare several seeds and longer schedules (the README's tables)
+  before concluding. This run, in numbers:
+"""),
+        code("""
+print(nb.gap_takeaway(gaps))
 """),
     ]
 
@@ -300,6 +318,9 @@ def explore_notebook() -> list:
 
 Open in JupyterLab (`make lab`). Pick runs from `runs/` and a metric, toggle the pairs
 (T_s-S, T_d-S, T_s-T_d), scrub epochs with the slider (dotted line + values at that epoch).
+Runs of one recipe are named by the settings that tell them apart (e.g. `(epochs=30)`), not by
+their settings hash; runs still training are marked `[training]`, and *refresh* (or *follow*,
+every few seconds while one trains) reads new runs and new epochs.
 Set `live = True` to train a small digits GPD run (from scratch: no teacher to train first) and
 watch its gap curves update as epochs finish.
 """),

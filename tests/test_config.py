@@ -49,7 +49,7 @@ def test_string_values_are_converted():
     (dict(milestones="a,b"), ["milestones", "integers"]),
     (dict(ema_eval_every=0), ["ema_eval_every", "0"]),
     (dict(method="ctc", teacher="none", ctc_projector="frozen"), ["ctc_projector", "'frozen'", "trained", "fixed"]),
-    (dict(preset="cifar100/nope/kd"), ["preset", "cifar100/nope/kd", "cifar100/r32x4_r8x4/kd"]),
+    (dict(preset="cifar100/nope/kd"), ["preset", "cifar100/nope/kd", "did you mean 'cifar100/", "`python -m workbench presets` lists all"]),
 ])
 def test_bad_values_name_key_value_and_choices(kw, words):
     with pytest.raises(ConfigError) as e:

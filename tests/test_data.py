@@ -88,3 +88,22 @@ def test_synthetic_is_seeded_and_learnable_shape():
     a = data.build("synthetic", "train", num_classes=3, image_size=8, size=10, seed=1)
     b = data.build("synthetic", "train", num_classes=3, image_size=8, size=10, seed=1)
     assert torch.equal(a.tensors[0], b.tensors[0]) and a.tensors[0].shape == (10, 3, 8, 8)
+
+
+def test_datasets_name_their_classes_in_label_order():
+    """Feature-map legends read these (issue 29 item 8: they said 0-9 instead of class names)."""
+    assert data.info("fashion_mnist").class_names[7] == "Sneaker"
+    assert data.info("fashion_mnist", classes=(9, 0)).class_names == ("Ankle boot", "T-shirt/top")  # re-indexed labels
+    assert data.info("digits", classes=(5, 7)).class_names == ("5", "7")
+    assert data.info("cifar10").class_name(3) == "cat"
+    names = data.info("cifar100").class_names
+    assert len(set(names)) == 100 and list(names) == sorted(names) and names[0] == "apple"
+    assert data.info("synthetic").class_name(4) == "4"  # no names: the label number
+
+
+def test_notebook_feature_maps_use_the_class_names():
+    from workbench.config import RunConfig
+    from workbench.nb.figures import class_names
+
+    assert class_names(RunConfig.from_dict(dict(dataset="fashion_mnist")))[0] == "T-shirt/top"
+    assert class_names(RunConfig.from_dict(dict(dataset="synthetic"))) is None

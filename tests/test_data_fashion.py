@@ -18,9 +18,20 @@ N_TRAIN, N_TEST = 30, 20  # tiny fake files: 3 / 2 images per class
 
 @pytest.fixture(autouse=True)
 def no_system_files(monkeypatch, tmp_path):
-    """Tests see only the files they write: no Debian package folder, an empty data root."""
+    """Tests see only the files they write: no Debian package folder, an empty data root, and the
+    fake files' content checksums in place of the published ones."""
     monkeypatch.setattr(ff, "DEBIAN_DIR", tmp_path / "no-debian")
     monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path / "empty-root"))
+    monkeypatch.setattr(ff, "CONTENT_MD5", fake_content_md5())
+
+
+def fake_content_md5() -> dict:
+    """The content MD5 of each fake file :func:`write_files` writes."""
+    import hashlib
+
+    arrays = {"train": fake_split(N_TRAIN, 1), "test": fake_split(N_TEST, 2)}
+    return {name: hashlib.md5(idx.encode(arr)).hexdigest()
+            for split, names in ff.FILES.items() for name, arr in zip(names, arrays[split])}
 
 
 def fake_split(n: int, seed: int):

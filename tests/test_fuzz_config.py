@@ -37,6 +37,8 @@ COUPLED = {"method", "base", "teacher", "ctkd", "dot", "optimizer", "train_per_c
 COUPLED |= {"ctc_stage_epoch", "ctc_alpha"}  # CTC on needs epochs >= 2 and a stage epoch below epochs: tests/test_ctc.py
 COUPLED |= {"sync_bn", "widening"}  # gpd refuses sync_bn=true with widening=reference: tests/test_config.py
 COUPLED |= {"eval_on", "val_per_class"}  # val needs val_per_class < train_per_class: tests/test_data_holdout.py
+COUPLED |= {"probe_samples", "probe_every"}  # probes on need probe_samples >= 6: tests/test_integrity2.py
+COUPLED |= {"noise"}  # -1 (default) or >= 0, not an interval: tests/test_integrity2.py
 
 
 def kind(name: str) -> str:

@@ -101,6 +101,30 @@ def test_disc_transfer_two_series_per_run(mode):
         assert fig.layout.yaxis.tickformat == fig.layout.yaxis2.tickformat == ".1f"
 
 
+@pytest.mark.parametrize("mode", ["twin", "panels"])
+def test_disc_transfer_without_a_target_has_one_axis_and_says_why(mode):
+    """Issue 29 item 8: no transfer target drew an empty right axis (twin) or panel and no word."""
+    recs = [r for r in run_records() if r["kind"] != "probe"]
+    fig = F.disc_transfer_curves(recs, mode=mode)
+    assert [t.meta["series"] for t in fig.data] == ["discriminability"]
+    assert "yaxis2" not in fig.layout.to_plotly_json()  # no second axis or panel at all
+    notes = [a.text for a in fig.layout.annotations]
+    assert len(notes) == 1 and "no transferability target" in notes[0] and "source_classes" in notes[0], notes
+    assert "no transferability target" in fig.layout.title.text
+    assert fig.layout.yaxis.title.text == "discriminability: top-1 (%)"
+    # with a target the note is absent
+    assert not [a for a in F.disc_transfer_curves(run_records(), mode=mode).layout.annotations
+                if "no transferability" in (a.text or "")]
+
+
+def test_feature_maps_name_the_classes_in_legend_and_hover():
+    rec = emb_record("student")
+    fig = F.feature_map_panels([rec], class_names=["Sneaker", "Bag", "Coat"])
+    assert [t.name for t in fig.data] == ["Sneaker", "Bag", "Coat"]
+    hover = np.asarray(fig.data[0].customdata)
+    assert list(hover[0]) == [100, "Sneaker", "Bag"]  # index, label, prediction (class 0 predicted as 1)
+
+
 def test_feature_map_hover_and_panels():
     rec = emb_record("student")
     fig = F.feature_map(rec)
@@ -144,3 +168,11 @@ def test_logit_diff_heatmap():
     assert list(hm.x) == ["cat", "dog"] and hm.zmid == 0.0
     with pytest.raises(ValueError, match="2-D"):
         F.logit_diff_heatmap(np.zeros(3))
+
+
+def test_short_runs_tick_whole_epochs():
+    """A 2-epoch run's axes read 0, 0.5, 1, 1.5, 2 epochs (plotly's own ticks)."""
+    short = run_records(epochs=2)
+    for fig in (F.gap_curves(short), F.top1_curves(short), F.disc_transfer_curves(short)):
+        assert {ax.dtick for ax in fig.select_xaxes()} == {1}
+    assert {ax.dtick for ax in F.top1_curves(run_records(epochs=40)).select_xaxes()} == {None}  # plotly's round ticks

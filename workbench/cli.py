@@ -11,15 +11,36 @@ Commands
             (``sweep --help`` for the grid syntax and the executor keys; ``sweep status <dir>`` per cell)
   table     one results table of run folders or sweeps: ``python -m workbench table runs/sweeps/<name> [--format md|csv|latex]``
 
-Bad keys or values stop with a one-line error (exit code 2) before any work starts; a run that
-diverges exits with 3; Ctrl-C stops with one line (exit code 130): rerun the same command to resume.
+Exit codes and what ``train`` prints (always one line on stderr):
+  0    done
+  2    bad keys or values, missing/damaged data or files, a refused resume, a failed write (disk
+       full, file-size limit): stopped before any work where it can be checked up front
+  3    the run diverged (the last good checkpoint is named)
+  4    multi-process run: a rank stopped answering for dist_timeout seconds (the line names it);
+       rerun the same command to resume from the last checkpoint
+  75   preempted (EX_TEMPFAIL): SIGTERM, SIGUSR1 or SIGUSR2 stopped the run at its next safe point
+       -- after the current optimizer step, with a mid-epoch checkpoint, or after the epoch's
+       checkpoint if the signal came during evaluation, probes or a checkpoint write. The line
+       names the signal and where it stopped; rerun the same command to resume (bit-identical
+       to an uninterrupted run). Under torchrun every rank stops at the same step, rank 0 writes.
+  130  Ctrl-C (SIGINT): rerun the same command to resume from the last checkpoint
+
+Preemption contract (what schedulers and sweep launchers may rely on): while a run is active,
+SIGTERM/SIGUSR1/SIGUSR2 only set a flag; the checkpoint is written at the next safe point, then
+``workbench.engine.Preempted`` is raised (attributes ``signal``, ``epoch``, ``step`` -- None when it
+stopped at an epoch end --, ``steps``, ``checkpoint``), which this command turns into the one line
+and exit code 75 (``PREEMPTED``). The handlers that were installed before the run (another
+program's, e.g. submitit's) are restored when it ends. Under torchrun the workers exit 75 and
+torchrun reports a failed child itself.
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 from .config import ConfigError, RunConfig, help_text, parse_overrides
+from .registry import unknown_choice
 
 SWEEP_USAGE = """``python -m workbench sweep [--dry-run] [--no-wait] key=values ... [sweep keys]``
 ``python -m workbench sweep status <sweep folder>``
@@ -48,14 +69,17 @@ executor=local and debug wait for the cells; executor=slurm submits one job arra
 """
 
 USAGE = __doc__
+BAD_INPUT = 2
+DIVERGED = 3
+RANK_LOST = 4  # a rank of a multi-process run stopped answering (dist_timeout)
+PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped by a scheduler's signal, checkpoint written; rerun to resume
 INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 
 def _train(args: list[str]) -> int:
-    import torch.distributed as tdist
-
     from .data import DatasetNotFoundError
-    from .engine import CheckpointError, NonFiniteLossError
+    from .engine import CheckpointError, NonFiniteLossError, Preempted
+    from .engine import distributed as dist
     from .experiment import run
 
     try:
@@ -63,24 +87,27 @@ def _train(args: list[str]) -> int:
         result = run(cfg)
     except (ConfigError, DatasetNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3
+        return DIVERGED
+    except dist.RankLostError as e:  # the process group is broken: no barrier, just the line and out
+        if e.report:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return RANK_LOST
+    except Preempted as e:
+        if dist.rank() == 0:  # before the ranks part: under torchrun the first rank to exit ends the others
+            print(f"[workbench] {e}", file=sys.stderr, flush=True)
+        _leave_process_group()
+        return PREEMPTED
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return INTERRUPTED
-    from .engine import distributed as dist
-
     rank = dist.rank()
-    if dist.is_dist():  # together, before exit: a process group left to interpreter teardown could abort
-        tdist.barrier()  # (gloo: "terminate called without an active exception", seen on a loaded CPU)
-        dist.shutdown()
+    _leave_process_group()
     if rank != 0:
         return 0
-    s = result.summary.get("student", {})
-    print(f"[workbench] done: student top-1 last {s.get('last_top1', float('nan')):.2f} / best "
-          f"{s.get('best_top1', float('nan')):.2f} (epoch {s.get('best_epoch')}); results in {result.run_dir}")
+    print(done_line(result.summary, result.run_dir))
     return 0
 
 
@@ -189,6 +216,42 @@ def _table(args: list[str]) -> int:
     return 0
 
 
+def _top1(summary: dict, role: str, which: str) -> float | None:
+    """The reported top-1 (max of raw and EMA where an EMA was evaluated, else raw) of a role."""
+    s = summary.get(role)
+    return None if s is None else s.get(f"{which}_top1_reported", s.get(f"{which}_top1"))
+
+
+def done_line(summary: dict, run_dir) -> str:
+    """The run's last line: S (last, best and its epoch), T_d and T_s where the run has them, and
+    their gaps to S in points."""
+    s_last, s_best = _top1(summary, "student", "last"), _top1(summary, "student", "best")
+    if s_last is None:
+        return f"[workbench] done; results in {run_dir}"
+    s = summary["student"]
+    parts = [f"S {s_last:.2f} (best {s_best:.2f} at epoch {s.get('best_epoch_reported', s.get('best_epoch'))})"]
+    gaps = []
+    for role, label in (("dynamic_teacher", "T_d"), ("teacher", "T_s")):
+        t = _top1(summary, role, "last")
+        if t is not None:
+            parts.append(f"{label} {t:.2f}")
+            gaps.append(f"{label}-S {t - s_last:+.2f}")
+    gap_text = f"; gaps {', '.join(gaps)} points" if gaps else ""
+    return f"[workbench] done: last top-1 {', '.join(parts)}{gap_text}; results in {run_dir}"
+
+
+def _leave_process_group() -> None:
+    """Every rank together, before exit: a process group left to interpreter teardown could abort
+    (gloo: "terminate called without an active exception", seen on a loaded CPU)."""
+    import torch.distributed as tdist
+
+    from .engine import distributed as dist
+
+    if dist.is_dist():
+        tdist.barrier()
+        dist.shutdown()
+
+
 def plain(text: str) -> str:
     """Terminal text: reST literals ``x`` shown as x."""
     return text.replace("``", "")
@@ -253,9 +316,16 @@ def _main(argv: list[str] | None = None) -> int:
         for name in models.available():
             print(f"{name:14s} {models.family(name)}")
         return 0
-    print(f"error: unknown command {command!r}; valid commands: train, sweep, table, presets, methods, models, keys\n\n{plain(USAGE)}",
+    print(f"error: {unknown_choice('command', command, commands())}; `python -m workbench --help` explains them",
           file=sys.stderr)
     return 2
+
+
+def commands(usage: str = USAGE) -> list[str]:
+    """The command names the usage text documents (its ``Commands`` block, one per line): the
+    did-you-mean of a mistyped command knows every documented command, new ones included."""
+    block = usage.split("\nCommands\n", 1)[1].split("\n\n", 1)[0]
+    return [m.group(1) for m in re.finditer(r"^  (\w[\w-]*)\s", block, flags=re.M)]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -32,6 +32,10 @@ from .registry import unknown_choice
 
 #: an EMA decay must stay below 1 (1 would freeze the average at the initial weights)
 MAX_EMA_DECAY = 1.0 - 1e-9
+#: the fewest probe features the probes can use: the kNN probe's k (probes.transfer.DEFAULT_KNN_K = 5) + 1
+MIN_PROBE_SAMPLES = 6
+#: ``transfer`` values that are not dataset names
+TRANSFER_MODES = ("auto", "none")
 
 
 @dataclass
@@ -135,7 +139,12 @@ class CoreConfig:
     cache_teacher: bool = opt(False, "compute the static teacher's train-set logits once and reuse them "
                               "(needs augment=false)")
     sync_bn: bool = opt(False, "multi-GPU: synchronise BatchNorm statistics across processes (CUDA only)")
-    workers: int = opt(-1, "DataLoader workers (-1 = auto: 0 on CPU, min(8, cores) on CUDA)", low=-1)
+    workers: int = opt(-1, "DataLoader workers (-1 = auto: 0 on CPU, min(8, cores) on CUDA; resumes are "
+                       "bit-identical with 0: workers' augmentation draws are not checkpointed)", low=-1)
+    dist_timeout: float = opt(600.0, "multi-process runs: seconds a collective waits for the other processes "
+                              "before the run stops with one line naming the rank that stopped answering "
+                              "(torch's default is 30 min; raise it when rank 0's probes or checkpoint writes "
+                              "take longer)", low=1.0)
     log: str = opt("none", "also send the records of metrics.jsonl (the source of truth) to a tracker: "
                    "tensorboard (event files in <run folder>/tensorboard) or wandb (offline unless an account is "
                    "configured); needs pip install -e '.[track]'", TRACKERS)
@@ -316,10 +325,17 @@ class RunConfigBase:
         if snapshot_at is not None and self.cache_teacher:
             raise ConfigError("cache_teacher: a snapshot teacher does not exist before its epoch, so its logits "
                               "cannot be cached up front; use cache_teacher=false with teacher=snapshot@E")
+        if self.transfer not in TRANSFER_MODES and self.transfer not in datasets():
+            raise ConfigError("transfer: " + unknown_choice("transfer target", self.transfer,
+                                                           list(TRANSFER_MODES) + datasets()))
+        if self.probe_every > 0 and self.probe_samples < MIN_PROBE_SAMPLES:
+            raise ConfigError(f"probe_samples: {self.probe_samples} is too few for the probes (kNN and CKA need at "
+                              f"least {MIN_PROBE_SAMPLES} examples' features); use probe_samples >= "
+                              f"{MIN_PROBE_SAMPLES}, or probe_every=0 to switch the probes off")
         if self.schedule == "multistep" and any(m <= 0 for m in self.milestones):
             raise ConfigError(f"milestones: epochs must be positive, got {list(self.milestones)}")
         for key, option, unset in (("train_per_class", "train_per_class", None), ("source_classes", "classes", ""),
-                                   ("data_source", "source", "auto")):
+                                   ("data_source", "source", "auto"), ("data_root", "root", "")):
             if getattr(self, key) != unset and option not in dataset_takes(self.dataset):
                 raise ConfigError(f"{key}: applies to dataset {' and '.join(datasets_taking(option))} only "
                                   f"(dataset={self.dataset!r})")
@@ -445,6 +461,12 @@ def dataset_takes(dataset: str) -> tuple[str, ...]:
     return tuple(data.option_names(dataset))
 
 
+def datasets() -> list[str]:
+    from . import data
+
+    return data.available()
+
+
 def datasets_taking(option: str) -> list[str]:
     return [d for d in data.available() if option in data.option_names(d)]
 
@@ -460,6 +482,8 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
         k = k.strip().lstrip("-").replace("-", "_")
         if k not in known:
             raise ConfigError(unknown_key(k, list(known)))
+        if k in out:
+            raise ConfigError(f"{k}: given twice ({k}={out[k]} and {k}={v}); give each key once")
         out[k] = v
     return out
 

@@ -6,6 +6,11 @@ Order matters: everything that can fail cheaply (names, dataset files, teacher a
 files and their compatibility with an existing run, output folder writable) is checked in
 :func:`prepare` before any training, without creating anything. :func:`run` then holds the run
 folder's lock (:mod:`workbench.engine.lock`) from before the teacher phase to the end.
+
+Provenance: every checkpoint records what the run is made of (:func:`provenance`: the data as
+resolved -- source, folder, fingerprint -- and the sha256 of the teacher file); a resume compares
+it with what it finds now and refuses a run whose data or teacher file changed since it started.
+``data_source=auto`` is pinned: a resumed run keeps the source it started with.
 """
 from __future__ import annotations
 
@@ -22,14 +27,14 @@ from . import data, models, paths, references, student_init
 from .config import ConfigError, RunConfig, check_teacher
 from .keys import snapshot_epoch
 from .references import ARCH, NONE, SNAPSHOT, TeacherRef, check_model, infer_arch
-from .engine import Trainer
+from .engine import Trainer, preempt
 from .engine.callbacks import Callback
 from .engine.trainer import seed_everything
-from .engine.checkpoint import STUDENT, verify_archive
-from .engine.lock import run_lock
+from .engine.checkpoint import LAST, STUDENT, CheckpointError, verify_archive
+from .engine.lock import LOCK_FILE, RunLockedError, holder_pid, run_lock
 from .engine.metrics import read_metrics
 from .engine.resume import config_diff, describe_diff, resume_checkpoint
-from .methods import METHODS, build_method
+from .methods import METHODS, build_method, build_checks
 from .data.device import DEVICE_DATASETS
 from .registry import unknown_choice
 
@@ -55,6 +60,10 @@ class Prepared:
     run_dir: Path
     init: student_init.InitSpec = field(default_factory=lambda: student_init.InitSpec(student_init.RANDOM))
     init_arch: Optional[str] = None  # the architecture inheritance takes the weights from
+    #: options of every data.build/info of this run: cfg.dataset_options(), data_source=auto pinned on resume
+    data_options: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)  # recorded in every checkpoint (:func:`provenance`)
+    resumed: Optional[dict] = None  # the provenance recorded by the run this one continues
 
     @property
     def teacher_arch(self) -> Optional[str]:
@@ -109,14 +118,35 @@ def new_student(cfg: RunConfig, info) -> nn.Module:
                         **student_options(cfg))
 
 
-def _check_student(cfg: RunConfig, info) -> None:
+def _check_student(cfg: RunConfig, info) -> nn.Module:
     """The student can be built with these options (patch size, heads) for this dataset."""
     if cfg.patch_size and models.family(cfg.student) != "vit":
         raise ConfigError(f"patch_size: applies to ViT students only (student={cfg.student!r})")
     try:
-        new_student(cfg, info)
+        return new_student(cfg, info)
     except ValueError as e:
         raise ConfigError(f"student: {cfg.student} on {cfg.dataset}: {e}") from None
+
+
+def _check_build(prep: "Prepared", student: nn.Module) -> None:
+    """The method's own checks on the built student and the data size, before any folder exists
+    (GPD: the student can be widened by ``ratio``; CTC: its memory banks fit in memory)."""
+    cfg = prep.cfg
+    checks = build_checks(cfg)
+    sizes: list[int] = []
+
+    def train_size() -> int:  # built only when a check asks
+        if not sizes:
+            sizes.append(len(data.build(cfg.dataset, "train", **prep.data_options)))
+        return sizes[0]
+
+    info = prep.info
+    example = torch.randn(2, info.in_channels, info.image_size, info.image_size)
+    for check in checks:
+        try:
+            check(cfg, student, example, train_size)
+        except ValueError as e:
+            raise e if isinstance(e, ConfigError) else ConfigError(str(e)) from None
 
 
 def estimate_checkpoint_bytes(cfg: RunConfig, info) -> int:
@@ -168,13 +198,16 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.device_data == "on" and cfg.dataset not in DEVICE_DATASETS:
         raise ConfigError(f"device_data: 'on' needs a dataset that fits on the device "
                           f"({', '.join(DEVICE_DATASETS)}); dataset={cfg.dataset!r}: use device_data=auto or off")
-    opts = cfg.dataset_options()
+    run_dir = cfg.run_dir()
+    saved = resume_checkpoint(run_dir, cfg)  # a run this config may not continue: refused now
+    resumed = saved.get("provenance") if saved is not None else None
+    opts = data_options(cfg, resumed)
     try:
         data.check_available(cfg.dataset, **opts)
         info = data.info(cfg.dataset, **opts)
     except ValueError as e:
         raise ConfigError(f"dataset: {e}") from None
-    _check_student(cfg, info)
+    student = _check_student(cfg, info)
     ref = references.teacher_ref(cfg.teacher, cfg.teacher_arch, cfg.student) if cfg.loads_teacher else TeacherRef(NONE)
     if ref.kind == SNAPSHOT and not cfg.uses_teacher:  # a frozen copy of the student, made in training
         raise ConfigError(f"init: init=inherit takes the student's weights from the static teacher, but "
@@ -188,7 +221,14 @@ def prepare(cfg: RunConfig) -> Prepared:
                           f"the validation split) or a teacher checkpoint")
     init = student_init.parse(cfg.init)
     init_arch = _init_arch(init, ref.arch)
-    prep = Prepared(cfg, info, ref, cfg.run_dir(), init, init_arch)
+    prep = Prepared(cfg, info, ref, run_dir, init, init_arch, opts, resumed=resumed)
+    if init.kind == student_init.CHECKPOINT:  # a file that is no student checkpoint: one line now
+        try:
+            models.load(cfg.student, init.path, info.num_classes, info.in_channels, image_size=info.image_size,
+                        **student_options(cfg))
+        except ValueError as e:
+            raise ConfigError(f"init: {e}") from None
+    _check_build(prep, student)
     teacher_file = _teacher_file(prep)
     # wrong classes/architecture/damaged: one line now
     teacher_model = _teacher_model(prep, teacher_file) if teacher_file is not None else None
@@ -198,10 +238,11 @@ def prepare(cfg: RunConfig) -> Prepared:
         source_model = _inherit_source(prep) if init.path else teacher_model
         student_init.check_compatible(cfg.student, init_arch, info, student_options(cfg), source_model)
     if _builds_early(cfg):
-        _check_build(prep, teacher_model)
+        _build_early(prep, teacher_model)
     _check_writable(prep.run_dir)
     _check_space(prep.run_dir, estimate_checkpoint_bytes(cfg, info))
-    resume_checkpoint(prep.run_dir, cfg)  # a run this config may not continue: refused now
+    prep.provenance = provenance(prep, teacher_file)
+    check_provenance(prep)
     return prep
 
 
@@ -210,7 +251,7 @@ def _builds_early(cfg: RunConfig) -> bool:
     return any(n in METHODS and METHODS.get(n).early_build for n in (cfg.method, cfg.resolved_base))
 
 
-def _check_build(prep: Prepared, teacher_model: Optional[nn.Module]) -> None:
+def _build_early(prep: Prepared, teacher_model: Optional[nn.Module]) -> None:
     """Build the method once on a fresh student, the teacher (loaded, or a fresh one of its
     architecture while it is not trained yet) and a blank batch, leaving the global RNG as it was:
     what depends on the pair (stages, widths, feature shapes) is one line now, before any teacher
@@ -225,6 +266,67 @@ def _check_build(prep: Prepared, teacher_model: Optional[nn.Module]) -> None:
             build_method(cfg, student, teacher if cfg.uses_teacher else None, example_input=example)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+
+
+def data_options(cfg: RunConfig, resumed: Optional[dict] = None) -> dict:
+    """``cfg.dataset_options()``, with ``data_source=auto`` pinned to the source recorded by the run
+    being resumed (``resumed``: its provenance): a run started on the embedded subset continues on it
+    when the full files have appeared since, instead of switching data mid-run."""
+    opts = cfg.dataset_options()
+    recorded = ((resumed or {}).get("data") or {}).get("source")
+    if opts.get("source") == "auto" and recorded:
+        opts["source"] = recorded
+    return opts
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def provenance(prep: "Prepared", teacher_file: Optional[Path]) -> dict:
+    """What the run is made of, recorded in its checkpoints and compared on resume: the data as
+    resolved (:func:`workbench.data.identity`) and the sha256 of the static teacher's file."""
+    where = data.identity(prep.cfg.dataset, **prep.data_options)
+    out = {"data": {"dataset": prep.cfg.dataset, "source": where.source, "folder": where.folder,
+                    "fingerprint": where.fingerprint}}
+    if teacher_file is not None:
+        out["teacher_sha256"] = file_sha256(teacher_file)
+    return out
+
+
+def check_provenance(prep: "Prepared") -> None:
+    """Refuse to resume a run whose data or teacher file changed since it started (one line naming
+    what changed). The data folder may move: its files are checked against their published
+    checksums (cifar, fashion_mnist) or fingerprinted (imagefolder)."""
+    saved, now = prep.resumed, prep.provenance
+    if not saved:
+        return
+    changed = []
+    was, is_ = saved.get("data") or {}, now["data"]
+    if was.get("source", "") != is_["source"]:
+        changed.append(f"it started on {prep.cfg.dataset}'s {was.get('source')} data, now it would read "
+                       f"{is_['source']} ({is_['folder'] or 'the embedded subset'})")
+    if was.get("fingerprint", "") != is_["fingerprint"]:
+        changed.append(f"the class folders or image files under {is_['folder']} changed since it started "
+                       f"(it started on {was.get('folder')})")
+    if "teacher_sha256" in saved and "teacher_sha256" in now and saved["teacher_sha256"] != now["teacher_sha256"]:
+        changed.append(f"the teacher file {_teacher_label(prep)} changed since it started (sha256 "
+                       f"{saved['teacher_sha256'][:12]}... then, {now['teacher_sha256'][:12]}... now)")
+    if changed:
+        raise CheckpointError(f"cannot resume {prep.run_dir / LAST}: {'; '.join(changed)}. A run continues on "
+                              f"what it started with: restore it, or start a new run (another name= or out_dir=)")
+
+
+def _teacher_label(prep: "Prepared") -> str:
+    if prep.teacher.kind == ARCH:
+        return str(cached_teacher(teacher_config(prep.cfg, prep.teacher_arch, prep.data_options)))
+    return str(prep.cfg.teacher)
 
 
 def _init_arch(init: student_init.InitSpec, teacher_arch: Optional[str]) -> Optional[str]:
@@ -258,20 +360,22 @@ def _inherit_source(prep: Prepared) -> nn.Module:
         raise ConfigError(f"init: {e}") from None
 
 
-def teacher_config(cfg: RunConfig, arch: str) -> RunConfig:
+def teacher_config(cfg: RunConfig, arch: str, options: Optional[dict] = None) -> RunConfig:
     """The CE run that trains (and caches) a teacher of ``arch`` under the student's data and
     training protocol (:data:`TEACHER_INHERITS`; with ``teacher_data=all`` on every training image
-    of the student's classes, and with the dataset source resolved). Its folder is named by the hash of that
-    config, with the dataset root resolved, so any change trains (and caches) another teacher."""
+    of the student's classes). The data is the student's, resolved (:func:`workbench.data.identity`
+    on ``options``, default ``cfg.dataset_options()``): the folder it is read from as ``data_root``
+    and the source, never "auto". Its folder is named by the hash of that config (with the data's
+    fingerprint, :mod:`workbench.naming`), so any change trains (and caches) another teacher."""
     inherited = {k: getattr(cfg, k) for k in TEACHER_INHERITS}
     if cfg.teacher_data == "all":  # every training image of the student's classes
         inherited["train_per_class"] = None
+    where = data.identity(cfg.dataset, **(cfg.dataset_options() if options is None else options))
     if "source" in data.option_names(cfg.dataset):  # the resolved source (embedded | full), never "auto"
-        inherited["data_source"] = data.info(cfg.dataset, **cfg.dataset_options()).source
-    root = data.resolved_root(cfg.dataset, cfg.data_root or None)
+        inherited["data_source"] = where.source
     return RunConfig(**inherited).replace(
         method="ce", student=arch, teacher="none", epochs=cfg.teacher_epochs or cfg.epochs, seed=TEACHER_SEED,
-        probe_every=0, data_root=str(root.resolve()) if root is not None else "",
+        probe_every=0, data_root=where.folder,
         out_dir=str(Path(cfg.out_dir or paths.runs_root()) / TEACHERS_DIR), resume=True)
 
 
@@ -281,7 +385,7 @@ def _teacher_file(prep: Prepared) -> Optional[Path]:
     if prep.teacher.is_file:
         return prep.teacher.path
     if prep.teacher.kind == ARCH:
-        return cached_teacher(teacher_config(prep.cfg, prep.teacher_arch))
+        return cached_teacher(teacher_config(prep.cfg, prep.teacher_arch, prep.data_options))
     return None
 
 
@@ -333,18 +437,20 @@ def build_student(prep: Prepared, teacher: Optional[nn.Module] = None, device=No
         return student, []
     source = teacher if prep.init.from_teacher else _inherit_source(prep)
     label = f"teacher {cfg.teacher}" if prep.init.from_teacher else prep.init.path
-    plain = data.training_split(cfg.dataset, {**cfg.dataset_options(), "augment": False}, cfg.val_per_class,
-                                cfg.val_seed)  # the images the run trains on (never the validation split)
+    plain = data.training_split(cfg.dataset, {**(prep.data_options or cfg.dataset_options()), "augment": False},
+                                cfg.val_per_class, cfg.val_seed)  # the images the run trains on (never the validation split)
     record = student_init.inherit_student(student, source, plain, cfg, device or torch.device("cpu"),
                                           label, prep.init_arch)
     return student.train(), [record]
 
 
-def run_datasets(cfg: RunConfig):
+def run_datasets(cfg: RunConfig, options: Optional[dict] = None):
     """``(train, evaluation)``: the training split minus the validation split (``val_per_class``)
     and what the run evaluates on (``eval_on``: the test split, or the validation split -- the
-    test set is then not built)."""
-    return data.splits(cfg.dataset, cfg.dataset_options(), cfg.val_per_class, cfg.val_seed, cfg.eval_on)
+    test set is then not built). ``options``: the dataset options (default ``cfg.dataset_options()``;
+    a resumed run passes its pinned ones, :func:`data_options`)."""
+    return data.splits(cfg.dataset, options if options is not None else cfg.dataset_options(),
+                       cfg.val_per_class, cfg.val_seed, cfg.eval_on)
 
 
 def load_teacher(prep: Prepared, log=print, progress=None) -> Optional[nn.Module]:
@@ -353,15 +459,30 @@ def load_teacher(prep: Prepared, log=print, progress=None) -> Optional[nn.Module
         return None
     path = _teacher_file(prep)
     if prep.teacher.kind == ARCH:
-        tcfg = teacher_config(cfg, prep.teacher_arch)
+        tcfg = teacher_config(cfg, prep.teacher_arch, prep.data_options)
         if path is None:
             log(f"[workbench] training teacher {prep.teacher_arch} on {cfg.dataset} for {tcfg.epochs} epochs "
                 f"(cached in {tcfg.run_dir()})")
-            run(tcfg, log=log, progress=progress, title=f"teacher {prep.teacher_arch}")
+            try:
+                run(tcfg, log=log, progress=progress, title=f"teacher {prep.teacher_arch}")
+            except RunLockedError:
+                raise RunLockedError(_teacher_in_training(tcfg)) from None
             path = cached_teacher(tcfg)
+            prep.provenance = provenance(prep, path)  # the teacher exists now: its hash is recorded, checked
+            check_provenance(prep)
         else:
             log(f"[workbench] using cached teacher {path}")
     return _teacher_model(prep, path)
+
+
+def _teacher_in_training(tcfg: RunConfig) -> str:
+    """Two runs need the same uncached teacher: the second one is told who trains it and what to do."""
+    tdir = tcfg.run_dir()
+    pid = holder_pid(tdir / LOCK_FILE)
+    who = f"process {pid}" if pid else "another process"
+    return (f"teacher: the cached teacher {tdir} is in use by {who}, which is training it for this data and "
+            f"protocol. Wait for it to finish and rerun this command (it will then use the cached teacher), or "
+            f"point teacher= at a teacher checkpoint file")
 
 
 def default_callbacks(cfg: RunConfig, info: data.DatasetInfo) -> list:
@@ -371,7 +492,7 @@ def default_callbacks(cfg: RunConfig, info: data.DatasetInfo) -> list:
     if cfg.probe_every <= 0:
         return []
     cbs = [probes.GapProbe(every=cfg.probe_every), probes.DiscriminabilityProbe(every=cfg.probe_every)]
-    target = transfer_target(cfg)
+    target = transfer_target(cfg, info)
     if target is not None:
         name, options = target
         try:
@@ -392,8 +513,9 @@ def _target_holdout(cfg: RunConfig) -> dict:
     return dict(holdout=(cfg.val_per_class, cfg.val_seed))
 
 
-def transfer_target(cfg: RunConfig) -> Optional[tuple[str, dict]]:
-    """(dataset, options) of the transferability probe's target, or None."""
+def transfer_target(cfg: RunConfig, info: Optional[data.DatasetInfo] = None) -> Optional[tuple[str, dict]]:
+    """(dataset, options) of the transferability probe's target, or None. ``info``: the run's
+    dataset info (its resolved, possibly pinned, source is the target's too)."""
     if cfg.transfer == "none":
         return None
     if cfg.transfer != "auto":
@@ -404,7 +526,7 @@ def transfer_target(cfg: RunConfig) -> Optional[tuple[str, dict]]:
         source = set(int(c) for c in cfg.source_classes.split(","))
         rest = tuple(c for c in range(full.num_classes) if c not in source)
         if "source" in opts:  # the target comes from the same files as the source classes
-            opts["source"] = full.source
+            opts["source"] = info.source if info is not None and info.source else full.source
         return (cfg.dataset, dict(opts, classes=rest, augment=False)) if rest else None
     if cfg.dataset == "cifar100":
         return "cifar10", {"download": False, **({"root": cfg.data_root} if cfg.data_root else {})}
@@ -453,12 +575,22 @@ def run(cfg: RunConfig | dict, callbacks: Optional[list] = None, log=print,
         cfg = RunConfig.from_dict(cfg)
     from .engine import distributed as dist
 
-    dist.init_from_env()
+    dist.init_from_env(cfg.dist_timeout)
+    with preempt.watch():  # a stop signal from here on: the trainer checkpoints and raises Preempted
+        try:
+            return _run(cfg, callbacks, log, extra_callbacks, progress, title)
+        except RuntimeError as e:
+            if dist.is_lost_peer(e):  # a rank stopped answering: name it, in one line
+                raise dist.lost_rank_error(e) from None
+            raise
+
+
+def _run(cfg: RunConfig, callbacks, log, extra_callbacks, progress, title) -> RunResult:
     prep = prepare(cfg)
     with run_lock(prep.run_dir):  # held from before the teacher phase to the end
         resume_checkpoint(prep.run_dir, cfg)  # again, now that nobody else can change the folder
         teacher = load_teacher(prep, log, progress)
-        train_set, eval_set = run_datasets(cfg)
+        train_set, eval_set = run_datasets(cfg, prep.data_options)
         seed_everything(cfg.seed)  # initial weights (and GPD's IR noise) depend on the seed only
         student, init_records = build_student(prep, teacher, _run_device(cfg))
         example = torch.stack([train_set[i][0] for i in range(min(2, len(train_set)))])
@@ -468,7 +600,8 @@ def run(cfg: RunConfig | dict, callbacks: Optional[list] = None, log=print,
             callbacks = default_callbacks(cfg, prep.info)
         callbacks = list(callbacks) + list(extra_callbacks or []) + [InitRecords(init_records)]
         trainer = Trainer(cfg, method, train_set, eval_set, prep.run_dir, callbacks, log=log,
-                          num_classes=prep.info.num_classes, progress=progress, title=title or phase_title(cfg, prep.teacher_arch))
+                          num_classes=prep.info.num_classes, progress=progress,
+                          title=title or phase_title(cfg, prep.teacher_arch), provenance=prep.provenance)
         summary = trainer.fit()
         records = read_metrics(prep.run_dir) if (prep.run_dir / "metrics.jsonl").exists() else []
     return RunResult(prep.run_dir, summary, records)

@@ -22,7 +22,7 @@ AUTO, NO_BASE = "auto", "none"
 # out of the config comparison on resume and out of the default run name's hash.
 RUNTIME_KEYS = frozenset({"device", "workers", "progress", "resume", "out_dir", "name", "probe_every",
                           "probe_samples", "transfer", "eval_batch_size", "compile", "preset",
-                          "device_data", "cache_teacher", "download", "log"})
+                          "device_data", "cache_teacher", "download", "log", "dist_timeout"})
 #: ``log=``: where a run's records also go (besides ``metrics.jsonl``, the source of truth)
 TRACKERS = ("none", "tensorboard", "wandb")
 #: words the boolean parser accepts (CLI, notebooks and papermill alike)

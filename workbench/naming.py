@@ -6,9 +6,11 @@ while rerunning the same command finds its folder again (resume).
 ``digits_resnet8x4-resnet8_gpd-dkd_s0-1f2e3d4c``. The teacher part is the *resolved*
 architecture (a checkpoint file is named by the architecture it holds, not by its file name).
 The hash covers the config minus the runtime keys (:data:`workbench.config.RUNTIME_KEYS`) and
-minus every key left at its default, with ``base`` resolved, the dataset root resolved
-(``data_root=`` / ``$WORKBENCH_DATA`` / default), and the teacher keys dropped when no teacher is
-used. Leaving defaults out means a later version that adds keys (a new method's options) names
+minus every key left at its default, with ``base`` resolved, the data resolved the same way for
+every dataset (:func:`workbench.data.identity`: the folder it is read from -- ``data_root=`` /
+``$WORKBENCH_DATA`` / default, fashion_mnist's full files where they are found, none for data
+that is not read from a folder -- and imagefolder's file-list fingerprint), and the teacher keys
+dropped when no teacher is used. Leaving defaults out means a later version that adds keys (a new method's options) names
 the same command's run folder, and its cached teacher, as before, so an upgrade resumes instead
 of silently starting over; a default whose value changed is caught by the resume check, which
 compares every recorded value (:func:`workbench.engine.resume.config_diff`).
@@ -49,8 +51,10 @@ def identity(cfg) -> dict:
     defaults = _defaults(type(cfg))
     d = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS and not (k in defaults and defaults[k] == v)}
     d["base"] = cfg.resolved_base
-    root = data.resolved_root(cfg.dataset, cfg.data_root or None)
-    d["data_root"] = str(root.resolve()) if root is not None else ""
+    where = data.identity(cfg.dataset, **cfg.dataset_options())
+    d["data_root"] = where.folder
+    if where.fingerprint:
+        d["data_fingerprint"] = where.fingerprint
     if cfg.loads_teacher:
         try:
             d.update(references.teacher_ref(cfg.teacher, cfg.teacher_arch, cfg.student, check=False).identity())

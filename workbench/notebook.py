@@ -14,20 +14,21 @@ Guarantees:
 - ``preset="auto"`` on ``dataset="digits"``: every parameter still at its notebook default takes
   the measured CPU demo value (:mod:`workbench.presets`, ``digits/demo/...``); parameters the
   caller changed always win. Other presets are applied the same way.
-- A name passed with ``papermill -p`` that is not a parameter of the notebook stops the
-  validation cell with one line and a did-you-mean (:func:`params_from` reads the names of
-  papermill's injected-parameters cell from the kernel's input history).
+- A name passed with ``papermill -p`` or typed in the parameters cell in JupyterLab that is not
+  a parameter of the notebook (``epoch = 5``) stops the validation cell with one line and a
+  did-you-mean (:func:`params_from` reads the names the parameters cell, papermill's injected
+  cell and any ``name = value``-only cell just above assigned from the kernel's input history).
 - Failures while training (a run folder in use, a refused resume, divergence, Ctrl-C) are
   shown as one line too (:class:`RunError`).
 """
 from .engine.callbacks import ROLE_LABELS, role_label  # noqa: F401
 from .nb.errors import OneLine, ParameterError, RunError  # noqa: F401
-from .nb.explorer import TOP1, Explorer, find_runs, runs_table  # noqa: F401
+from .nb.explorer import TOP1, Explorer, find_runs, run_config, run_labels, run_state, runs_table, training  # noqa: F401
 from .nb.figures import feature_map_figure, init_plotly, method_feature_maps  # noqa: F401
 from .nb.params import (  # noqa: F401
     ALL_RUN_KEYS, AUTO, COMPARE_METHODS, EMBED_METHODS, INJECTED_HEADER, MIN_EMBED_POINTS, NOTEBOOK_CHECKS,
     NOTEBOOK_ONLY, OVERRIDES, PARAMETERS, config_default, defaults, every_other_run_key, injected_names,
-    papermill_help, params_from,
+    papermill_help, parameters_cell_names, params_from,
 )
 from .nb.progress import LiveGapFigure, NotebookProgress  # noqa: F401
 from .nb.run import (CaptureModels, LiveCurves, check_student, eval_set, in_kernel, live_figure,  # noqa: F401
@@ -40,6 +41,6 @@ from .nb.sweep import (  # noqa: F401
     NotebookSweepMonitor, first_students, plan_compare, results_table, run_sweep, sweep_records,
 )
 from .nb.study import mean_curves, study_disc_transfer, study_root, study_runs  # noqa: F401
-from .nb.summary import Headline, gap_sentence, gap_summary, headline, outcome  # noqa: F401
+from .nb.summary import Headline, gap_sentence, gap_summary, gap_takeaway, headline, outcome  # noqa: F401
 from .nb.tables import Table, Tables, accuracy_table, compare_table, final_table, gap_table  # noqa: F401
 from .nb.teaching import EQUAL_LOGITS, max_logit_diff, param_count, surgery_table  # noqa: F401

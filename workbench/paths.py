@@ -22,3 +22,18 @@ def data_root() -> Path:
 
 def runs_root() -> Path:
     return Path(os.environ.get("WORKBENCH_RUNS", project_root() / "runs"))
+
+
+def shown(path) -> str:
+    """``path`` as messages show it: relative to the current folder when it lies under it or
+    under the checkout (``datasets/cifar-100-python``, ``../datasets/...`` from notebooks/),
+    else as given."""
+    p = Path(path)
+    try:
+        absolute = p.resolve()
+        for base in (Path.cwd().resolve(), project_root().resolve()):
+            if absolute == base or base in absolute.parents:
+                return os.path.relpath(absolute, Path.cwd().resolve())
+    except (OSError, ValueError):
+        pass
+    return str(p)

@@ -39,7 +39,9 @@ from __future__ import annotations
 from .methods.dkd import CTKD_DKD_WARMUP_EPOCHS
 from .methods.gpd import GPD_AMP, GPD_GRAD_CLIP
 from .student_init import INHERIT
-from .registry import unknown_choice
+from .registry import unknown_among_many
+
+LIST_COMMAND = "`python -m workbench presets`"  # lists every preset, one line each
 
 #: mdistiller configs/cifar100/dkd/*.yaml: SOLVER.LR per student kind, default DKD.BETA
 CIFAR_LR, CIFAR_LIGHT_STUDENT_LR = 0.05, 0.01
@@ -248,7 +250,7 @@ PRESETS = _build()
 
 def get_preset(name: str) -> dict:
     if name not in PRESETS:
-        raise ValueError(unknown_choice("preset", name, sorted(PRESETS)))
+        raise ValueError(unknown_among_many("preset", name, sorted(PRESETS), LIST_COMMAND))
     return dict(PRESETS[name])
 
 

@@ -70,3 +70,16 @@ def unknown_choice(kind: str, value: object, choices: list[str]) -> str:
     if close:
         msg += f" (did you mean {close[0]!r}?)"
     return msg
+
+
+def did_you_mean(value: object, choices: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to ``value``, or ``""``."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_among_many(kind: str, value: object, choices: list[str], listed_by: str) -> str:
+    """The wording for a bad name among many (presets, notebook parameters): the closest valid
+    one and where the whole list is, instead of all of them on one line (which buried the
+    did-you-mean)."""
+    return f"unknown {kind} {value!r}{did_you_mean(value, choices)}; {listed_by} lists all {len(choices)} {kind}s"

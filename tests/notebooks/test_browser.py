@@ -52,9 +52,10 @@ def workdir(tmp_path):
     from workbench import experiment
 
     runs = tmp_path / "runs"
-    experiment.run(dict(dataset="digits", method="gpd", base="none", teacher="none", student="resnet8",
-                        train_per_class=5, epochs=2, batch_size=32, eval_batch_size=512, probe_samples=100,
-                        progress=False, out_dir=str(runs), name="tiny_gpd"), log=lambda *_: None)
+    for epochs in (2, 3):  # one recipe, two epoch counts: same readable name, different settings hash
+        experiment.run(dict(dataset="digits", method="gpd", base="none", teacher="none", student="resnet8",
+                            train_per_class=5, epochs=epochs, batch_size=32, eval_batch_size=512, probe_samples=100,
+                            progress=False, out_dir=str(runs)), log=lambda *_: None)
     nbdir = tmp_path / "nb"
     nbdir.mkdir()
     pm.execute_notebook(str(ROOT / "notebooks" / "explore.ipynb"), str(nbdir / "explore.ipynb"),
@@ -111,6 +112,8 @@ def _need_chromium():
 
 
 def test_explore_renders_widgets_and_plotly_in_chromium(workdir, tmp_path):
+    """The explorer in JupyterLab: widgets and figure drawn; the two runs of one recipe are listed
+    by what differs (epochs=2 / epochs=3), not by their settings hash (issue 29 item 9)."""
     sync_api = _need_chromium()
     with jupyter_lab(workdir, tmp_path / "lab.log") as lab, \
             lab_notebook_run_all(sync_api, lab, "explore.ipynb", tmp_path / "chromium-profile") as page:
@@ -121,6 +124,8 @@ def test_explore_renders_widgets_and_plotly_in_chromium(workdir, tmp_path):
             page.wait_for_timeout(1500)  # let the figure settle before the screenshot
             n_plots = page.locator(".js-plotly-plot").count()
             curves = page.locator(".js-plotly-plot .scatterlayer .trace").count()
+            listed = [t.replace("\xa0", " ") for t in page.locator(".widget-select-multiple option").all_text_contents()]
+            refresh = page.locator("button", has_text="refresh").count()
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
             page.screenshot(path=str(SCREENSHOT), full_page=False)
@@ -130,41 +135,101 @@ def test_explore_renders_widgets_and_plotly_in_chromium(workdir, tmp_path):
             raise
     assert n_plots >= 1
     assert curves >= 1  # the explorer's gap curves of the tiny run were drawn
+    assert sorted(listed) == ["digits_resnet8_gpd_s0 (epochs=2)", "digits_resnet8_gpd_s0 (epochs=3)"], listed
+    assert refresh == 1
     assert SCREENSHOT.stat().st_size > 10_000
 
 
-REPORT_SCREENSHOT = ROOT / "runs" / "browser" / "report.png"
+REPORT_SHOTS = ROOT / "runs" / "browser"
+LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
+FIGURE_CHECK_MS = 3000  # > the report's own check after load (report.CHECK_AFTER_LOAD_MS)
 
 
-def test_html_report_draws_every_figure_offline_in_chromium(tmp_path):
-    """The report of an executed gpd.ipynb (python -m workbench.nb.report) opened from disk, no
-    network: every figure is drawn by the one plotly.min.js beside it."""
-    sync_api = _need_chromium()
+@pytest.fixture(scope="module")
+def demo_report(tmp_path_factory):
+    """The report of gpd.ipynb on the demo's data (embedded Fashion-MNIST, its auto preset and
+    shipped teacher), 2 epochs: no transferability target, as in `make demo`."""
     pm = pytest.importorskip("papermill")
     from workbench.nb.report import write_report
 
-    executed = tmp_path / "gpd.ipynb"
+    tmp = tmp_path_factory.mktemp("report")
+    executed = tmp / "gpd.ipynb"
     pm.execute_notebook(str(ROOT / "notebooks" / "gpd.ipynb"), str(executed), progress_bar=False,
                         kernel_name="python3", cwd=str(ROOT),
-                        parameters=dict(dataset="digits", epochs=2, teacher_epochs=1, teacher="resnet8",
-                                        embed_method="pca", embed_points=40, train_per_class=5, progress=True,
-                                        out_dir=str(tmp_path / "runs")))
-    report = write_report(executed, tmp_path / "report" / "gpd.html")
-    expected = report.read_text().count("Plotly.newPlot")
+                        parameters=dict(dataset="fashion_mnist", epochs=2, embed_method="pca", embed_points=200,
+                                        train_per_class=10, out_dir=str(tmp / "runs")))
+    return write_report(executed, tmp / "made" / "gpd.html")
+
+
+def _open_offline(sync_api, page_file: Path, shots: list[tuple[str, str]]):
+    """Open ``page_file`` in Chromium with every non-local request refused (and recorded); returns
+    (requests refused, figures, figures drawn, error notes shown) and saves screenshots of the
+    elements ``shots`` = [(css selector, file name)]."""
+    refused = []
+
+    def offline(route):
+        if route.request.url.startswith(LOCAL_SCHEMES):
+            return route.continue_()
+        refused.append(route.request.url)
+        return route.abort()
+
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1400})
-            page.route("http*://**", lambda route: route.abort())  # offline: nothing from the network
-            page.goto(report.as_uri())
-            page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {expected}",
-                                   timeout=RENDER_TIMEOUT_MS)
-            drawn = page.evaluate("document.querySelectorAll('.js-plotly-plot').length")
-            REPORT_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(REPORT_SCREENSHOT), full_page=False)
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.route("**/*", offline)
+            page.goto(page_file.as_uri(), wait_until="load")
+            page.wait_for_timeout(FIGURE_CHECK_MS)
+            figures = page.locator(".plotly-graph-div").count()
+            drawn = page.evaluate("[...document.querySelectorAll('.plotly-graph-div')]"
+                                  ".filter(d => d.querySelector('.main-svg')).length")
+            notes = page.locator(".wb-figure-error").filter(visible=True).count()
+            REPORT_SHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(REPORT_SHOTS / shots[0][1]))  # the first screen
+            for selector, name in shots[1:]:
+                element = page.locator(selector).first
+                element.scroll_into_view_if_needed()
+                element.screenshot(path=str(REPORT_SHOTS / name))
         finally:
             browser.close()
-    assert drawn == expected >= 4  # gap curves, top-1, disc/transfer, feature maps
+    return refused, figures, drawn, notes
+
+
+def test_html_report_alone_draws_every_figure_offline_in_chromium(demo_report, tmp_path):
+    """Issue 29 item 3: the report copied alone into an empty folder, every network request
+    refused: every figure draws (its plotly SVG is there), nothing is even requested, no error
+    note. Screenshots: runs/browser/report_*.png."""
+    sync_api = _need_chromium()
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(demo_report, alone / "gpd.html")
+    expected = (alone / "gpd.html").read_text().count("Plotly.newPlot")
+    refused, figures, drawn, notes = _open_offline(sync_api, alone / "gpd.html", [
+        ("body", "report_top.png"),
+        (".plotly-graph-div >> nth=2", "report_disc_transfer.png"),
+        (".plotly-graph-div >> nth=3", "report_feature_maps.png"),
+        (".wb-live-gaps", "report_live_chart.png"),
+    ])
+    assert refused == []
+    assert figures == drawn == expected >= 4  # gap curves, top-1, disc/transfer, feature maps
+    assert notes == 0
+
+
+def test_html_report_says_so_when_a_figure_cannot_draw(demo_report, tmp_path):
+    """A report whose plotly.js is gone (here: cut out) shows a visible line per figure instead
+    of blank space."""
+    import re
+
+    sync_api = _need_chromium()
+    page = demo_report.read_text()
+    broken = re.sub(r"<script>/\*\*\n\* plotly\.js.*?</script>", "", page, count=1, flags=re.S)
+    assert len(broken) < len(page) - 1_000_000
+    (tmp_path / "broken.html").write_text(broken)
+    refused, figures, drawn, notes = _open_offline(sync_api, tmp_path / "broken.html",
+                                                   [("body", "report_broken_top.png"),
+                                                    (".wb-figure-error", "report_broken_note.png")])
+    assert refused == [] and drawn == 0 and figures >= 4
+    assert notes == figures  # one visible note per figure
 
 
 LAB_SCREENSHOT = ROOT / "runs" / "browser" / "gpd_progress.png"

@@ -1,5 +1,6 @@
 """workbench.notebook: parameter checks, the digits auto preset, tables, live curves (no kernels)."""
 import math
+from pathlib import Path
 
 import pytest
 
@@ -181,6 +182,41 @@ def test_unknown_papermill_name_stops_with_did_you_mean():
     assert nb.injected_names({"In": ["x = 1"]}) == []  # interactive session: nothing injected, nothing checked
 
 
+def _parameters_cell(notebook: str, extra: str = "") -> str:
+    """The committed notebook's parameters cell source, with ``extra`` lines typed into it."""
+    import nbformat
+
+    path = Path(__file__).resolve().parents[2] / "notebooks" / f"{notebook}.ipynb"
+    cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    return cell.source + extra
+
+
+VALIDATION_CELL = 'setup = nb.setup(nb.params_from(globals(), "gpd"), nb.defaults("gpd"))\n'
+
+
+def test_unknown_name_typed_in_the_parameters_cell_stops_with_did_you_mean():
+    """Issue 29 item 7: `epoch = 5` typed in Lab's parameters cell was ignored (20 epochs ran)."""
+    typed = dict(nb.defaults("gpd"), epoch=5)
+    lab = dict(typed, In=["", _parameters_cell("gpd", "\nepoch = 5\n"), VALIDATION_CELL])
+    with pytest.raises(nb.ParameterError) as e:
+        nb.params_from(lab, "gpd")
+    msg = str(e.value)
+    assert msg.startswith("parameters cell: epoch = ...: unknown gpd.ipynb parameter 'epoch' (did you mean 'epochs'?)"), msg
+    assert f"the parameters cell lists all {len(nb.defaults('gpd'))}" in msg and "kd_T" not in msg, msg
+    # a cell of assignments added under the parameters cell counts too; the cell running is not one
+    below = dict(typed, In=["", _parameters_cell("gpd"), "epoch = 5", VALIDATION_CELL])
+    with pytest.raises(nb.ParameterError, match="did you mean 'epochs'"):
+        nb.params_from(below, "gpd")
+    # a few parameters (teaching): the line lists them all
+    with pytest.raises(nb.ParameterError, match=r"unknown teaching.ipynb parameter 'epoch'; valid choices: epochs, .*did you mean 'epochs'"):
+        nb.params_from(dict(nb.defaults("teaching"), In=["", _parameters_cell("teaching", "\nepoch = 5"), "x"]), "teaching")
+    # the parameters cell as committed, or any other cell before the validation: nothing to object to
+    assert nb.params_from(dict(nb.defaults("gpd"), In=["", _parameters_cell("gpd"), VALIDATION_CELL]), "gpd")
+    assert nb.parameters_cell_names({"In": ["", "import torch\nx = 1", VALIDATION_CELL]}) == []
+    assert nb.parameters_cell_names({"In": ["", "epoch = 5", "print(epoch)", VALIDATION_CELL]}) == []
+    assert nb.parameters_cell_names({"In": ["", "a = 1  # note\nb: int = 2", "c = 3", VALIDATION_CELL]}) == ["a", "b", "c"]
+
+
 def _teacher_file(tmp_path, num_classes):
     import torch
 
@@ -280,19 +316,106 @@ def _progress_with_fake_display(monkeypatch):
     return progress.NotebookProgress(), shown
 
 
-def test_notebook_progress_counts_a_resumed_phase_from_its_start(monkeypatch):
+def test_notebook_progress_of_a_resumed_phase_counts_the_epochs_done_before(monkeypatch):
+    """Issue 29 item 8: a run resumed at epoch 7 of 10 restarted its bar at 0 (then 5 %); it
+    starts at 60 %, and the epoch is said once ("epoch 4/30 · epoch 4/30" before)."""
     p, shown = _progress_with_fake_display(monkeypatch)
-    p.phase("kd: resnet20 -> resnet8", epochs=10, start=7)  # resumed: epochs 7..10 to do
+    p.phase("kd: resnet20 -> resnet8", epochs=10, start=7)  # resumed: epochs 1..6 done before
+    assert p.fraction() == pytest.approx(0.6) and "60%" in shown[-1]["text/html"]
     for epoch in (7, 8):
         for i in p.bar(range(4), f"epoch {epoch}/10", 4, epoch=epoch):
             if epoch == 8 and i == 1:
-                assert p.fraction() == 1 / 4 + 1 / 4 * 1 / 4  # 1 epoch done + 1 of 4 steps (exact in binary)
+                assert p.fraction() == pytest.approx((6 + 1 + 1 / 4) / 10)  # 6 before + 1 done + 1 of 4 steps
+                state = p.status()[0]
+                assert state.count("epoch 8/10") == 1 and "epoch 8/10 · train step 1/4" in state, state
         p.line(f"epoch {epoch}/10 ...")
-    assert p.fraction() == 0.5
+    assert p.fraction() == pytest.approx(0.8)
     p.close()  # stopped early (an error, Ctrl-C): the saved record says so
     text = shown[-1]["text/plain"]
     assert text.startswith("kd: resnet20 -> resnet8 | stopped at epoch 8/10") and "epoch 8/10 ..." in text
     assert "<progress" in shown[-1]["text/html"]
+
+
+def test_notebook_progress_eta_is_this_sessions_pace(monkeypatch):
+    import workbench.nb.progress as progress
+
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    p, _ = _progress_with_fake_display(monkeypatch)
+    p.phase("kd", epochs=10, start=7)
+    assert p.eta() is None
+    now[0] += 30.0
+    p.line("epoch 7/10 ...")  # 30 s per epoch here; 3 epochs left (not 9)
+    assert p.eta() == pytest.approx(90.0) and "ETA 1:30" in p.status()[0]
+
+
+def test_notebook_progress_echoes_headers_and_epoch_lines_with_eta_to_the_terminal(monkeypatch):
+    import workbench.nb.progress as progress
+
+    lines = []
+    monkeypatch.setattr(progress, "_display", lambda obj, handle=None: "handle")
+    p = progress.NotebookProgress(echo=lines.append)
+    p.phase("gpd (base dkd): resnet20 -> resnet8", epochs=2)
+    for epoch in (1, 2):
+        list(p.bar(range(3), f"epoch {epoch}/2", 3, epoch=epoch))
+        p.line(f"epoch {epoch}/2  loss 1.0")
+    p.close()
+    assert lines[0] == "== gpd (base dkd): resnet20 -> resnet8: epochs 1..2 =="
+    assert lines[1].startswith("epoch 1/2  loss 1.0  | elapsed ") and "ETA" in lines[1], lines
+    assert lines[2].startswith("epoch 2/2  loss 1.0  | elapsed ") and lines[2].endswith("done"), lines
+    assert len(lines) == 3  # no per-step chatter
+
+
+@pytest.mark.parametrize("value, on", [("1", True), ("yes", True), ("", False), ("0", False), ("off", False)])
+def test_terminal_echo_only_when_asked(monkeypatch, value, on):
+    import workbench.nb.progress as progress
+
+    monkeypatch.setenv(progress.ECHO_ENV, value)
+    assert (progress.terminal_echo() is not None) == on
+
+
+def test_terminal_echo_writes_to_the_real_stderr_not_the_notebook(monkeypatch, tmp_path):
+    import os
+
+    import workbench.nb.progress as progress
+
+    target = tmp_path / "terminal.txt"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT)
+
+    class KernelStream:  # ipykernel's OutStream: fileno() is a copy of the original descriptor
+        def fileno(self):
+            return fd
+
+        def write(self, text):  # would go to the notebook
+            raise AssertionError("written into the notebook stream")
+
+    monkeypatch.setenv(progress.ECHO_ENV, "1")
+    monkeypatch.setattr(progress.sys, "stderr", KernelStream())
+    progress.terminal_echo()("epoch 1/2 ...")
+    os.close(fd)
+    assert target.read_text() == "epoch 1/2 ...\n"
+
+
+@pytest.mark.parametrize("values, ticks", [
+    ([-0.8, 8.2], [-2.5, 0, 2.5, 5, 7.5, 10]),
+    ([0.0, 14.7], [0, 5, 10, 15]),
+    ([-3.3, -0.4], [-4, -3, -2, -1, 0]),
+])
+def test_live_chart_has_round_ticks_and_a_zero_line(values, ticks):
+    """Issue 29 item 8: the live chart's y ticks were the range cut in four (3.7, 7.4, ...) and
+    no zero line marked where a gap changes sign."""
+    import re
+
+    from workbench.nb.progress import svg_chart
+
+    page = svg_chart({"T_d-S": [(e, v) for e, v in enumerate(values)]}, epochs=30)
+    labels = [float(t) for t in re.findall(r'text-anchor="end">(-?[0-9.]+)</text>', page)]
+    assert labels == ticks
+    assert page.count("wb-zero-line") == 1
+    xs = [int(t) for t in re.findall(r'text-anchor="middle">(\d+)</text>', page)]
+    assert xs == [0, 10, 20, 30]
+    assert [int(t) for t in re.findall(r'text-anchor="middle">(\d+)</text>', svg_chart({"a": [(0, 1.0)]}, epochs=21))] \
+        == [0, 10, 21]  # the last epoch labelled, the round tick crowding it (20) left out
 
 
 def test_run_failure_in_a_notebook_is_one_line_with_the_traceback_collapsed_above(monkeypatch, fast_cfg):
@@ -344,9 +467,75 @@ def test_explorer_axis_titles_say_meaning_and_unit(tmp_path):
     _gap_run(tmp_path / "b")
     ex = nb.Explorer(tmp_path)
     assert ex.fig.layout.yaxis.title.text == "top-1 gap (percentage points)"
-    assert ex.fig.layout.xaxis.title.text == "epoch"
+    assert ex.fig.layout.xaxis.title.text == "epoch" and ex.fig.layout.xaxis.dtick == 1  # 2 epochs: no 0.5 ticks
     ex.metric.value = "top1"
     assert ex.fig.layout.yaxis.title.text == "top-1 (%)"
+
+
+def _configured_run(path, offset=0.0, **config):
+    import json
+
+    from workbench.config import RunConfig
+
+    _gap_run(path, offset)
+    (path / "config.json").write_text(json.dumps(dict(RunConfig.from_dict(dict(dataset="digits")).to_dict(), **config)))
+
+
+def test_runs_differing_only_by_their_hash_are_named_by_what_differs(tmp_path):
+    """Issue 29 item 9: two runs of one recipe (here 20 vs 30 epochs; a GPD and a KD run's
+    method keys) were told apart only by the settings hash in lists and legends."""
+    stem = "digits_resnet8-resnet8_gpd-dkd_s0"
+    _configured_run(tmp_path / f"{stem}-0a1b2c3d", epochs=20, out_dir="x")
+    _configured_run(tmp_path / f"{stem}-4e5f6a7b", 1.0, epochs=30, out_dir="y")  # out_dir: runtime, not shown
+    _configured_run(tmp_path / "digits_resnet8_kd_s0-11111111", method="kd", grad_clip=None)
+    _configured_run(tmp_path / "digits_resnet8_kd_s0-22222222", method="kd", grad_clip=5.0, lr=0.1)
+    labels = nb.run_labels(nb.find_runs(tmp_path))
+    assert labels[f"{stem}-0a1b2c3d"] == f"{stem} (epochs=20)" and labels[f"{stem}-4e5f6a7b"] == f"{stem} (epochs=30)"
+    assert labels["digits_resnet8_kd_s0-11111111"] == "digits_resnet8_kd_s0 (grad_clip=None, lr=0.05)"
+    assert labels["digits_resnet8_kd_s0-22222222"] == "digits_resnet8_kd_s0 (grad_clip=5.0, lr=0.1)"
+    ex = nb.Explorer(tmp_path, selected=[f"{stem}-0a1b2c3d", f"{stem}-4e5f6a7b"])
+    assert set(ex.series()) >= {f"T_s-S ({stem} (epochs=20))", f"T_s-S ({stem} (epochs=30))"}  # legends
+    assert [label for label, _ in ex.run_select.options if label.startswith(stem)] == [f"{stem} (epochs=20)",
+                                                                                       f"{stem} (epochs=30)"]
+    table = nb.runs_table(tmp_path).as_dicts()
+    assert {r["run"] for r in table} == set(labels.values()) and {r["epochs"] for r in table} >= {"0/20", "0/30"}  # (gap records only: no epoch trained)
+    # a lone run drops the hash (it says nothing); no config to compare: the full name stays
+    _gap_run(tmp_path / "lone_s1-33333333")
+    _gap_run(tmp_path / "twin_s1-44444444")
+    _gap_run(tmp_path / "twin_s1-55555555")
+    labels = nb.run_labels(nb.find_runs(tmp_path))
+    assert labels["lone_s1-33333333"] == "lone_s1" and labels["twin_s1-44444444"] == "twin_s1-44444444"
+
+
+def test_explorer_picks_up_runs_still_training(tmp_path):
+    """A run started (or advanced) after explore opened shows up on refresh, marked as training
+    while a live process holds its lock; follow mode stops once nothing trains."""
+    import os
+
+    from workbench.engine.lock import LOCK_FILE
+    from workbench.engine.metrics import MetricsLog
+
+    _gap_run(tmp_path / "first")
+    ex = nb.Explorer(tmp_path)
+    assert list(ex.runs) == ["first"] and ex.epoch.max == 2
+    running = tmp_path / "running"
+    _gap_run(running)
+    (running / LOCK_FILE).write_text(f"{os.getpid()}\n")  # held by a live process (this one)
+    ex.refresh()
+    assert list(ex.runs) == ["first", "running"] and ex.training() == ["running"]
+    assert dict((v, k) for k, v in ex.run_select.options)["running"] == "running [training]"
+    assert ex.run_select.value == ("first",)  # the selection is kept
+    MetricsLog(running).append([{"kind": "gap", "epoch": 3, "pair": "T_s-S", "metric": "acc_gap",
+                                                    "value": 9.0}])
+    ex.run_select.value = ("running",)
+    ex.follow.value = True
+    ex.follow.value = False  # (the thread waits FOLLOW_S before its first look; the step itself:)
+    ex.follow.value = True
+    assert ex.follow_tick() and ex.series()["T_s-S"][0][-1] == 3  # the new epoch is drawn
+    assert ex.epoch.max == 3
+    (running / LOCK_FILE).write_text("999999999\n")  # a lock left by a killed run: a dead pid
+    assert not ex.follow_tick() and ex.follow.value is False and ex.training() == []
+    assert {r["run"]: r["state"] for r in nb.runs_table(tmp_path).as_dicts()} == {"first": "stopped", "running": "stopped"}
 
 
 def test_study_helpers_group_runs_by_method_and_average_curves_over_seeds(tmp_path):
@@ -378,3 +567,13 @@ def test_study_helpers_group_runs_by_method_and_average_curves_over_seeds(tmp_pa
     names = {t.name for t in fig.data}
     assert len(fig.data) == 4 and any("ctc_transfer (mean of 2)" in n for n in names)
     assert fig.layout.yaxis.title.text == "source test top-1 (%)" and fig.layout.xaxis2.title.text == "epoch"
+
+
+@pytest.mark.parametrize("final, where", [(-1.4, "below"), (0.7, "above"), (0.0, "level with"), (-0.04, "level with")])
+def test_gap_takeaway_says_where_td_ended_from_the_numbers(final, where):
+    gaps = {"T_s-S": {"epoch 0": 80.9, "mean abs": 35.25, "final": 28.9},
+            "T_d-S": {"epoch 0": 0.0, "mean abs": 1.04, "final": final}}
+    text = nb.gap_takeaway(gaps)
+    assert text.startswith("The static gap T_s-S averaged 35.2 points and ended at +28.9; the dynamic gap T_d-S "
+                           "averaged 1.0 points in size")
+    assert text.endswith(f"T_d finished {where} the student in this run.")

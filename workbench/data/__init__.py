@@ -13,12 +13,12 @@ Missing data raises :class:`DatasetNotFoundError` saying where to put the files 
 """
 from __future__ import annotations
 
-from .base import DATASETS, DatasetInfo, DatasetNotFoundError
+from .base import DATASETS, DataIdentity, DatasetInfo, DatasetNotFoundError
 from . import cifar, digits, fashion_mnist, imagefolder, synthetic  # noqa: F401  (register themselves)
-from .catalog import available, build, check_available, info, labels, option_names, resolved_root  # noqa: F401
+from .catalog import available, build, check_available, identity, info, labels, option_names, resolved_root  # noqa: F401
 from .holdout import EVAL_SPLITS, holdout_indices, splits, training_split, validation_split  # noqa: F401
 
 
-__all__ = ["DATASETS", "DatasetInfo", "DatasetNotFoundError", "EVAL_SPLITS", "available", "build", "info",
-           "check_available", "holdout_indices", "labels", "option_names", "resolved_root", "splits",
-           "training_split", "validation_split"]
+__all__ = ["DATASETS", "DatasetInfo", "DatasetNotFoundError", "DataIdentity", "EVAL_SPLITS", "available", "build",
+           "info", "check_available", "holdout_indices", "identity", "labels", "option_names", "resolved_root",
+           "splits", "training_split", "validation_split"]

@@ -2,8 +2,10 @@
 check its files are there (every dataset module registers itself in ``base.DATASETS``)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..registry import unknown_choice
-from .base import DATASETS, SPLITS, DatasetInfo
+from .base import DATASETS, SPLITS, DataIdentity, DatasetInfo
 
 
 def available() -> list[str]:
@@ -36,6 +38,19 @@ def resolved_root(name: str, root=None):
     """The folder ``name`` is read from given ``root`` (None: the default), or None for
     datasets that are not read from a folder (digits, synthetic)."""
     return _entry(name).resolved_root(root)
+
+
+def identity(name: str, **options) -> DataIdentity:
+    """What ``name`` with ``options`` reads, resolved (:class:`DataIdentity`): the same for every
+    dataset -- ``data_root=`` if given, else the default root, with a dataset's own look-up rules
+    (fashion_mnist: where the full files are found, or the embedded subset). Never raises for
+    absent or damaged data (the up-front check reports that): it then names the folder it would read."""
+    entry = _entry(name)
+    try:
+        return entry.identity(**options)
+    except (ValueError, OSError):
+        root = entry.resolved_root(options.get("root"))
+        return DataIdentity("", str(Path(root).absolute()) if root is not None else "", "")
 
 
 def labels(dataset):

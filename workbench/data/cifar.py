@@ -15,8 +15,9 @@ from pathlib import Path
 
 from .. import paths
 from .augment import TranslateFlip
-from .base import DATASETS, DatasetEntry, DatasetInfo, not_found
+from .base import DATASETS, DatasetEntry, DatasetInfo, failure, not_found, quiet_download
 
+URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 IMAGE_SIZE = 32
 CROP_PADDING = 4
 STATS = {  # per-channel mean, std of the training images
@@ -24,6 +25,19 @@ STATS = {  # per-channel mean, std of the training images
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+# label names in label order, as the datasets' own meta files list them (batches.meta / meta)
+CLASS_NAMES = {
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    "cifar100": tuple("""
+        apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel
+        can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur
+        dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion
+        lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree
+        pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea
+        seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table
+        tank telephone television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman
+        worm""".split()),
+}
 FOLDER = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 OPTIONS = ("root", "download", "augment")
 
@@ -53,7 +67,7 @@ def problems(name: str, root: Path) -> str:
 
     folder = root / FOLDER[name]
     if not folder.is_dir():
-        return f"folder {folder} does not exist"
+        return f"no folder {paths.shown(folder)}"
     missing, damaged = [], []
     for fname, md5 in _expected_files(name):
         path = folder / fname
@@ -69,7 +83,7 @@ def problems(name: str, root: Path) -> str:
             _VERIFIED.add(key)
     parts = ([f"missing {', '.join(missing)}"] if missing else []) + \
             ([f"wrong checksum (damaged or not the original file): {', '.join(damaged)}"] if damaged else [])
-    return f"folder {folder} is incomplete or damaged: " + "; ".join(parts) if parts else ""
+    return f"folder {paths.shown(folder)} is incomplete or damaged: " + "; ".join(parts) if parts else ""
 
 
 def _ensure(name: str, root, download: bool) -> Path:
@@ -77,21 +91,21 @@ def _ensure(name: str, root, download: bool) -> Path:
     problem = problems(name, root)
     if not problem:
         return root
-    how = (f"Download it on a machine with internet (it is fetched automatically into {root} "
-           f"when download=True), or place the extracted '{FOLDER[name]}' folder from "
-           f"https://www.cs.toronto.edu/~kriz/cifar.html inside {root} (delete a damaged folder first).")
+    how = f"Put the folder extracted from {URL} at that path" + \
+        (" (delete the damaged one first)" if "damaged" in problem else "")
     if not download:
-        raise not_found(name, root / FOLDER[name], f"The {problem}. {how}", root)
+        raise not_found(name, problem, how)
+    archive = root / _tv_class(name).filename
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        _tv_class(name)(root=str(root), train=True, download=True)
-        _tv_class(name)(root=str(root), train=False, download=True)
+        with quiet_download(root, root / FOLDER[name], archive):
+            root.mkdir(parents=True, exist_ok=True)
+            _tv_class(name)(root=str(root), train=True, download=True)
+            _tv_class(name)(root=str(root), train=False, download=True)
     except Exception as e:  # no network, DNS failure, permission error, ...
-        raise not_found(name, root / FOLDER[name], f"The {problem}; automatic download failed "
-                        f"({type(e).__name__}: {e}). {how}", root) from e
+        raise not_found(name, f"{problem}; download failed ({failure(e)})", how) from e
     problem = problems(name, root)
     if problem:
-        raise not_found(name, root / FOLDER[name], f"After downloading, the {problem}. {how}", root)
+        raise not_found(name, f"after downloading, {problem}", how)
     return root
 
 
@@ -115,7 +129,7 @@ def _register(name: str):
         return ds
 
     def info(root=None, download=True, augment=None):
-        return DatasetInfo(name, NUM_CLASSES[name], 3, IMAGE_SIZE)
+        return DatasetInfo(name, NUM_CLASSES[name], 3, IMAGE_SIZE, class_names=CLASS_NAMES[name])
 
     def check(root=None, download=True, augment=None):
         _ensure(name, root, download)

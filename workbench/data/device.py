@@ -85,6 +85,14 @@ class DeviceLoader:
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
 
+    def rng_state(self) -> torch.Tensor:
+        """The augmentation generator's state (a mid-epoch checkpoint keeps it: batches skipped on
+        resume draw nothing, so the rest of the epoch draws what it would have)."""
+        return self.generator.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
     def __iter__(self) -> Iterator:
         order = torch.as_tensor(list(iter(self.sampler)), dtype=torch.long, device=self.device)
         for start in range(0, len(order), self.batch_size):

@@ -101,7 +101,9 @@ def build(split: str, train_per_class=None, seed: int = 0, image_size: int = NAT
 def info(train_per_class=None, seed: int = 0, image_size: int = NATIVE_SIZE, classes=None,
          augment=None) -> DatasetInfo:
     _check(image_size, train_per_class)
-    return DatasetInfo(NAME, len(_classes(classes)), 1, int(image_size))
+    kept = _classes(classes)
+    # labels are re-indexed 0..len-1; each keeps its digit as its name
+    return DatasetInfo(NAME, len(kept), 1, int(image_size), class_names=tuple(str(c) for c in kept))
 
 
 DATASETS.register(NAME, DatasetEntry(NAME, OPTIONS, build, info))

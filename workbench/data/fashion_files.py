@@ -4,6 +4,10 @@ subset committed to the repository (verified against its sha256 on load).
 Look-up order for the full files: ``root`` (default: ``$WORKBENCH_DATA`` or the checkout's
 ``datasets/``), its ``fashion-mnist/`` and torchvision ``FashionMNIST/raw/`` sub-folders, then
 the folder where Debian's ``dataset-fashion-mnist`` package installs them.
+
+Every full file is checked against the MD5 of its published content (:data:`CONTENT_MD5`: the
+uncompressed IDX bytes, so a plain file, Zalando's ``.gz`` and a re-compressed ``.gz`` such as
+Debian's all pass) when it is read; a flipped pixel or a shifted label is one line naming the file.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import numpy as np
 
 from .. import paths
 from . import idx
-from .base import DatasetNotFoundError
+from .base import DatasetNotFoundError, failure
 
 NAME = "fashion_mnist"
 NATIVE_SIZE = 28
@@ -30,6 +34,16 @@ EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
 EMBEDDED_FILE = EMBEDDED_DIR / "fashion_mnist_subset.npz"
 EMBEDDED_SHA256 = "444ce00c72b2e546dd825d1917e4161f0b0eb77f9009b04f040afd027c02cc6e"
 SOURCES = ("auto", "embedded", "full")
+#: MD5 of each file's uncompressed IDX content as published with the dataset (the ``.gz`` files'
+#: own MD5s, which torchvision checks on download, are 8d4fb7e6..., 25c81989..., bef4ecab...,
+#: bb300cfd...; these are of their content, and equal those of Debian's re-compressed copies,
+#: sha256 in workbench/data/embedded/PROVENANCE.md)
+CONTENT_MD5 = {
+    "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+    "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+    "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+}
 
 
 class DatasetFileError(ValueError):
@@ -64,26 +78,36 @@ def find_full(root=None):
     return None
 
 
-def _not_found(root) -> DatasetNotFoundError:
-    looked = ", ".join(str(f) for f in candidate_folders(root))
-    names = ", ".join(s for pair in FILES.values() for s in pair)
+def _not_found(root, download_error: BaseException | None = None) -> DatasetNotFoundError:
+    looked = ", ".join(paths.shown(f) for f in candidate_folders(root))
+    failed = f"; download failed ({failure(download_error)})" if download_error is not None else ""
     return DatasetNotFoundError(
-        f"dataset {NAME!r}: the full IDX files ({names}, plain or .gz) are in none of: {looked}. "
-        f"Put them in one of these folders, install Debian's dataset-fashion-mnist, set download=true "
-        f"with internet, or use the subset in the repo: data_source=embedded.")
+        f"dataset {NAME!r}: the full IDX files (train-images-idx3-ubyte, ... plain or .gz) are in none of: "
+        f"{looked}{failed}.",
+        "Put them in one of these folders (or install Debian's dataset-fashion-mnist), or use the subset "
+        "in the repo: data_source=embedded.",
+        "Put them in one of these folders (or install Debian's dataset-fashion-mnist), or use the subset "
+        "in the repo: data_source = 'embedded'.")
+
+
+def download_folder(root=None) -> Path:
+    """Where a download puts the files (torchvision's layout)."""
+    base = Path(root) if root else paths.data_root()
+    return base.joinpath(*SUBFOLDERS[-1])
 
 
 def _download(root) -> Path:
     import torchvision.datasets as tvd
 
+    from .base import quiet_download
+
     base = Path(root) if root else paths.data_root()
     try:
-        base.mkdir(parents=True, exist_ok=True)
-        for train in (True, False):
-            tvd.FashionMNIST(root=str(base), train=train, download=True)
+        with quiet_download(base, base.joinpath(*SUBFOLDERS[-1])):
+            for train in (True, False):
+                tvd.FashionMNIST(root=str(base), train=train, download=True)
     except Exception as e:  # no network, DNS failure, permission error, ...
-        raise DatasetNotFoundError(f"{_not_found(root)} (Automatic download into {base} failed: "
-                                   f"{type(e).__name__}: {e})") from e
+        raise _not_found(root, e) from e
     return base.joinpath(*SUBFOLDERS[-1])
 
 
@@ -103,6 +127,15 @@ def resolve(source: str = "auto", root=None, download: bool = False):
     raise _not_found(root)
 
 
+def locate(source="auto", root=None, **_) -> tuple[str, Path | None]:
+    """``(kind, folder)`` the data would be read from, without downloading: the embedded subset
+    (no folder), the folder holding the full files, or where a download would put them."""
+    try:
+        return resolve(source, root)
+    except DatasetNotFoundError:
+        return "full", download_folder(root)
+
+
 # ------------------------------------------------------------------------------ loading
 def _checked(images: np.ndarray, labels: np.ndarray, where: str):
     if images.ndim != 3 or images.shape[1:] != (NATIVE_SIZE, NATIVE_SIZE):
@@ -115,15 +148,27 @@ def _checked(images: np.ndarray, labels: np.ndarray, where: str):
     return images, labels
 
 
+def _check_published(path: Path, stem: str, raw: bytes) -> None:
+    """The content of IDX file ``path`` is the published one (:data:`CONTENT_MD5`)."""
+    got = hashlib.md5(raw, usedforsecurity=False).hexdigest()
+    if got != CONTENT_MD5[stem]:
+        raise DatasetFileError(f"{NAME}: {path} is not the published {stem} (content MD5 {got}, expected "
+                               f"{CONTENT_MD5[stem]}): damaged or modified; replace it with the original file")
+
+
 @lru_cache(maxsize=4)
 def _load_full_cached(folder: str, stamp: tuple) -> dict:
     out = {}
-    for split, (img_stem, lbl_stem) in FILES.items():
-        img, lbl = _file(Path(folder), img_stem), _file(Path(folder), lbl_stem)
+    for split, stems in FILES.items():
+        paths_ = [_file(Path(folder), stem) for stem in stems]
         try:
-            out[split] = _checked(idx.read(img), idx.read(lbl), f"{img.name} / {lbl.name} in {folder}")
+            raws = [idx.read_bytes(p) for p in paths_]
+            images, labels = (idx.parse(raw, str(p)) for raw, p in zip(raws, paths_))
+            out[split] = _checked(images, labels, f"{paths_[0].name} / {paths_[1].name} in {folder}")
         except idx.IDXError as e:
             raise DatasetFileError(f"{NAME}: {e}") from None
+        for p, stem, raw in zip(paths_, stems, raws):  # well-formed; now the very files published
+            _check_published(p, stem, raw)
     return out
 
 

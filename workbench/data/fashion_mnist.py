@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .. import paths
 from .augment import TranslateFlip
 from .base import DATASETS, DatasetEntry, DatasetInfo
-from .fashion_files import NAME, NATIVE_SIZE, NUM_CLASSES, SOURCES, load, resolve
+from .fashion_files import NAME, NATIVE_SIZE, NUM_CLASSES, SOURCES, load, locate, resolve
 
 MIN_SIZE = 8
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -146,7 +147,7 @@ def info(source="auto", root=None, download=True, train_per_class=None, seed=0, 
     if source not in SOURCES:
         raise ValueError(f"{NAME} source must be one of {', '.join(SOURCES)}, got {source!r}")
     kind = resolve(source, root)[0] if source == "auto" else source
-    return DatasetInfo(NAME, len(classes), 1, size, source=kind)
+    return DatasetInfo(NAME, len(classes), 1, size, source=kind, class_names=tuple(CLASS_NAMES[c] for c in classes))
 
 
 def check_available(source="auto", root=None, download=True, train_per_class=None, seed=0,
@@ -156,4 +157,5 @@ def check_available(source="auto", root=None, download=True, train_per_class=Non
     _check_per_class(train_per_class, splits["train"][1], _classes(classes), kind)
 
 
-DATASETS.register(NAME, DatasetEntry(NAME, OPTIONS, build, info, check_available))
+DATASETS.register(NAME, DatasetEntry(NAME, OPTIONS, build, info, check_available, default_root=paths.data_root,
+                                     locate=locate))

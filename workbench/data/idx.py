@@ -27,6 +27,11 @@ def _open(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
+def read_bytes(path) -> bytes:
+    """The (decompressed) bytes of IDX file ``path``."""
+    return _read_bytes(Path(path))
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         with _open(path) as f:

@@ -6,10 +6,17 @@ so ``workbench.models.load`` and RepDistiller-style tooling read it directly); `
 ``num_classes`` / ``in_channels`` (to rebuild it); ``method`` (the method's trainable state:
 student, or GPD's dynamic teacher with both BN statistic sets, CTKD temperature, ...);
 ``optimizer``, ``scaler``, ``rng``, ``best`` (best student top-1 and its epoch).
+A *mid-epoch* ``last.pt`` (written when a stop signal came, :mod:`workbench.engine.preempt`) holds
+the weights after step ``position["step"]`` of epoch ``position["epoch"]`` (= ``epoch`` + 1) and
+``position``: ``steps`` (per epoch), ``world`` (processes) and ``ranks`` (per rank: ``rng`` at that
+step, ``loader_rng`` of a device-resident loader, the epoch's partial ``sums``, ``correct``,
+``seen``); ``best.pt`` is only written at epoch ends. ``provenance`` (what the run was made from:
+the resolved data and the teacher file's sha256) is compared when a run resumes.
 Everything is plain Python/tensors so files load with ``weights_only=True``.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import zipfile
@@ -48,8 +55,28 @@ def remove_stale_temp_files(run_dir: Path) -> list[Path]:
 def write_failed(path: Path, err: OSError, kept: bool) -> CheckpointError:
     """The one error for a failed write of any run file (checkpoint or metrics)."""
     note = " (the previous contents are kept intact)" if kept else ""
+    remedy = "Raise the file-size limit (ulimit -f)" if err.errno == errno.EFBIG else "Free disk space"
     return CheckpointError(f"could not write {path}{note}: {err.strerror or err}. "
-                           f"Free disk space or choose another out_dir=, then rerun to resume.")
+                           f"{remedy} or choose another out_dir=, then rerun to resume.")
+
+
+class _Writes:
+    """A file's ``write`` as torch.save calls it, keeping the OSError of a failed write: torch turns
+    it into a RuntimeError that no longer says why (disk full, file too large)."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+        self.name = getattr(f, "name", None)
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
@@ -60,7 +87,13 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
     tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            writes = _Writes(f)
+            try:
+                torch.save(obj, writes)
+            except RuntimeError:
+                if writes.error is None:
+                    raise
+                raise writes.error from None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

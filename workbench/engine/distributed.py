@@ -6,11 +6,20 @@ and gives rank r the elements ``r::world`` of each *global* batch, so N processe
 B/N see exactly the examples one process with batch B would see, step for step. Evaluation
 shards the test set as ``r::world`` (no padding, no duplicates) and :func:`gather_cat`
 re-interleaves, so metrics cover the full eval set in the single-process order.
+
+A process that stops answering (frozen, killed, stuck in a long computation): every collective
+waits at most ``dist_timeout`` seconds (config key; torch's default is 30 minutes), then the
+surviving ranks hold a roll call through the process group's store (:func:`roll_call`) and the
+lowest surviving rank prints one line naming the ranks that did not answer
+(:class:`RankLostError`). With NCCL, torch's watchdog may end the processes itself at the timeout
+(its own message, ``TORCH_NCCL_ASYNC_ERROR_HANDLING``), before Python sees an error.
 """
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
+import time
 
 import torch
 import torch.distributed as tdist
@@ -33,15 +42,78 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def init_from_env() -> bool:
-    """Initialise the process group when launched by torchrun (``WORLD_SIZE`` > 1)."""
+#: seconds a collective waits by default (config key ``dist_timeout``)
+DEFAULT_TIMEOUT_S = 600.0
+#: the longest roll call after a timeout (the surviving ranks time out at slightly different moments)
+ROLL_CALL_S = 30.0
+ROLL_CALL_POLL_S = 0.2
+_timeout = {"seconds": DEFAULT_TIMEOUT_S}
+
+
+def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+    """Initialise the process group when launched by torchrun (``WORLD_SIZE`` > 1); collectives
+    wait at most ``timeout_s`` seconds for the other ranks."""
     if is_dist() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return is_dist()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    tdist.init_process_group(backend=backend)
+    tdist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=float(timeout_s)))
+    _timeout["seconds"] = float(timeout_s)
     return True
+
+
+class RankLostError(RuntimeError):
+    """A rank of a multi-process run stopped answering; ``lost``: those ranks, ``report``: whether
+    this process prints the line (the lowest surviving rank does)."""
+
+    def __init__(self, message: str, lost: list[int], report: bool):
+        super().__init__(message)
+        self.lost, self.report = lost, report
+
+
+#: what torch's gloo/NCCL errors say when a peer did not answer or went away
+LOST_PEER_MARKS = ("Timed out", "timed out", "Timeout", "Connection closed by peer", "Connection reset by peer",
+                   "Broken pipe")
+
+
+def is_lost_peer(err: BaseException) -> bool:
+    """Whether ``err`` (raised by a collective) means another rank stopped answering."""
+    if not is_dist() or not isinstance(err, RuntimeError) or isinstance(err, RankLostError):
+        return False
+    dist_error = getattr(tdist, "DistError", None)
+    return (dist_error is not None and isinstance(err, dist_error)) or any(m in str(err) for m in LOST_PEER_MARKS)
+
+
+def roll_call(grace_s: float) -> list[int]:
+    """After a timed-out collective: every surviving rank signs in at the process group's store;
+    the ranks that have not signed in within ``grace_s`` seconds are returned (the lost ones)."""
+    store = tdist.distributed_c10d._get_default_store()  # the rendezvous store (torchrun's agent hosts it)
+    key = "workbench_roll_call/{}".format
+    store.set(key(rank()), "here")
+    deadline = time.monotonic() + grace_s
+    while True:
+        absent = [r for r in range(world_size()) if not store.check([key(r)])]
+        if not absent or time.monotonic() >= deadline:
+            return absent
+        time.sleep(ROLL_CALL_POLL_S)
+
+
+def lost_rank_error(err: BaseException) -> RankLostError:
+    """The one-line error for ``err`` (:func:`is_lost_peer`), naming the ranks that stopped answering."""
+    seconds = _timeout["seconds"]
+    try:
+        lost = roll_call(min(seconds, ROLL_CALL_S))
+    except Exception:  # noqa: BLE001 -- the store itself is gone with its host
+        lost = []
+    me, world = rank(), world_size()
+    alive = [r for r in range(world) if r not in lost]
+    who = (f"rank {lost[0]}" if len(lost) == 1 else f"ranks {', '.join(map(str, lost))}") if lost \
+        else "another rank (or the launcher's store)"
+    return RankLostError(f"{who} of {world} stopped answering: no reply for {seconds:g} s (dist_timeout={seconds:g}); "
+                         f"the run stopped on every rank. Check that process (frozen, killed, out of memory, or much "
+                         f"slower than the others), then rerun the same command to resume from the last checkpoint",
+                         lost, report=bool(alive) and me == alive[0])
 
 
 def shutdown() -> None:
@@ -100,9 +172,13 @@ class GlobalBatchSampler(Sampler):
         self.n, self.batch, self.shuffle = n, global_batch, shuffle
         self.seed, self.rank, self.world = seed, rank, world
         self.epoch_seed = seed
+        self.skip = 0  # global batches of this epoch already consumed (a mid-epoch resume)
 
-    def set_epoch_seed(self, seed: int) -> None:
-        self.epoch_seed = seed
+    def set_epoch_seed(self, seed: int, skip: int = 0) -> None:
+        """This epoch's order; ``skip``: leave out its first ``skip`` global batches (a run resumed
+        mid-epoch continues with the batch it stopped before; the skipped indices are never
+        loaded, so no augmentation is drawn for them)."""
+        self.epoch_seed, self.skip = seed, int(skip)
 
     def _order(self) -> list[int]:
         if not self.shuffle:
@@ -112,11 +188,14 @@ class GlobalBatchSampler(Sampler):
 
     def __iter__(self):
         order = self._order()
-        for start in range(0, self.n, self.batch):
+        for start in range(self.skip * self.batch, self.n, self.batch):
             yield from order[start:start + self.batch][self.rank::self.world]
 
     def __len__(self) -> int:
         full, rest = divmod(self.n, self.batch)
+        full -= min(self.skip, full)
+        if self.skip * self.batch >= self.n:
+            rest = 0
         return full * len(range(self.rank, self.batch, self.world)) + len(range(self.rank, rest, self.world))
 
 
@@ -127,10 +206,12 @@ def sampler(dataset, train: bool, seed: int, global_batch: int | None = None) ->
     return GlobalBatchSampler(n, n, False, seed, rank(), world_size())  # shard r::world
 
 
-def set_sampler_epoch(loader, seed: int) -> None:
+def set_sampler_epoch(loader, seed: int, skip: int = 0) -> None:
     s = loader.sampler
     if isinstance(s, GlobalBatchSampler):
-        s.set_epoch_seed(seed)
+        s.set_epoch_seed(seed, skip)
+    elif skip:
+        raise ValueError("a mid-epoch resume needs the trainer's GlobalBatchSampler")
 
 
 def all_reduce_sum(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -208,3 +289,22 @@ def broadcast_object(obj):
 def barrier() -> None:
     if is_dist():
         tdist.barrier()
+
+
+def any_true(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (one all-reduce of one number; one process: ``flag``).
+    Every rank must call it at the same point: it is how the ranks agree to stop at one step."""
+    if not is_dist():
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=_comm_device())
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's ``obj``, in rank order (one process: ``[obj]``)."""
+    if not is_dist():
+        return [obj]
+    out = [None] * world_size()
+    tdist.all_gather_object(out, obj)
+    return out

@@ -37,3 +37,26 @@ def release_freed_memory() -> bool:
         return False
     trim(0)
     return True
+
+
+MEMINFO = "/proc/meminfo"
+
+
+def available_bytes(device) -> int | None:
+    """Memory a run on ``device`` can still take: free device memory (CUDA), else the host's
+    ``MemAvailable`` (Linux); None where it cannot be told (the caller then skips its check)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open(MEMINFO) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -13,7 +13,9 @@ This module docstring is the one place the record schema is documented. Every re
 ``eval``    one per epoch and evaluated model: ``split`` (``"test"``, or ``"val"`` under ``eval_on=val``:
             the validation split carved from the training data, ``val_per_class``), ``role`` in
             {``student``, ``teacher`` (static), ``dynamic_teacher``}, ``top1``, ``top5`` (in %), ``loss``
-            (cross-entropy), ``n`` (examples), ``time``; for models that say which outputs they
+            (cross-entropy), ``n`` (examples), ``time``; with EMA, ``role_ema`` twins and, on every
+            epoch of a role that has a twin, ``top1_reported`` (max(raw, EMA) top-1; the raw top-1 on
+            epochs ``ema_eval_every`` skips the twin); for models that say which outputs they
             give (the ViTs, ``models.readout``) also ``logits_from`` (the heads the logits average,
             e.g. ``cls+dist+dense``) and ``features_from`` (what penultimate-feature probes read:
             ``cls_token``), copied into the role's ``probe`` records.

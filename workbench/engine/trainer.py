@@ -11,6 +11,19 @@ a checkpoint or a probe, so every checkpoint on disk is one a rerun can continue
 Determinism: every epoch re-seeds torch/numpy/python from (seed, epoch) and shuffles with a
 generator seeded the same way, so a run resumed from an epoch checkpoint continues exactly as
 the uninterrupted run would (bit-identical on CPU).
+
+Preemption (:mod:`workbench.engine.preempt`): SIGTERM/SIGUSR1/SIGUSR2 set a flag; after the
+current optimizer step the trainer writes a mid-epoch checkpoint -- the weights after that step,
+plus a ``position``: epoch, step, each rank's RNG states at that step and its partial loss/accuracy
+sums -- and raises ``Preempted``; a signal during evaluation, probes, a data pass or a checkpoint
+write stops after that epoch's checkpoint instead. A resume restores the position and the sampler
+skips the consumed batches without loading them (no augmentation is drawn for them), so the run
+continues bit-identically: exact with ``workers=0`` (the CPU default) and the device-resident loader
+(its generator state is saved). Limit: DataLoader workers (``workers>0``) draw augmentations from
+their own RNG streams, which are not checkpointed (nor, with persistent workers, re-seeded per
+epoch): a run resumed from any checkpoint, mid-epoch or not, then draws other crops/flips than
+an uninterrupted run would (data order, weights and optimizer state stay exact; with
+``augment=false`` it is exact).
 """
 from __future__ import annotations
 
@@ -41,6 +54,8 @@ from .method import TASK_PREFIX
 from . import trackers
 from .metrics import MetricsLog
 from .optim import DOT, build_optimizer
+from . import preempt
+from .preempt import Preempted
 from .progress import Progress, TerminalProgress
 from .resume import resume_checkpoint
 from .schedule import lr_factor
@@ -69,8 +84,10 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     def __init__(self, cfg, method, train_set, test_set, run_dir: str | Path | None = None,
                  callbacks: list[Callback] = (), device: torch.device | None = None, log=print,
-                 num_classes: int | None = None, progress: Progress | None = None, title: str = ""):
+                 num_classes: int | None = None, progress: Progress | None = None, title: str = "",
+                 provenance: dict | None = None):
         self.cfg, self.method, self.note = cfg, method, log
+        self.provenance = provenance  # what the run is made of, recorded in every checkpoint (experiment.provenance)
         self.num_classes = num_classes  # needed by mixing batch transforms (soft targets)
         self.mix = BATCH_TRANSFORMS.get(cfg.mix)
         if cfg.mix != "none" and num_classes is None:
@@ -117,6 +134,7 @@ class Trainer:
                 nn.SyncBatchNorm.convert_sync_batchnorm(module)  # replaces BN children in place
         decay = cfg.resolved_ema_decay
         self.ema = ModelEMA(method.trained_module(), decay) if decay > 0 else None
+        self._twin_roles: set[str] | None = None  # roles with an EMA twin, once known (top1_reported)
         # DDP around the method when world > 1
         self.model = dist.wrap(method, self.device, find_unused=self.needs.find_unused_parameters)
         if cfg.compile:
@@ -124,6 +142,9 @@ class Trainer:
         self.teacher_cache = self._teacher_cache() if cfg.cache_teacher else None
         self.train_loader = self._loader(train_set, train=True)
         self.test_loader = self._loader(test_set, train=False)
+        self.steps_per_epoch = len(self.train_loader)
+        self._position: dict | None = None  # where a mid-epoch checkpoint stopped (resume)
+        self._partial: tuple | None = None  # (step, sums, correct, seen) to continue an epoch from
 
     def _resolve_channels_last(self, *datasets) -> bool:
         """``channels_last``: the device's and input shape's rule (``engine.device``); under
@@ -185,21 +206,76 @@ class Trainer:
         seed = epoch_seed(self.cfg.seed, epoch) + self.rank
         seed_everything(seed)
         self.train_loader.generator.manual_seed(seed)  # worker seeds
-        dist.set_sampler_epoch(self.train_loader, epoch_seed(self.cfg.seed, epoch))
+        position = self._position if self._position is not None and self._position["epoch"] == epoch else None
+        self._position = None
+        dist.set_sampler_epoch(self.train_loader, epoch_seed(self.cfg.seed, epoch), position["step"] if position else 0)
         self.method.on_epoch_start(epoch, self.epochs)
         schedule = self.needs.schedule
         wd = schedule.weight_decay_factor(epoch) if schedule is not None else 1.0
         for g in self.optimizer.param_groups:  # a method may rescale weight decay per epoch (CTC)
             g["weight_decay"] = g.get("base_weight_decay", g["weight_decay"]) * wd
+        if position is not None:
+            self._restore_position(position)
+
+    # ------------------------------------------------------------------ stopping mid-epoch (preemption)
+    def _stop_requested(self) -> bool:
+        """Whether a stop signal came (on any rank: every rank calls this at the same points)."""
+        return dist.any_true(preempt.requested() is not None)
+
+    def _signal_name(self) -> str:
+        names = [n for n in dist.all_gather_object(preempt.requested()) if n]
+        return names[0] if names else "a stop signal"
+
+    def _stop_in_epoch(self, epoch: int, step: int, sums: dict, correct: torch.Tensor, seen: int) -> None:
+        """Write the mid-epoch checkpoint (weights after ``step`` of ``epoch``, each rank's RNG
+        states and partial sums; rank 0 writes) and raise :class:`Preempted`."""
+        loader_rng = self.train_loader.rng_state() if hasattr(self.train_loader, "rng_state") else None
+        mine = {"rng": rng_state(), "loader_rng": loader_rng, "sums": _cpu(sums), "correct": correct.detach().cpu(),
+                "seen": seen}
+        ranks, name = dist.all_gather_object(mine), self._signal_name()
+        path = self.run_dir / LAST
+        if self.is_main:
+            ckpt = self._checkpoint(epoch - 1)
+            ckpt["position"] = {"epoch": epoch, "step": step, "steps": self.steps_per_epoch, "world": self.world,
+                                "ranks": ranks}
+            atomic_save(ckpt, path)
+        dist.barrier()  # nobody exits (torchrun would then stop the others) before rank 0 has written
+        raise Preempted(name, epoch, step, self.steps_per_epoch, path, self.epochs)
+
+    def _restore_position(self, position: dict) -> None:
+        """Continue an epoch where a mid-epoch checkpoint stopped: this rank's RNG states at that
+        step, the device loader's generator, the partial sums (the sampler skips the batches done)."""
+        ranks = position["ranks"]
+        same_world = position.get("world", 1) == self.world and len(ranks) == self.world
+        if same_world:
+            mine = ranks[self.rank]
+            set_rng_state(mine["rng"])
+            if mine.get("loader_rng") is not None and hasattr(self.train_loader, "set_rng_state"):
+                self.train_loader.set_rng_state(mine["loader_rng"])
+            parts = [mine]
+        else:  # another process count: the epoch's seeding stays; its record needs the totals (on rank 0)
+            parts = ranks if self.is_main else []
+            if self.is_main:
+                self.note(f"[workbench] note: the mid-epoch checkpoint was written by {len(ranks)} processes, "
+                          f"this run has {self.world}: the rest of epoch {position['epoch']} draws other augmentations")
+        sums: dict[str, torch.Tensor] = {}
+        correct, seen = torch.zeros((), device=self.device), 0
+        for part in parts:
+            for k, v in part["sums"].items():
+                sums[k] = sums[k] + v.to(self.device) if k in sums else v.to(self.device)
+            correct = correct + part["correct"].to(self.device)
+            seen += int(part["seen"])
+        self._partial = (int(position["step"]), sums, correct, seen)
 
     # ------------------------------------------------------------------ one epoch of training
     def train_epoch(self, epoch: int) -> dict:
         self.model.train()
-        sums: dict[str, torch.Tensor] = {}
-        correct, seen, steps = torch.zeros((), device=self.device), 0, len(self.train_loader)
+        first, sums, correct, seen = self._partial or (0, {}, torch.zeros((), device=self.device), 0)
+        self._partial = None
+        steps = self.steps_per_epoch
         t0 = time.perf_counter()
-        bar = self.progress.bar(self.train_loader, desc=f"epoch {epoch}/{self.epochs}", total=steps, epoch=epoch)
-        for step, batch in enumerate(bar):
+        bar = self.progress.bar(self.train_loader, desc=f"epoch {epoch}/{self.epochs}", total=steps - first, epoch=epoch)
+        for step, batch in enumerate(bar, start=first):
             x, y, *index = to_device(batch, self.device, self.channels_last)
             index = index[0] if index else None
             extras = {}  # only what this method asked for (a plain forward(x, y) keeps working)
@@ -224,6 +300,9 @@ class Trainer:
             seen += len(y)
             if step % POSTFIX_EVERY == 0:
                 self.progress.postfix(loss=f"{float(loss.detach()):.3f}")
+            if self._stop_requested():
+                self._stop_in_epoch(epoch, step + 1, sums, correct, seen)
+        dist.set_sampler_epoch(self.train_loader, epoch_seed(self.cfg.seed, epoch))  # a data pass sees the whole epoch
         stats = dist.all_reduce_sum({**sums, "_correct": correct, "_seen": torch.tensor(float(seen), device=self.device)})
         n = float(stats.pop("_seen"))
         elapsed = time.perf_counter() - t0
@@ -299,8 +378,19 @@ class Trainer:
         """The method's plain models by role (for probes); with EMA (and ``ema``) also ``<role>_ema``."""
         models = self.method.eval_models()
         if ema and self.ema is not None:
-            models.update({r + EMA_SUFFIX: m for r, m in self.method.eval_models(self.ema.module).items()})
+            twins = self.method.eval_models(self.ema.module)
+            self._twin_roles = set(twins)
+            models.update({r + EMA_SUFFIX: m for r, m in twins.items()})
         return models
+
+    def _ema_twin_roles(self) -> set[str]:
+        """The roles that have an EMA twin (none without EMA), known without building the twins
+        once they have been built."""
+        if self.ema is None:
+            return set()
+        if self._twin_roles is None:
+            self._twin_roles = set(self.method.eval_models(self.ema.module))
+        return self._twin_roles
 
     def _ema_due(self, epoch: int) -> bool:
         """Whether this epoch evaluates the EMA twins (``ema_eval_every``; the last epoch always)."""
@@ -320,8 +410,9 @@ class Trainer:
         for every model that changes; returns eval records and outputs (logits of all examples,
         features of the first ``probe_samples`` when a due callback needs them) for callbacks. The static teacher never changes: its outputs are
         computed once and reused (recomputed only when features are needed and not cached).
-        With EMA, each raw role's record also carries ``top1_reported`` = max(raw, EMA) top-1
-        (what the GPD reference code reports)."""
+        With EMA, each raw role's record that has an EMA twin also carries ``top1_reported`` =
+        max(raw, EMA) top-1 (what the GPD reference code reports); on epochs that skip the twins
+        (``ema_eval_every``) it is the raw top-1, so every epoch has it."""
         models = self.eval_models(ema=self._ema_due(epoch))
         order = list(models)  # records keep the roles' order whatever was cached
         readouts = {role: model_readout(m) for role, m in models.items()}  # which heads/tokens are read
@@ -356,7 +447,7 @@ class Trainer:
             self._static_outputs = outputs["teacher"]
         outputs = {role: outputs[role] for role in order}
         records = [self._eval_record(epoch, role, out, elapsed, self.eval_split) for role, out in outputs.items()]
-        _add_reported(records)
+        _add_reported(records, self._ema_twin_roles())
         return records, outputs
 
     def _eval_batches(self, models, budget, logits, feats, targets) -> None:
@@ -418,16 +509,18 @@ class Trainer:
                 "method": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in self.method.state().items()},
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "ema": _cpu(self.ema.state_dict()) if self.ema is not None else None,
-                "rng": rng_state(), "best": dict(self.best), "memory_format": self.memory_format}
+                "rng": rng_state(), "best": dict(self.best), "memory_format": self.memory_format,
+                **({"provenance": self.provenance} if self.provenance is not None else {})}
 
     def save(self, epoch: int, student_top1: float | None) -> None:
         if not self.is_main:
             return
+        improved = student_top1 is not None and student_top1 > self.best["top1"]
+        if improved:  # before last.pt is written: a run resumed from it knows this epoch was the best
+            self.best = {"top1": student_top1, "epoch": epoch}
         ckpt = self._checkpoint(epoch)
         atomic_save(ckpt, self.run_dir / LAST)
-        if student_top1 is not None and student_top1 > self.best["top1"]:
-            self.best = {"top1": student_top1, "epoch": epoch}
-            ckpt["best"] = dict(self.best)
+        if improved:
             atomic_save(ckpt, self.run_dir / BEST)
 
     def resume(self) -> int:
@@ -451,39 +544,58 @@ class Trainer:
         set_rng_state({k: v for k, v in ckpt["rng"].items()})
         self.best = dict(ckpt["best"])
         self.log.truncate_after(ckpt["epoch"], note=self.note)
+        self._position = ckpt.get("position")
+        if self._position is not None and self._position.get("steps", self.steps_per_epoch) != self.steps_per_epoch:
+            raise CheckpointError(f"cannot resume {path} mid-epoch: it stopped at step {self._position['step']} of "
+                                  f"{self._position['steps']} steps per epoch, this run has {self.steps_per_epoch} "
+                                  f"(another dataset size or batch_size)")
         if self.is_main:
             done = ckpt["epoch"]
+            at = f" at step {self._position['step'] + 1}/{self.steps_per_epoch}" if self._position else ""
             self.note(f"[workbench] {self.title}: already complete ({done} of {self.epochs} epochs) in {self.run_dir}"
                       if done >= self.epochs else
-                      f"[workbench] {self.title}: resuming from epoch {done + 1} of {self.epochs} ({path})")
+                      f"[workbench] {self.title}: resuming from epoch {done + 1} of {self.epochs}{at} ({path})")
+            if self._position and self._loader_workers() > 0:
+                self.note(f"[workbench] note: resuming mid-epoch with workers={self._loader_workers()}: DataLoader "
+                          f"workers' augmentation draws are not checkpointed, so the rest of epoch {done + 1} draws "
+                          f"other crops/flips than an uninterrupted run (exact with workers=0 or device_data)")
         return ckpt["epoch"] + 1
+
+    def _loader_workers(self) -> int:
+        return getattr(self.train_loader, "num_workers", 0)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
-        start = self.resume()
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(self.cfg.to_json())
-        state = self.state()
-        for cb in self.callbacks:
-            cb.on_fit_start(state)
-        self.progress.phase(self.title, self.epochs, start)
-        try:
-            try:
-                self._loop(start, state)
-            finally:
-                self.progress.close()
+        with preempt.watch():  # SIGTERM/SIGUSR1/SIGUSR2: checkpoint at the next safe point, then Preempted
+            start = self.resume()
+            if self.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                (self.run_dir / "config.json").write_text(self.cfg.to_json())
+            state = self.state()
             for cb in self.callbacks:
-                cb.on_fit_end(state)
-            return self.finish()
-        finally:
-            self.log.close()  # trackers: event files flushed, W&B run finished
+                cb.on_fit_start(state)
+            self.progress.phase(self.title, self.epochs, start)
+            try:
+                try:
+                    self._loop(start, state)
+                finally:
+                    self.progress.close()
+                for cb in self.callbacks:
+                    cb.on_fit_end(state)
+                return self.finish()
+            finally:
+                self.log.close()  # trackers: event files flushed, W&B run finished
 
     def _loop(self, start: int, state: FitState) -> None:
         # between phases (set-up, training, evaluation) the heap memory one phase freed goes
         # back to the OS, so it does not add to the next phase's peak (engine.memory)
         release_freed_memory()
-        if start == 1:
+        if self._stop_requested():  # a signal during set-up (or the teacher phase): nothing new to save
+            last = self.run_dir / LAST
+            where = self._position or {}
+            raise Preempted(self._signal_name(), where.get("epoch", start - 1), where.get("step"), where.get("steps"),
+                            last if last.exists() else None, self.epochs)
+        if start == 1 and self._position is None:
             self._eval_and_callbacks(0)
             release_freed_memory()
         for epoch in range(start, self.epochs + 1):
@@ -500,6 +612,8 @@ class Trainer:
             self.save(epoch, student_top1)
             release_freed_memory()
             self._print_epoch(train_record, student_top1)
+            if self._stop_requested():  # it came during evaluation, probes or the checkpoint write
+                raise Preempted(self._signal_name(), epoch, None, None, self.run_dir / LAST, self.epochs)
 
     def state(self) -> FitState:
         """What callbacks may know of this run."""
@@ -585,13 +699,16 @@ def _reported(record: dict) -> float:
     return record.get("top1_reported", record["top1"])
 
 
-def _add_reported(records: list[dict]) -> None:
-    """``top1_reported`` = max(raw, EMA) top-1 on each raw role that has an EMA twin."""
+def _add_reported(records: list[dict], twin_roles) -> None:
+    """``top1_reported`` on each raw role of ``twin_roles`` (those with an EMA twin): max(raw, EMA)
+    top-1 where the twin was evaluated, the raw top-1 where it was not."""
     by_role = {r["role"]: r for r in records}
     for role, rec in by_role.items():
         twin = by_role.get(role + EMA_SUFFIX)
         if twin is not None:
             rec["top1_reported"] = max(rec["top1"], twin["top1"])
+        elif role in twin_roles:
+            rec["top1_reported"] = rec["top1"]
 
 
 def _stamp(records, epoch: int):

@@ -120,6 +120,18 @@ def expand(
     return dt.train(student.training)
 
 
+def check_widening(student: nn.Module, ratio: float, convention: str = "reference",
+                   example_input: torch.Tensor | None = None) -> None:
+    """Raise ``UnsupportedLayerError`` (naming the module) if ``student`` cannot be widened by
+    ``ratio``: the plan only -- one traced forward of a copy, nothing widened or verified -- so a
+    run can be refused before it starts. :func:`expand` re-checks everything when it builds T_d."""
+    x = default_example_input(student) if example_input is None else example_input
+    base = copy.deepcopy(student).eval()
+    strip_hooks(base)
+    reads, writes, shapes = trace_io(base, x)
+    make_plan(base, float(ratio), reads, writes, convention, shapes)
+
+
 def _bias_folds(model: nn.Module, x: torch.Tensor) -> dict[str, str]:
     """Branchable bias-free convs read by a single BatchNorm with running statistics."""
     paths = [p for p, m in model.named_modules() if branchable(m) and m.bias is None]

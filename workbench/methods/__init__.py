@@ -21,8 +21,8 @@ import pkgutil
 from ..keys import snapshot_epoch
 
 from .base import TASK_PREFIX, Criterion, Distiller, Outputs, hard_labels
-from .spec import (EXTENSIONS, METHODS, BuildContext, Extension, MethodSpec, base_methods, build_criterion,
-                   config_checks, declared_keys, method, register_extension)
+from .spec import (EXTENSIONS, METHODS, BuildContext, Extension, MethodSpec, base_methods, build_checks,
+                   build_criterion, config_checks, declared_keys, method, register_extension)
 
 _NOT_METHODS = {"base", "spec", "outputs", "own_terms", "snapshot"}  # the base class and its parts
 for _info in pkgutil.iter_modules(__path__):
@@ -55,4 +55,4 @@ def available() -> list[str]:
 
 __all__ = ["METHODS", "EXTENSIONS", "TASK_PREFIX", "Criterion", "Distiller", "Outputs", "MethodSpec",
            "Extension", "BuildContext", "method", "register_extension", "build_method", "build_criterion",
-           "available", "base_methods", "declared_keys", "config_checks", "hard_labels"]
+           "available", "base_methods", "declared_keys", "config_checks", "build_checks", "hard_labels"]

@@ -307,6 +307,46 @@ def _check(cfg) -> None:
                          f"runs after it")
 
 
+FLOAT_BYTES, INDEX_BYTES, MASK_BYTES = 4, 8, 1
+BANKS = 3  # instance memory, memory_s, memory_t
+SOFTMAX_COPIES = 3  # the (B, N) similarities, their softmax and its gradient
+
+
+def memory_needed(n: int, dim: int, width: int, k: int, nce: str, batch: int) -> int:
+    """Bytes CTC holds besides the model on each process -- a lower bound of its peak: the three
+    banks plus the copies a stage-2 step reads (N x dim floats each), the projector and heads
+    (weights, gradients, momentum), and one step's largest tensors: the (B, N) similarities with
+    their softmax and gradient and the negatives mask; with ``crd`` the (B, K + 1) gathered bank
+    rows, sampled indices and scores of both directions."""
+    banks = (BANKS + 2) * n * dim * FLOAT_BYTES
+    heads = BANKS * 3 * width * dim * FLOAT_BYTES
+    step = batch * n * (SOFTMAX_COPIES * FLOAT_BYTES + MASK_BYTES)
+    if nce == "crd":
+        step += 2 * batch * (k + 1) * ((dim + SOFTMAX_COPIES) * FLOAT_BYTES + INDEX_BYTES)
+    return banks + heads + step
+
+
+def _check_memory(cfg, student: nn.Module, example_input, train_size) -> None:
+    """``ctc_dim`` / ``ctc_nce_k`` that cannot fit: one line before any folder is made (instead of an
+    allocation error, or the OOM killer, after the teacher phase)."""
+    from ..engine import distributed as dist
+    from ..engine.device import select_device
+    from ..engine.memory import available_bytes
+
+    device = dist.local_device(select_device(cfg.device))
+    avail = available_bytes(device)
+    if avail is None:
+        return
+    n, batch = train_size(), max(1, cfg.batch_size // dist.world_size())
+    need = memory_needed(n, cfg.ctc_dim, feature_width(student), cfg.ctc_nce_k, cfg.ctc_nce, batch)
+    if need > avail:
+        gib = 2**30
+        raise ValueError(f"ctc_dim={cfg.ctc_dim}, ctc_nce_k={cfg.ctc_nce_k}: CTC's memory banks ({BANKS} x {n} training "
+                         f"images x ctc_dim floats) and one step's similarities/negatives need about "
+                         f"{need / gib:.1f} GiB, more than the {avail / gib:.1f} GiB available on {device}; lower "
+                         f"ctc_dim (paper: {EMBED_DIM}) or ctc_nce_k (paper: {NCE_K})")
+
+
 def feature_width(model: nn.Module) -> int:
     """Width of the penultimate feature (the classifier's input)."""
     return model.get_submodule(classifier_path(model)).in_features
@@ -333,11 +373,12 @@ def attach(distiller: Distiller, ctx) -> CTCTerm:
 
 # the add-on (ctc_alpha > 0 on another method); its check runs for every config, method=ctc included
 register_extension(Extension("ctc", {}, active=lambda cfg: cfg.method != "ctc" and active(cfg),
-                             apply=lambda built, cfg, ctx: attach(built, ctx), validate=_check))
+                             apply=lambda built, cfg, ctx: attach(built, ctx), validate=_check,
+                             check_build=_check_memory))
 
 
 @method("ctc", summary="Contrastive Temporal Coding (Cui et al. 2022): instance InfoNCE, then contrast with a "
-        "snapshot", teacher=TEACHER_NONE, keys=KEYS)
+        "snapshot", teacher=TEACHER_NONE, keys=KEYS, check_build=_check_memory)
 def build_ctc(ctx):
     distiller = Distiller(ctx.student, None, None, ctx.cfg.ce_weight)
     attach(distiller, ctx)

@@ -145,11 +145,41 @@ def gpd_branches(cfg) -> tuple[str, ...]:
     return resolve_branches(tuple(k.strip() for k in text.split(",") if k.strip()))
 
 
+NOISE_DEFAULT = -1.0  # the ``noise`` value meaning "the reference's std" (surgery.DEFAULT_NOISE)
+#: ratios tried to tell which ones widen a student that ``ratio`` cannot (cheap: a plan per ratio)
+RATIO_CANDIDATES = (1.25, 1.5, 2.0, 3.0, 4.0)
+
+
 def gpd_noise(cfg) -> float:
-    return surgery.DEFAULT_NOISE if cfg.noise < 0 else cfg.noise
+    return surgery.DEFAULT_NOISE if cfg.noise == NOISE_DEFAULT else cfg.noise
+
+
+def _check_student(cfg, student: nn.Module, example_input, train_size) -> None:
+    """The dynamic teacher can be made from this student at ``ratio``; if not, one line naming the
+    layer and the ratios that do work (before any folder is made)."""
+    from ..gpd.expand import check_widening
+    from ..gpd.plan import UnsupportedLayerError
+
+    def widens(ratio: float) -> bool:
+        try:
+            check_widening(student, ratio, cfg.widening, example_input)
+        except UnsupportedLayerError:
+            return False
+        return True
+
+    try:
+        check_widening(student, cfg.ratio, cfg.widening, example_input)
+    except UnsupportedLayerError as e:
+        works = [f"{r:g}" for r in RATIO_CANDIDATES if r != cfg.ratio and widens(r)]
+        tried = ", ".join(f"{r:g}" for r in RATIO_CANDIDATES)
+        raise ValueError(f"ratio: GPD cannot widen {cfg.student} by {cfg.ratio:g}: {e}; ratios that work for "
+                         f"{cfg.student}: {', '.join(works) if works else 'none'} (of {tried} tried)") from None
 
 
 def _validate(cfg) -> None:
+    if cfg.noise < 0 and cfg.noise != NOISE_DEFAULT:
+        raise ValueError(f"noise: {cfg.noise:g} is not a standard deviation; use {NOISE_DEFAULT:g} (the reference's "
+                         f"{surgery.DEFAULT_NOISE:g}) or a value >= 0")
     try:
         gpd_branches(cfg)
     except ValueError as e:
@@ -185,6 +215,7 @@ def resolved_scale_init(cfg) -> str:
 
 @method("gpd", summary="Gap Preserving Distillation (Guo et al. 2025): dynamic teacher by IR, student by CBR",
         teacher=TEACHER_BY_BASE, bases=("dkd", ANY_BASE, NO_BASE), keys=KEYS, validate=_validate,
+        check_build=_check_student,
         defaults={"grad_clip": GPD_GRAD_CLIP, "amp": GPD_AMP, "ema_decay": GPD_EMA_DECAY},
         size_factor=_size_factor)
 def build_gpd(ctx):

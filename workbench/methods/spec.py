@@ -62,6 +62,10 @@ class MethodSpec:
     - ``validate(cfg)``: extra checks, raising ``ValueError`` with one clear line;
     - ``check_teacher(cfg, arch)``: a check of the static teacher's architecture, called once the
       ``teacher=`` value is resolved (:mod:`workbench.references`: a file's architecture is read from it);
+    - ``check_build(cfg, student, example_input, train_size)``: checks that need the built student
+      (with a random batch shaped like the dataset's inputs) or the training set's size
+      (``train_size()``, built on demand), run before any folder is made (GPD: the student can be
+      widened by ``ratio``; CTC: its memory banks fit); ``ValueError``, one line;
     - ``size_factor(cfg)``: how many times the student's parameters a checkpoint holds (disk check);
     - ``student_options(cfg)``: keyword options for building the student (e.g. which heads a
       distillation-token ViT averages at inference), applied wherever the student is built or
@@ -84,6 +88,7 @@ class MethodSpec:
     implies: Mapping[str, Any] = field(default_factory=dict)
     validate: Optional[Callable[[Any], None]] = None
     check_teacher: Optional[Callable[[Any, str], None]] = None
+    check_build: Optional[Callable[[Any, Any, Any, Callable[[], int]], None]] = None
     size_factor: Optional[Callable[[Any], float]] = None
     student_options: Optional[Callable[[Any], dict]] = None
     not_a_base: str = ""
@@ -120,6 +125,7 @@ class Extension:
     active: Callable[[Any], bool]
     apply: Callable[[Any, Any], None]
     validate: Optional[Callable[[Any], None]] = None
+    check_build: Optional[Callable[[Any, Any, Any, Callable[[], int]], None]] = None  # as MethodSpec's, when active
 
 
 METHODS = Registry("method")
@@ -163,6 +169,13 @@ def config_checks(cfg) -> list[Callable[[Any], None]]:
     if base != cfg.method and base in METHODS._items:
         names.append(base)
     return checks + [METHODS.get(n).validate for n in names if METHODS.get(n).validate is not None]
+
+
+def build_checks(cfg) -> list[Callable[[Any, Any, Any, Callable[[], int]], None]]:
+    """The ``check_build`` hooks that apply to ``cfg``: the chosen method's and every active extension's."""
+    checks = [ext.check_build for ext in EXTENSIONS._items.values() if ext.check_build is not None and ext.active(cfg)]
+    spec = METHODS.get(cfg.method)
+    return checks + ([spec.check_build] if spec.check_build is not None else [])
 
 
 def build_criterion(base: str, ctx: BuildContext, model) -> Any:

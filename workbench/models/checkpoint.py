@@ -34,6 +34,9 @@ OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 #: harmless classes found in common KD checkpoints, allowed under ``weights_only=True``
 #: (RepDistiller's ``*_last.pth`` stores its argparse options as ``"opt"``)
 SAFE_GLOBALS = (argparse.Namespace,)
+#: torch's weights-only refusal: the part after UNPICKLER_ERROR and before its documentation pointer
+UNPICKLER_ERROR, TORCH_DOC_POINTER = "WeightsUnpickler error:", "Check the documentation"
+MAX_DETAIL = 300  # characters of torch's own error kept in the one-line message
 
 
 def read_state_dict(path, map_location="cpu", weights_only: bool = True) -> dict[str, torch.Tensor]:
@@ -50,10 +53,12 @@ def read_state_dict(path, map_location="cpu", weights_only: bool = True) -> dict
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             obj = torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as err:  # torch raises many types for corrupt/unsafe files
-        hint = ""
-        if weights_only and "weights_only" in str(err):
+        detail, hint = " ".join(str(err).split()), ""  # one line: torch's messages span several
+        if weights_only and "weights_only" in detail:
+            detail = detail.split(UNPICKLER_ERROR)[-1].split(TORCH_DOC_POINTER)[0].strip() if UNPICKLER_ERROR in detail \
+                else "the weights-only loader refused it"
             hint = " (the file holds non-tensor Python objects; pass weights_only=False if you trust it)"
-        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}{hint}") from err
+        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {detail[:MAX_DETAIL]}{hint}") from err
     state = _find_state_dict(obj, path)
     state = dict(state) if not hasattr(state, "_metadata") else state.copy()
     consume_prefix_in_state_dict_if_present(state, DDP_PREFIX)

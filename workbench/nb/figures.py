@@ -11,11 +11,18 @@ from .run import eval_set
 
 def init_plotly() -> None:
     """Figures that render in JupyterLab (plotly mimetype) and in the HTML report of
-    :mod:`workbench.nb.report` (an HTML fallback using the one ``plotly.min.js`` the report
-    loads): plotly.js is not embedded in notebooks, so executed notebooks and reports stay small."""
+    :mod:`workbench.nb.report` (an HTML fallback using the plotly.js the report inlines once):
+    plotly.js is not embedded in each output, so executed notebooks and reports stay small."""
     from .report import use_renderer
 
     use_renderer()
+
+
+def class_names(cfg: RunConfig):
+    """The run's dataset's label names (legends say "Sneaker", not 7), or None if it has none."""
+    from .. import data
+
+    return data.info(cfg.dataset, **cfg.dataset_options()).class_names or None
 
 
 def feature_map_figure(models: dict, cfg: RunConfig, points: int, method: str = "tsne",
@@ -28,7 +35,7 @@ def feature_map_figure(models: dict, cfg: RunConfig, points: int, method: str = 
     if not chosen:
         return None
     sets = extract_many(chosen, eval_set(cfg), max_samples=points, cache_dir=False)
-    fig = figures.feature_map_panels(feature_maps(sets, method=method, seed=cfg.seed))
+    fig = figures.feature_map_panels(feature_maps(sets, method=method, seed=cfg.seed), class_names=class_names(cfg))
     if title:
         fig.update_layout(title=title)
     return fig
@@ -43,6 +50,7 @@ def method_feature_maps(models_by_panel: dict, cfg: RunConfig, points: int, meth
         return None
     sets = extract_many(dict(models_by_panel), eval_set(cfg), max_samples=points, cache_dir=False)
     cols = min(4, len(sets))
-    fig = figures.feature_map_panels(feature_maps(sets, method=method, seed=cfg.seed), cols=cols)
+    fig = figures.feature_map_panels(feature_maps(sets, method=method, seed=cfg.seed), class_names=class_names(cfg),
+                                     cols=cols)
     fig.update_layout(title="Student feature maps per method")
     return fig

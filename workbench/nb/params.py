@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 from .. import presets
 from ..config import ConfigError, RunConfig, fields_by_name, parse_bool
-from ..registry import Registry, unknown_choice
+from ..registry import Registry, unknown_among_many, unknown_choice
 from .errors import ParameterError
 
 AUTO = "auto"
@@ -116,8 +116,10 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # explore's live run: no progress bars between the widgets
     "explore": {"progress": False},
     # teaching: a few-minute walk-through on a laptop (the fashion demo preset, shorter)
-    "teaching": {"epochs": 8, "progress": False},
+    "teaching": {"epochs": 8},
 }
+
+CONFIG_HELP = None  # a spec entry's help: the config key's own help (one text, never a stale copy)
 
 _RUN = [  # shared by gpd.ipynb and compare.ipynb; CIFAR-100 protocol defaults for a GPU run
     ("dataset", "dataset: cifar100 (downloaded into datasets/), fashion_mnist or digits (embedded, offline CPU demos)"),
@@ -138,8 +140,8 @@ _RUNTIME = [
     ("nproc", NOTEBOOK_ONLY["nproc"], "number of GPUs: 1 runs in this kernel, more runs a torchrun subprocess"),
     ("probe_every", "gap / discriminability / transferability probes every N epochs (0: off)"),
     ("out_dir", "where runs are written ('' means runs/ of the checkout)"),
-    ("train_per_class", "digits only: training images per class (None: 70/30 split)"),
-    ("source_classes", "digits only: source classes, e.g. 0,1,2,3,4 (the rest is the transferability target)"),
+    ("train_per_class", CONFIG_HELP),
+    ("source_classes", CONFIG_HELP),
     ("progress", "show progress bars"),
 ]
 _EMBED = [
@@ -207,6 +209,8 @@ def _resolve(notebook: str, entry: tuple) -> tuple[str, Any, str]:
     key, text = entry
     if key not in RunConfig.keys():
         raise ValueError(f"{notebook}: {key!r} is neither a run-config key nor given a notebook default")
+    if text is CONFIG_HELP:
+        text = papermill_help(fields_by_name()[key].metadata["help"])
     return key, config_default(notebook, key), text
 
 
@@ -244,27 +248,78 @@ def defaults(notebook: str) -> dict:
 INJECTED_HEADER = "# Parameters\n"  # first line of the cell papermill injects after the parameters cell
 
 
+def _assigned(source: str) -> list[str] | None:
+    """The names a cell made only of ``name = value`` lines (comments allowed) assigns, in order;
+    None for any other cell (imports, calls, attribute targets) or a syntax error."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    names = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        else:
+            return None
+        if not all(isinstance(t, ast.Name) for t in targets):
+            return None
+        names += [t.id for t in targets]
+    return names
+
+
+def _history(namespace: dict) -> list[str]:
+    return [s for s in namespace.get("In", []) if isinstance(s, str)]
+
+
 def injected_names(namespace: dict) -> list[str]:
     """Names assigned by papermill's injected-parameters cell, from IPython's input history
     (``In``) in ``namespace``: the latest executed cell that starts like papermill's. Empty
     outside papermill (nothing was injected)."""
-    for source in reversed(list(namespace.get("In", []))):
-        if isinstance(source, str) and source.startswith(INJECTED_HEADER):
-            try:
-                tree = ast.parse(source)
-            except SyntaxError:
-                return []
-            return [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
-                    for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
-                    if isinstance(t, ast.Name)]
+    for source in reversed(_history(namespace)):
+        if source.startswith(INJECTED_HEADER):
+            return _assigned(source) or []
     return []
 
 
+def parameters_cell_names(namespace: dict) -> list[str]:
+    """Names assigned by the cells run just before the current one (the last history entry) that
+    hold nothing but ``name = value`` lines: the parameters cell as typed in JupyterLab (and a
+    cell added under it), papermill's injected cell. Empty when the cell before is anything else."""
+    history = _history(namespace)[:-1]  # the last entry is the cell calling this
+    names = []
+    for source in reversed(history):
+        if not source.strip():
+            continue
+        assigned = _assigned(source)
+        if assigned is None:
+            break
+        names = assigned + names
+    return names
+
+
+MAX_LISTED = 12  # more parameters than this: the error names the closest, not all of them
+
+
+def _unknown(where: str, notebook: str, name: str, known: list[str]) -> ParameterError:
+    kind = f"{notebook}.ipynb parameter"
+    text = (unknown_choice(kind, name, known) if len(known) <= MAX_LISTED
+            else unknown_among_many(kind, name, known, "the parameters cell"))
+    return ParameterError(f"{where}: {text}")
+
+
 def params_from(namespace: dict, notebook: str) -> dict:
-    """The current values of ``notebook``'s parameters from a namespace (``globals()``); a name
-    injected with ``papermill -p`` that is not one of them raises :class:`ParameterError`."""
+    """The current values of ``notebook``'s parameters from a namespace (``globals()``). A name
+    that is not one of them -- injected with ``papermill -p`` or typed in the parameters cell
+    (``epoch = 5``, which would otherwise be ignored) -- raises :class:`ParameterError` with a
+    did-you-mean."""
     known = defaults(notebook)
-    for name in injected_names(namespace):
+    injected = injected_names(namespace)
+    for name in injected:
         if name not in known:
-            raise ParameterError(f"papermill -p {name}: " + unknown_choice(f"{notebook}.ipynb parameter", name, list(known)))
+            raise _unknown(f"papermill -p {name}", notebook, name, list(known))
+    for name in parameters_cell_names(namespace):
+        if name not in known and name not in injected:
+            raise _unknown(f"parameters cell: {name} = ...", notebook, name, list(known))
     return {k: namespace[k] for k in known}

@@ -11,7 +11,7 @@ from ..config import ConfigError, RunConfig
 from ..data import DatasetNotFoundError
 from ..engine.callbacks import PAIRS, Callback
 from .errors import RunError
-from .progress import LiveGapFigure, NotebookProgress
+from .progress import LiveGapFigure, NotebookProgress, terminal_echo
 from .tables import Table
 
 
@@ -50,10 +50,12 @@ def train(cfg: RunConfig, nproc: int = 1, extra_callbacks: Sequence = (), echo=p
     empty for multi-process runs (the models live in the torchrun workers).
 
     In a notebook each phase (teacher, distillation) shows one display updated in place
-    (:class:`NotebookProgress`) and, with ``live_curves`` and probes on, the gap curves are
-    redrawn after each epoch. A failure ends the cell with one line saying what failed and what
+    (:class:`NotebookProgress`; with ``WORKBENCH_TERMINAL_PROGRESS=1`` its lines also go to the
+    terminal the kernel was started from, as ``make demo`` does) and, with ``live_curves`` and
+    probes on, the gap curves are redrawn after each epoch. A failure ends the cell with one line saying what failed and what
     to do (:class:`RunError`), its traceback collapsed just above."""
-    from ..engine import CheckpointError, NonFiniteLossError
+    from ..engine import CheckpointError, NonFiniteLossError, Preempted
+    from ..launch import DistributedRunError
 
     kernel = in_kernel()
     try:
@@ -65,13 +67,17 @@ def train(cfg: RunConfig, nproc: int = 1, extra_callbacks: Sequence = (), echo=p
         extra = [cap, *extra_callbacks]
         if kernel and live_curves and cfg.probe_every > 0:
             extra.append(LiveGapFigure())
-        progress = NotebookProgress() if kernel and cfg.progress else None
-        result = experiment.run(cfg, extra_callbacks=extra, log=echo, progress=progress)
+        terminal = terminal_echo() if kernel else None  # make demo: progress in the terminal too
+        log = echo if terminal is None else (lambda msg: (echo(msg), terminal(msg)))
+        progress = NotebookProgress(echo=terminal) if kernel and cfg.progress else None
+        result = experiment.run(cfg, extra_callbacks=extra, log=log, progress=progress)
         return result, cap.models
+    except (Preempted, DistributedRunError) as e:  # a stop signal, or the workers' own one line
+        raise RunError(str(e)) from None
     except (ConfigError, CheckpointError, DatasetNotFoundError, NonFiniteLossError) as e:
         if kernel:
             show_traceback(e)
-        raise RunError(str(e)) from None
+        raise RunError(e.in_notebook() if isinstance(e, DatasetNotFoundError) else str(e)) from None
     except KeyboardInterrupt:
         raise RunError("interrupted; rerun the same command to resume") from None
     except Exception as e:  # an unexpected failure: still one visible line, traceback one click away

@@ -104,7 +104,9 @@ def setup(params: dict, defaults: Optional[dict] = None, check_files: bool = Tru
             experiment.prepare(cfg)
     except ParameterError:
         raise
-    except (ValueError, DatasetNotFoundError) as e:  # ConfigError, missing data, registry errors
+    except DatasetNotFoundError as e:  # missing data: said with the notebook's parameter spelling
+        raise ParameterError(e.in_notebook()) from None
+    except ValueError as e:  # ConfigError, registry errors
         raise ParameterError(str(e)) from None
     return Setup(cfg, options, name)
 

@@ -89,3 +89,17 @@ def gap_sentence(gaps: dict) -> str:
                 f"{gaps['T_s-S']['final']:+.1f}.")
     return (f"In this run the dynamic gap T_d-S ({d:.1f} points on average) was not smaller than the static gap "
             f"T_s-S ({s:.1f}).")
+
+
+LEVEL_POINTS = 0.05  # |final T_d-S| below this (half the 0.1-point rounding shown): "level with"
+
+
+def gap_takeaway(gaps: dict) -> str:
+    """The closing numbers of teaching.ipynb, worded by the numbers alone: each gap's mean size
+    and final value, and where T_d ended relative to S (above, below or level)."""
+    s, d = gaps["T_s-S"], gaps["T_d-S"]
+    final = d["final"]
+    where = "level with" if abs(final) < LEVEL_POINTS else ("above" if final > 0 else "below")
+    return (f"The static gap T_s-S averaged {s['mean abs']:.1f} points and ended at {s['final']:+.1f}; the dynamic "
+            f"gap T_d-S averaged {d['mean abs']:.1f} points in size and ended at {final:+.1f}: T_d finished {where} "
+            f"the student in this run.")

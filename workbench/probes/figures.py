@@ -93,6 +93,18 @@ def axis_unit(metric: str) -> str:
     return label
 
 
+WHOLE_EPOCH_TICKS_UP_TO = 10  # short runs: one tick per epoch (plotly's own ticks read 0.5, 1.5 epochs)
+
+
+def _whole_epochs(fig: go.Figure) -> go.Figure:
+    """Epoch axes tick at whole epochs: one tick per epoch for short runs (longer runs get
+    plotly's own round ticks, whole numbers already)."""
+    last = max((x for t in fig.data for x in (t.x or ()) if isinstance(x, (int, float))), default=0)
+    if last <= WHOLE_EPOCH_TICKS_UP_TO:
+        fig.update_xaxes(dtick=1)
+    return fig
+
+
 def _series(records: Iterable[dict], x: str = "epoch", y: str = "value") -> tuple[list, list]:
     pts = sorted((r[x], r[y]) for r in records if r.get(x) is not None and r.get(y) is not None)
     return [p[0] for p in pts], [p[1] for p in pts]
@@ -157,7 +169,7 @@ def gap_curves(source: Source, metrics: Optional[Sequence[str]] = None, pairs: O
         fig.update_layout(updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.15)],
                           xaxis_title="epoch", yaxis_title=axis_label(metrics[0]) if metrics else "")
     fig.update_layout(title="Teacher-student gaps", legend_title_text="pair")
-    return fig
+    return _whole_epochs(fig)
 
 
 def top1_curves(source: Source, split: Optional[str] = None, roles: Optional[Sequence[str]] = None) -> go.Figure:
@@ -182,7 +194,7 @@ def top1_curves(source: Source, split: Optional[str] = None, roles: Optional[Seq
                                          meta=dict(role=role, run=run)))
     fig.update_layout(title=f"Top-1 ({split})", xaxis_title="epoch", yaxis_title=axis_label("top1"), legend_title_text="model",
                       yaxis_tickformat=PERCENT_TICKS)
-    return fig
+    return _whole_epochs(fig)
 
 
 def _disc_series(recs, role, metric, run):
@@ -194,30 +206,49 @@ def _disc_series(recs, role, metric, run):
                    y="top1")
 
 
+NO_TARGET_NOTE = ("no transferability target in this run: on digits / fashion_mnist set source_classes "
+                  "(the other classes become the target), or transfer=&lt;dataset&gt;")
+
+
+def _transfer_records(recs, role, metric, run, target):
+    return [r for r in recs if r.get("kind") == "probe" and r.get("probe") == "transferability"
+            and r.get("role") == role and r.get("metric") == metric and r.get("run") == run
+            and (target is None or r.get("target") == target)]
+
+
 def disc_transfer_curves(source: Source, role: str = "student", disc_metric: str = "top1",
                          transfer_metric: str = "linear_top1", mode: str = "twin",
                          target: Optional[str] = None) -> go.Figure:
     """Discriminability (solid, left axis / top panel) and transferability (dashed, right axis /
     bottom panel) over epochs, colour per run. ``disc_metric="top1"`` falls back to the eval
-    records when no discriminability probe ran."""
+    records when no discriminability probe ran. Runs without a transferability target get one
+    axis (no empty right axis or panel) and a note in the figure saying so."""
     if mode not in DT_MODES:
         raise ValueError(unknown_choice("disc/transfer figure mode", mode, list(DT_MODES)))
     recs = load_records(source)
     runs = _runs(recs)
     several = len(runs) > 1
-    fig = make_subplots(specs=[[{"secondary_y": True}]]) if mode == "twin" else \
-        make_subplots(rows=2, cols=1, shared_xaxes=True, subplot_titles=(f"discriminability: {axis_label(disc_metric)}",
-                                                                         f"transferability: {axis_label(transfer_metric)}"))
+    transfer = {run: _transfer_records(recs, role, transfer_metric, run, target) for run in runs}
+    has_target = any(transfer.values())
+    if not has_target:
+        fig = go.Figure()
+    elif mode == "twin":
+        fig = make_subplots(specs=[[{"secondary_y": True}]])
+    else:
+        fig = make_subplots(rows=2, cols=1, shared_xaxes=True,
+                            subplot_titles=(f"discriminability: {axis_label(disc_metric)}",
+                                            f"transferability: {axis_label(transfer_metric)}"))
     for j, run in enumerate(runs):
         color = qualitative.Plotly[j % len(qualitative.Plotly)]
         x, y = _disc_series(recs, role, disc_metric, run)
-        tr = [r for r in recs if r.get("kind") == "probe" and r.get("probe") == "transferability"
-              and r.get("role") == role and r.get("metric") == transfer_metric and r.get("run") == run
-              and (target is None or r.get("target") == target)]
-        xt, yt = _series(tr)
-        label = tr[0].get("target", "") if tr else ""
         d = go.Scatter(x=x, y=y, mode="lines+markers", name=_name(f"discriminability ({disc_metric})", run, several),
                        line=dict(color=color), meta=dict(series="discriminability", run=run))
+        if not has_target:
+            fig.add_trace(d)
+            continue
+        tr = transfer[run]
+        xt, yt = _series(tr)
+        label = tr[0].get("target", "") if tr else ""
         t = go.Scatter(x=xt, y=yt, mode="lines+markers",
                        name=_name(f"transferability ({transfer_metric}{', ' + label if label else ''})", run, several),
                        line=dict(color=color, dash="dash"), meta=dict(series="transferability", run=run))
@@ -227,14 +258,20 @@ def disc_transfer_curves(source: Source, role: str = "student", disc_metric: str
         else:
             fig.add_trace(d, row=1, col=1)
             fig.add_trace(t, row=2, col=1)
-    if mode == "twin":
+    if not has_target:
+        fig.update_yaxes(title_text=f"discriminability: {axis_label(disc_metric)}", tickformat=PERCENT_TICKS)
+        fig.add_annotation(text=NO_TARGET_NOTE, xref="paper", yref="paper", x=0, y=1.0, xanchor="left",
+                           yanchor="bottom", showarrow=False, font=dict(size=11, color="gray"))
+    elif mode == "twin":
         fig.update_yaxes(title_text=f"discriminability: {axis_label(disc_metric)}", secondary_y=False,
                          tickformat=PERCENT_TICKS)
         fig.update_yaxes(title_text=f"transferability: {axis_label(transfer_metric)}", secondary_y=True,
                          tickformat=PERCENT_TICKS, showgrid=False)
     fig.update_xaxes(title_text="epoch")
-    fig.update_layout(title=f"Discriminability vs transferability ({role_label(role)})")
-    return fig
+    title = f"Discriminability vs transferability ({role_label(role)})" if has_target else \
+        f"Discriminability ({role_label(role)}; no transferability target)"
+    fig.update_layout(title=title)
+    return _whole_epochs(fig)
 
 
 # -------------------------------------------------------------------------- feature maps
@@ -253,6 +290,14 @@ def _class_name(c, class_names):
     return str(class_names[c]) if class_names is not None else str(c)
 
 
+def _hover_data(idx, y, pred, class_names) -> np.ndarray:
+    """Per point: test index, label and prediction -- by class name when the dataset has names."""
+    if class_names is None:
+        return np.stack([idx, y, pred], axis=1)
+    named = [[_class_name(int(c), class_names) if c >= 0 else "-" for c in col] for col in (y, pred)]
+    return np.array(list(zip(idx.tolist(), *named)), dtype=object)
+
+
 def _scatter_traces(rec: dict, class_names=None, show_legend: bool = True, classes=None) -> list:
     """Traces of one map: one per class (<= MAX_CLASS_TRACES classes) or one coloured trace.
     ``classes`` fixes the class list so every panel/frame has the same traces in the same order."""
@@ -264,7 +309,7 @@ def _scatter_traces(rec: dict, class_names=None, show_legend: bool = True, class
     Scatter = go.Scattergl if len(y) > WEBGL_POINTS else go.Scatter
     hover = "index %{customdata[0]}<br>label %{customdata[1]}<br>prediction %{customdata[2]}<extra></extra>"
     if len(classes) > MAX_CLASS_TRACES:
-        custom = np.stack([idx, y, pred], axis=1)
+        custom = _hover_data(idx, y, pred, class_names)
         return [Scatter(x=Z[:, 0], y=Z[:, 1], mode="markers", name=rec.get("panel", "map"), customdata=custom,
                         hovertemplate=hover, showlegend=False,
                         marker=dict(size=4, color=y, colorscale="Turbo", showscale=show_legend))]
@@ -273,7 +318,7 @@ def _scatter_traces(rec: dict, class_names=None, show_legend: bool = True, class
         m = y == c
         traces.append(Scatter(x=Z[m, 0], y=Z[m, 1], mode="markers", name=_class_name(c, class_names),
                               legendgroup=f"class {c}", showlegend=show_legend,
-                              customdata=np.stack([idx[m], y[m], pred[m]], axis=1), hovertemplate=hover,
+                              customdata=_hover_data(idx[m], y[m], pred[m], class_names), hovertemplate=hover,
                               marker=dict(size=5, color=CLASS_PALETTE[c % len(CLASS_PALETTE)])))
     return traces
 
