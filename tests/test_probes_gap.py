@@ -6,10 +6,14 @@ import pytest
 import torch
 
 from conftest import float_tol
-from workbench.engine.callbacks import PAIRS, RoleOutputs
+from workbench.engine.callbacks import RoleOutputs
+from workbench.engine.roles import gap_pairs
+
 from workbench.engine.metrics import MetricsLog, read_metrics
 from workbench.probes import metrics as M
 from workbench.probes.gap import GapProbe, gap_records, logit_diff_matrix
+
+PAIRS = gap_pairs()  # the probes import the methods: GPD has registered T_d
 
 N, K, D = 40, 4, 6
 
@@ -102,3 +106,20 @@ def test_logit_diff_matrix_is_first_minus_second():
     np.testing.assert_allclose(m[1], d[y == 1].mean(0), rtol=float_tol(torch.float32, terms=len(y)))  # float32 class means
     with pytest.raises(ValueError, match="valid choices"):
         logit_diff_matrix({"student": s}, "T_s-S")
+
+
+def test_gap_pairs_come_from_the_registered_roles():
+    """The engine knows S and T_s; GPD registers T_d in its own file (no generic code names it)."""
+    assert PAIRS == {"T_s-S": ("teacher", "student"), "T_d-S": ("dynamic_teacher", "student"),
+                     "T_s-T_d": ("teacher", "dynamic_teacher")}
+    from workbench.engine.roles import register_role, role_label
+
+    register_role("peer", "P", 10, "a test role")  # a method's own role: paired by rank, labelled everywhere
+    try:
+        pairs = gap_pairs()
+        assert pairs["P-S"] == ("peer", "student") and pairs["T_d-P"] == ("dynamic_teacher", "peer")
+        assert role_label("peer_ema") == "P_ema"
+    finally:
+        from workbench.engine import roles
+
+        roles._ROLES.pop("peer")

@@ -40,6 +40,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, RunConfig, help_text, parse_overrides
+from .engine.roles import role_label, teachers
 from .registry import unknown_choice
 
 SWEEP_USAGE = """``python -m workbench sweep [--dry-run] [--no-wait] key=values ... [sweep keys]``
@@ -231,8 +232,8 @@ def done_line(summary: dict, run_dir) -> str:
     s = summary["student"]
     parts = [f"S {s_last:.2f} (best {s_best:.2f} at epoch {s.get('best_epoch_reported', s.get('best_epoch'))})"]
     gaps = []
-    for role, label in (("dynamic_teacher", "T_d"), ("teacher", "T_s")):
-        t = _top1(summary, role, "last")
+    for role in reversed(teachers()):  # T_d, then T_s
+        t, label = _top1(summary, role, "last"), role_label(role)
         if t is not None:
             parts.append(f"{label} {t:.2f}")
             gaps.append(f"{label}-S {t - s_last:+.2f}")

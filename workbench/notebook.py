@@ -21,7 +21,7 @@ Guarantees:
 - Failures while training (a run folder in use, a refused resume, divergence, Ctrl-C) are
   shown as one line too (:class:`RunError`).
 """
-from .engine.callbacks import ROLE_LABELS, role_label  # noqa: F401
+from .engine.roles import role_label, role_labels  # noqa: F401
 from .nb.errors import OneLine, ParameterError, RunError  # noqa: F401
 from .nb.explorer import TOP1, Explorer, find_runs, run_config, run_labels, run_state, runs_table, training  # noqa: F401
 from .nb.figures import feature_map_figure, init_plotly, method_feature_maps  # noqa: F401

@@ -18,21 +18,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-ROLES = ("student", "teacher", "dynamic_teacher")
-#: the one role -> label map (logs, tables, figures); an EMA twin ``<role>_ema`` is ``<label>_ema``
-ROLE_LABELS = {"student": "S", "teacher": "T_s", "dynamic_teacher": "T_d"}
-EMA_SUFFIX = "_ema"  # eval roles of the EMA model: student_ema, dynamic_teacher_ema
-
-
-def role_label(role: str) -> str:
-    """``S``, ``T_s``, ``T_d`` (``S_ema``, ``T_d_ema`` for EMA twins); unknown roles unchanged."""
-    if role.endswith(EMA_SUFFIX) and role[: -len(EMA_SUFFIX)] in ROLE_LABELS:
-        return ROLE_LABELS[role[: -len(EMA_SUFFIX)]] + EMA_SUFFIX
-    return ROLE_LABELS.get(role, role)
-
-
-PAIRS = {"T_s-S": ("teacher", "student"), "T_d-S": ("dynamic_teacher", "student"),
-         "T_s-T_d": ("teacher", "dynamic_teacher")}
+from .roles import EMA_SUFFIX, role_label  # noqa: F401  (re-exported: the records' roles live in engine.roles)
 
 
 @dataclass

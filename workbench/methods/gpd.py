@@ -37,7 +37,11 @@ from ..keys import opt
 from ..losses import sce_loss
 from ..models.hooks import FeatureTap
 from .base import Distiller, Outputs, feature_names
+from ..engine.roles import register_role
 from .spec import ANY_BASE, NO_BASE, TEACHER_BY_BASE, build_criterion, method
+
+#: the dynamic teacher, evaluated beside the student (between it and the static teacher)
+DYNAMIC_TEACHER = register_role("dynamic_teacher", "T_d", 50, "GPD's dynamic teacher").name
 
 DT_SUFFIX = "_dt"
 #: the GPD reference code's model-EMA decay per step (timm ModelEmaV2, every CNN run), its
@@ -89,7 +93,7 @@ class GPD(Distiller):
         # The extracted student equals the student view exactly (same weights, same BN stats)
         # and is a plain zoo model, so feature hooks and probes treat it like any student.
         dt = self.dt if trained is None else trained
-        models = {"student": surgery.extract_student(dt), "dynamic_teacher": dt.wide}
+        models = {"student": surgery.extract_student(dt), DYNAMIC_TEACHER: dt.wide}
         if self.teacher_ready() and trained is None:
             models["teacher"] = self.teacher
         return models

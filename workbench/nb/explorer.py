@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..config import RUNTIME_KEYS
-from ..engine.callbacks import PAIRS, ROLE_LABELS
+from ..engine.roles import gap_pairs, role_labels
 from ..engine.lock import LOCK_FILE  # held, with the holder's pid in it, while a run trains
 from ..probes.figures import WHOLE_EPOCH_TICKS_UP_TO, axis_label
 from .tables import Table
@@ -169,7 +169,7 @@ class Explorer:
         self._busy = True  # no redraws while the controls are filled in
         self.load(selected)
         self.pairs = {p: W.ToggleButton(value=True, description=p, icon="check", button_style=ON_STYLE)
-                      for p in PAIRS}
+                      for p in gap_pairs()}
         top = max((r["epoch"] for recs in self.records.values() for r in recs), default=0)
         self.epoch = W.IntSlider(value=top, min=0, max=max(1, top), description="epoch", continuous_update=True)
         self.readout = W.HTML()
@@ -244,7 +244,7 @@ class Explorer:
             recs = self.records[run]
             name = self.labels.get(run, run)
             if self.metric.value == TOP1:
-                for role, label in ROLE_LABELS.items():
+                for role, label in role_labels().items():
                     pts = sorted((r["epoch"], r["top1"]) for r in recs if r.get("kind") == "eval" and r.get("role") == role)
                     if pts:
                         out[f"{label} ({name})" if several else label] = ([e for e, _ in pts], [v for _, v in pts])

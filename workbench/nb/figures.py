@@ -2,10 +2,10 @@
 trained models on the run's evaluation set (the test split, or the validation split under ``eval_on=val``)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 from ..config import RunConfig
-from ..engine.callbacks import role_label
+from ..engine.roles import role_label, roles as known_roles
 from .run import eval_set
 
 
@@ -26,12 +26,12 @@ def class_names(cfg: RunConfig):
 
 
 def feature_map_figure(models: dict, cfg: RunConfig, points: int, method: str = "tsne",
-                       roles: Sequence[str] = ("student", "dynamic_teacher", "teacher"), title: str = ""):
+                       roles: Optional[Sequence[str]] = None, title: str = ""):
     """Side-by-side penultimate-feature maps of the given roles on the first ``points`` test
     evaluation examples (shared PCA init, aligned panels); ``None`` if no model of those roles is given."""
     from ..probes import extract_many, feature_maps, figures
 
-    chosen = {role_label(r): models[r] for r in roles if r in models}
+    chosen = {role_label(r): models[r] for r in (roles or known_roles()) if r in models}
     if not chosen:
         return None
     sets = extract_many(chosen, eval_set(cfg), max_samples=points, cache_dir=False)

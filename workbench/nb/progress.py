@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..keys import FALSE_WORDS
-from ..engine.callbacks import PAIRS, Callback
+from ..engine.callbacks import Callback
+from ..engine.roles import gap_pairs
 from ..engine.progress import EpochClock, Progress, clock
 
 MIN_UPDATE_S = 0.5  # at most two in-place updates per second (each is a message to the front end)
@@ -190,7 +191,7 @@ class LiveGapFigure(Callback):
 
     def series(self, records: list[dict]) -> dict[str, list[tuple[int, float]]]:
         out = {}
-        for pair in PAIRS:
+        for pair in gap_pairs():
             pts = sorted((r["epoch"], r["value"]) for r in records if r.get("kind") == "gap"
                          and r.get("metric") == self.metric and r.get("pair") == pair and r.get("value") is not None)
             if pts:

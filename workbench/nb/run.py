@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from .. import experiment
 from ..config import ConfigError, RunConfig
 from ..data import DatasetNotFoundError
-from ..engine.callbacks import PAIRS, Callback
+from ..engine.callbacks import Callback
+from ..engine.roles import gap_pairs
 from .errors import RunError
 from .progress import LiveGapFigure, NotebookProgress, terminal_echo
 from .tables import Table
@@ -133,8 +134,8 @@ class LiveCurves(Callback):
     """Updates a plotly ``FigureWidget`` after every epoch from the run's ``metrics.jsonl``: one
     trace per (pair) of ``metric`` gaps plus the student's top-1 (when ``top1=True``)."""
 
-    def __init__(self, widget, metric: str = "acc_gap", pairs: Sequence[str] = tuple(PAIRS)):
-        self.widget, self.metric, self.pairs = widget, metric, list(pairs)
+    def __init__(self, widget, metric: str = "acc_gap", pairs: Optional[Sequence[str]] = None):
+        self.widget, self.metric, self.pairs = widget, metric, list(pairs if pairs is not None else gap_pairs())
         self.updates = 0
 
     def on_epoch_end(self, state, epoch: int) -> list[dict]:
@@ -160,6 +161,6 @@ def live_figure(title: str = "live: gaps as epochs finish", metric: str = "acc_g
     import plotly.graph_objects as go
 
     fig = go.FigureWidget(layout=dict(title=title, xaxis_title="epoch", yaxis_title=metric, height=380))
-    for p in PAIRS:
+    for p in gap_pairs():
         fig.add_scatter(x=[], y=[], mode="lines+markers", name=p)
     return fig

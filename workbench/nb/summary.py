@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from typing import Optional
 
-from ..engine.callbacks import role_label
+from ..engine.roles import STUDENT, gap_pairs, role_label, roles, teachers
 
 HEADLINE_CLASS = "wb-headline"
 
@@ -22,14 +22,15 @@ def outcome(records: list[dict]) -> dict:
     EMA was evaluated -- and the gaps in points, plus the epoch count."""
     epochs = max((r["epoch"] for r in records if r.get("kind") == "train"), default=0)
     out = {"epochs": epochs}
-    for role in ("student", "dynamic_teacher", "teacher"):
+    for role in roles():
         v = _last(records, role)
         if v is not None:
             out[role_label(role)] = round(v, 2)
-    if "S" in out:
-        for t in ("T_s", "T_d"):
+    s = role_label(STUDENT.name)
+    if s in out:
+        for t in map(role_label, teachers()):
             if t in out:
-                out[f"{t}-S"] = round(out[t] - out["S"], 2)
+                out[f"{t}-{s}"] = round(out[t] - out[s], 2)
     return out
 
 
@@ -64,14 +65,11 @@ def headline(records: list[dict]) -> Headline:
     return Headline(records)
 
 
-GAP_PAIRS = ("T_s-S", "T_d-S")
-
-
 def gap_summary(records: list[dict], metric: str = "acc_gap") -> dict[str, dict[str, float]]:
     """Per pair: the gap at epoch 0, its mean absolute value over the evaluated epochs and its
     final value (``metric`` records; top-1 gap in points by default)."""
     out = {}
-    for pair in GAP_PAIRS:
+    for pair in (p for p, (_, second) in gap_pairs().items() if second == STUDENT.name):  # T_s-S, T_d-S
         pts = sorted((r["epoch"], r["value"]) for r in records if r.get("kind") == "gap" and r.get("pair") == pair
                      and r.get("metric") == metric and r.get("value") is not None)
         if pts:

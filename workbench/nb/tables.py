@@ -6,7 +6,7 @@ import html
 import math
 from typing import Sequence
 
-from ..engine.callbacks import PAIRS, role_label
+from ..engine.roles import gap_pairs, role_label
 
 
 class Table:
@@ -93,7 +93,7 @@ def gap_table(records: list[dict]) -> Table:
     gaps = [r for r in records if r.get("kind") == "gap"]
     last = max((r["epoch"] for r in gaps), default=None)
     rows = []
-    for pair in PAIRS:
+    for pair in gap_pairs():
         vals = {r["metric"]: r["value"] for r in gaps if r["epoch"] == last and r["pair"] == pair}
         if vals:
             rows.append([pair] + [vals.get(m) for m, _ in GAP_COLUMNS])

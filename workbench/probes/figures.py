@@ -17,13 +17,25 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from ..engine.callbacks import PAIRS, ROLES, role_label
+from .. import methods  # noqa: F401  (every method registers the roles it evaluates)
+from ..engine.roles import gap_pairs, role_label, roles as known_roles
 from ..engine.metrics import read_metrics
 from ..registry import unknown_choice
 
-PAIR_COLORS = dict(zip(PAIRS, qualitative.Plotly))
-ROLE_COLORS = {"student": qualitative.Plotly[0], "dynamic_teacher": qualitative.Plotly[1],
-               "teacher": qualitative.Plotly[2]}
+
+
+def pair_color(pair: str):
+    """One colour per gap pair (T_s-S, T_d-S, T_s-T_d, ...: their order in ``gap_pairs``)."""
+    pairs = list(gap_pairs())
+    return qualitative.Plotly[pairs.index(pair) % len(qualitative.Plotly)] if pair in pairs else None
+
+
+def role_color(role: str):
+    """One colour per role (S, T_d, T_s, ...: their order in ``engine.roles.roles``)."""
+    roles = list(known_roles())
+    return qualitative.Plotly[roles.index(role) % len(qualitative.Plotly)] if role in roles else None
+
+
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 PANEL_HEIGHT_PX = 340  # feature-map panels
 LEGEND_ROOM_PX = 60
@@ -131,7 +143,7 @@ def gap_curves(source: Source, metrics: Optional[Sequence[str]] = None, pairs: O
         raise ValueError(unknown_choice("gap figure mode", mode, list(GAP_MODES)))
     recs = [r for r in load_records(source) if r.get("kind") == "gap"]
     metrics = list(metrics) if metrics else list(dict.fromkeys(r["metric"] for r in recs))
-    pairs = list(pairs) if pairs else [p for p in PAIRS if any(r["pair"] == p for r in recs)]
+    pairs = list(pairs) if pairs else [p for p in gap_pairs() if any(r["pair"] == p for r in recs)]
     runs = _runs(recs)
     several = len(runs) > 1
     if mode == "facet":
@@ -149,7 +161,7 @@ def gap_curves(source: Source, metrics: Optional[Sequence[str]] = None, pairs: O
                 tr = go.Scatter(x=x, y=y, mode="lines+markers", name=_name(pair, run, several),
                                 legendgroup=_name(pair, run, several),
                                 showlegend=(i == 0 or mode == "dropdown"),
-                                line=_line(PAIR_COLORS.get(pair), j, pairs.index(pair), several),
+                                line=_line(pair_color(pair), j, pairs.index(pair), several),
                                 meta=dict(metric=metric, pair=pair, run=run),
                                 visible=True if mode == "facet" or i == 0 else False)
                 if mode == "facet":
@@ -181,7 +193,7 @@ def top1_curves(source: Source, split: Optional[str] = None, roles: Optional[Seq
         split = next((r["split"] for r in records if r.get("kind") == "eval" and r.get("split")), "test")
     kind = "train" if split == "train" else "eval"
     recs = [r for r in records if r.get("kind") == kind and r.get("split", split) == split]
-    roles = list(roles) if roles else [ro for ro in ROLES if any(r.get("role") == ro for r in recs)]
+    roles = list(roles) if roles else [ro for ro in known_roles() if any(r.get("role") == ro for r in recs)]
     runs = _runs(recs)
     fig = go.Figure()
     for j, run in enumerate(runs):
@@ -190,7 +202,7 @@ def top1_curves(source: Source, split: Optional[str] = None, roles: Optional[Seq
             if x:
                 fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers",
                                          name=_name(role_label(role), run, len(runs) > 1),
-                                         line=_line(ROLE_COLORS.get(role), j, roles.index(role), len(runs) > 1),
+                                         line=_line(role_color(role), j, roles.index(role), len(runs) > 1),
                                          meta=dict(role=role, run=run)))
     fig.update_layout(title=f"Top-1 ({split})", xaxis_title="epoch", yaxis_title=axis_label("top1"), legend_title_text="model",
                       yaxis_tickformat=PERCENT_TICKS)

@@ -6,7 +6,7 @@ One record per (pair, metric), long format (schema in :mod:`workbench.engine.met
 
     {"kind": "gap", "epoch": 3, "pair": "T_d-S", "metric": "kl", "value": 0.041}
 
-Pairs are :data:`workbench.engine.callbacks.PAIRS` (``T_s-S``, ``T_d-S``, ``T_s-T_d``); a pair
+Pairs are :func:`workbench.engine.roles.gap_pairs` (``T_s-S``, ``T_d-S``, ``T_s-T_d``); a pair
 is reported when both of its roles are in the outputs. The first role of a pair plays the
 teacher: ``acc_gap = top1(first) - top1(second)`` in percentage points (the unit of the
 published top-1 tables), ``kl = KL(p_first || p_second)``.
@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
-from ..engine.callbacks import PAIRS, Callback, RoleOutputs
+from .. import methods  # noqa: F401  (every method registers the roles it evaluates)
+from ..engine.callbacks import Callback, RoleOutputs
+from ..engine.roles import gap_pairs
 from ..registry import Registry, unknown_choice
 from . import metrics as M
 
@@ -69,10 +71,11 @@ def _dist_intra(t: RoleOutputs, s: RoleOutputs, T: float) -> float:
 
 
 def _check_pairs(pairs: Optional[Iterable[str]]) -> tuple[str, ...]:
-    pairs = tuple(PAIRS) if pairs is None else tuple(pairs)
+    known = gap_pairs()
+    pairs = tuple(known) if pairs is None else tuple(pairs)
     for p in pairs:
-        if p not in PAIRS:
-            raise ValueError(unknown_choice("gap pair", p, list(PAIRS)))
+        if p not in known:
+            raise ValueError(unknown_choice("gap pair", p, list(known)))
     return pairs
 
 
@@ -89,7 +92,7 @@ def gap_records(outputs: dict[str, RoleOutputs], epoch: Optional[int] = None,
         GAP_METRICS.check(m)
     records = []
     for pair in _check_pairs(pairs):
-        first, second = PAIRS[pair]
+        first, second = gap_pairs()[pair]
         if first not in outputs or second not in outputs:
             continue
         t, s = outputs[first], outputs[second]
@@ -140,7 +143,7 @@ class GapProbe(Callback):
 def logit_diff_matrix(outputs: dict[str, RoleOutputs], pair: str = "T_d-S"):
     """Class-mean logit difference ``(K, K)`` of a pair (first role minus second), for the
     heatmap figure; see :func:`workbench.probes.metrics.class_mean_logit_diff`."""
-    first, second = PAIRS[_check_pairs([pair])[0]]
+    first, second = gap_pairs()[_check_pairs([pair])[0]]
     for role in (first, second):
         if role not in outputs:
             raise ValueError(unknown_choice("role in outputs", role, sorted(outputs)))

@@ -42,7 +42,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine.callbacks import ROLES, Callback, RoleOutputs
+from .. import methods  # noqa: F401  (every method registers the roles it evaluates)
+from ..engine.callbacks import Callback, RoleOutputs
+from ..engine.roles import roles as known_roles
 from ..models import readout
 from ..registry import unknown_choice
 from . import cache as C
@@ -105,7 +107,7 @@ class DiscriminabilityProbe(Callback):
         if int(every) < 1 or int(k) < 1:
             raise ValueError(f"every and k must be >= 1, got every={every!r}, k={k!r}")
         for r in roles or ():
-            _choice("role", r, ROLES)
+            _choice("role", r, known_roles())
         _choice("kNN metric", knn_metric, M.KNN_METRICS)
         self.every, self.roles, self.k, self.knn_metric = int(every), roles, int(k), knn_metric
 
@@ -249,7 +251,7 @@ class TransferabilityProbe(Callback):
         _check_probe_options(protocol, probe_options)
         _choice("BN mode", bn, BN_MODES)
         for r in roles:
-            _choice("role", r, ROLES)
+            _choice("role", r, known_roles())
         if int(every) < 1:
             raise ValueError(f"every must be >= 1, got {every!r}")
         self.target_train, self.target_test, self.target = target_train, target_test, target
