@@ -110,10 +110,13 @@ def test_missing_cifar_is_a_short_message_in_each_front_ends_spelling(tmp_path, 
 def test_a_failed_download_is_said_in_a_few_words(tmp_path, monkeypatch):
     from workbench.data import base, cifar
 
-    def offline(**kw):
-        raise OSError("[Errno -2] Name or service not known\nand a second line")
+    class Offline:  # torchvision's dataset class, without a network
+        filename = "cifar-10-python.tar.gz"
 
-    monkeypatch.setattr(cifar, "_tv_class", lambda name: offline)
+        def __init__(self, **kw):
+            raise OSError("[Errno -2] Name or service not known\nand a second line")
+
+    monkeypatch.setattr(cifar, "_tv_class", lambda name: Offline)
     with pytest.raises(base.DatasetNotFoundError) as e:
         cifar._ensure("cifar10", tmp_path, download=True)
     assert "download failed (OSError: [Errno -2] Name or service not known)" in str(e.value), str(e.value)

@@ -827,7 +827,7 @@ def test_10_a_failed_download_leaves_no_empty_folder_and_is_one_line(tmp_path, m
     assert cli.main(argv) == 2
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Automatic download" in errors[0], captured.err
+    assert len(errors) == 1 and "download failed" in errors[0], captured.err
     assert captured.err.strip().splitlines()[:-1] == [f"[workbench] downloading into {root} (may take minutes)"]
     assert "Downloading" not in captured.out + captured.err
     assert list(root.iterdir()) == [] and not out.exists()
