@@ -199,7 +199,7 @@ def test_7_ctc_preempted_across_its_stage_boundary_resumes_bit_identical(fast_cf
     """CTC (memory banks, snapshot at the end of epoch 1, stage-2 heads): SIGTERM in the middle of
     stage 2's first epoch, or during the memory refresh (data pass) at the boundary. The rerun
     ends with the uninterrupted run's banks, weights and records."""
-    from workbench.methods.base import Distiller
+    from workbench.methods.own_terms import DataPass
 
     cfg = dict(fast_cfg, **CTC)
     run(dict(cfg, name="ref"), **QUIET)
@@ -207,12 +207,12 @@ def test_7_ctc_preempted_across_its_stage_boundary_resumes_bit_identical(fast_cf
         _signal_at_step(monkeypatch, "killed", epoch=2, step=3, sig=signal.SIGUSR1)
         expected = dict(epoch=2, step=3, signal="SIGUSR1")
     else:
-        real = Distiller.observe_batch
+        real = DataPass.__call__
 
-        def observe_batch(self, *args):
+        def observe_batch(self, *args):  # a batch of the data pass
             os.kill(os.getpid(), signal.SIGUSR2)
             return real(self, *args)
-        monkeypatch.setattr(Distiller, "observe_batch", observe_batch)
+        monkeypatch.setattr(DataPass, "__call__", observe_batch)
         expected = dict(epoch=1, step=None, signal="SIGUSR2")
     with pytest.raises(Preempted) as err:
         run(dict(cfg, name="killed"), **QUIET)

@@ -42,13 +42,18 @@ TEACHER = register_role("teacher", "T_s", 100, "the static teacher")
 
 
 def roles() -> tuple[str, ...]:
-    """Every registered role, the student first, by rank (S, T_d, T_s)."""
+    """Every registered role, in registration order: the engine's (S, T_s), then the methods' (T_d)."""
+    return tuple(_ROLES)
+
+
+def by_rank() -> tuple[str, ...]:
+    """Every registered role from the student up (S, T_d, T_s)."""
     return tuple(sorted(_ROLES, key=lambda n: _ROLES[n].rank))
 
 
 def teachers() -> tuple[str, ...]:
     """The roles that teach the student, highest rank first (T_s, T_d)."""
-    return tuple(n for n in reversed(roles()) if _ROLES[n].rank > 0)
+    return tuple(n for n in reversed(by_rank()) if _ROLES[n].rank > 0)
 
 
 def role_label(role: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from ..config import RunConfig
-from ..engine.roles import role_label, roles as known_roles
+from ..engine.roles import by_rank, role_label
 from .run import eval_set
 
 
@@ -31,7 +31,7 @@ def feature_map_figure(models: dict, cfg: RunConfig, points: int, method: str = 
     evaluation examples (shared PCA init, aligned panels); ``None`` if no model of those roles is given."""
     from ..probes import extract_many, feature_maps, figures
 
-    chosen = {role_label(r): models[r] for r in (roles or known_roles()) if r in models}
+    chosen = {role_label(r): models[r] for r in (roles or by_rank()) if r in models}
     if not chosen:
         return None
     sets = extract_many(chosen, eval_set(cfg), max_samples=points, cache_dir=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from typing import Optional
 
-from ..engine.roles import STUDENT, gap_pairs, role_label, roles, teachers
+from ..engine.roles import STUDENT, by_rank, gap_pairs, role_label, teachers
 
 HEADLINE_CLASS = "wb-headline"
 
@@ -22,7 +22,7 @@ def outcome(records: list[dict]) -> dict:
     EMA was evaluated -- and the gaps in points, plus the epoch count."""
     epochs = max((r["epoch"] for r in records if r.get("kind") == "train"), default=0)
     out = {"epochs": epochs}
-    for role in roles():
+    for role in by_rank():
         v = _last(records, role)
         if v is not None:
             out[role_label(role)] = round(v, 2)

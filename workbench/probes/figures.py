@@ -18,7 +18,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from .. import methods  # noqa: F401  (every method registers the roles it evaluates)
-from ..engine.roles import gap_pairs, role_label, roles as known_roles
+from ..engine.roles import by_rank, gap_pairs, role_label, roles as known_roles
 from ..engine.metrics import read_metrics
 from ..registry import unknown_choice
 
@@ -31,8 +31,8 @@ def pair_color(pair: str):
 
 
 def role_color(role: str):
-    """One colour per role (S, T_d, T_s, ...: their order in ``engine.roles.roles``)."""
-    roles = list(known_roles())
+    """One colour per role (S, T_d, T_s, ...: their order from the student up)."""
+    roles = list(by_rank())
     return qualitative.Plotly[roles.index(role) % len(qualitative.Plotly)] if role in roles else None
 
 
