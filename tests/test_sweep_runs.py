@@ -148,7 +148,12 @@ def test_a_job_that_cannot_start_fails_its_cell_with_submitits_line(tmp_path, mo
     is failed with the line submitit logged, not left pending forever."""
     p = plan(["dataset=digits", "method=ce", "teacher=none", "student=resnet8", "epochs=1", "train_per_class=5",
               "probe_every=0", f"out_dir={tmp_path}"], executor="local", name="broken", parallel=1)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "nowhere"))
+    # A package of the same name first on the job's path shadows the real one (PYTHONPATH comes before
+    # site-packages, where an installed or editable workbench would otherwise be found).
+    shadow = tmp_path / "shadow" / "workbench"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('workbench is broken on this node')\n")
+    monkeypatch.setenv("PYTHONPATH", str(shadow.parent))
     monkeypatch.chdir(tmp_path)  # not the checkout either (python -m puts the working directory on the path)
     (s,) = launch(p, monitor=lambda: None)
     assert s.status == "failed" and "ended before the cell started" in s.error and "workbench" in s.error, s.error
