@@ -163,7 +163,10 @@ def main(argv) -> dict:
     p.add_argument("--json", default="docs/td_vs_s.json")
     p.add_argument("--out-dir", default=str(OUT_DIR))
     p.add_argument("--collect", action="store_true", help="do not train: write the JSON from the finished runs")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared 2-core machine a second "
+                   "thread mostly spins; every row runs with the same count, so rows compare)")
     args, rest = p.parse_known_args(argv)
+    torch.set_num_threads(args.threads)
     from workbench.config import parse_overrides
 
     overrides = parse_overrides(rest)
