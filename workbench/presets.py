@@ -13,7 +13,7 @@ Naming: ``<dataset>/<pair>/<method>``. Where each value comes from:
 - ImageNet DKD baselines: mdistiller's ``configs/imagenet/{r34_r18,r50_mv1}/dkd.yaml`` (lr 0.2,
   beta 0.5 / 2.0, T 1, ``WARMUP: 1``, which with mdistiller's 1-based ``min(epoch / warmup, 1)``
   is no warm-up: our ``dkd_warmup=0``).
-- ImageNet GPD (spec gpd.md §4): the official code's ``CNN/train_dkd.py`` defaults and README
+- ImageNet GPD (``docs/published.md``): the official code's ``CNN/train_dkd.py`` defaults and README
   commands (r 2, 6 branches, lambda 3, lr 0.1, batch 512, wd 1e-4, 100 epochs, x0.1 at 30/60/90,
   ``--clip-grad-norm 5``, DKD alpha 1, T 1, beta 0.5 for ResNet18 / 2.0 for MobileNet, no DKD
   warm-up, no AMP). Fine-tuning: the README's ``--epoch_init 50 --learning_rate 0.01`` (its
