@@ -56,6 +56,7 @@ def summarise(run_dir: Path) -> dict:
     epochs = [e for e in sorted(top) if e > 0 and len(top[e]) == 3]
     between = [e for e in epochs if top[e]["student"] < top[e]["dynamic_teacher"] < top[e]["teacher"]]
     cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = cfg.get("effective", cfg)  # the values the run used (base: dkd where it was asked as auto)
     out.update(td_between_epochs=len(between), epochs_evaluated=len(epochs),
                teacher=cfg["teacher"], student=cfg["student"], method=cfg["method"], base=cfg["base"])
     return out

@@ -7,6 +7,8 @@ Commands
   methods   list the methods (one line each)
   models    list the model zoo
   keys      list every config key with its default, choices and help (same as ``train --help``)
+  export    export a run's student for use without the workbench: ``python -m workbench export
+            <run folder | student.pt> [--format torchscript|onnx] [--ema] [--out FILE]``
 
 Bad keys or values stop with a one-line error (exit code 2) before any work starts; a run that
 diverges exits with 3; Ctrl-C stops with one line (exit code 130): rerun the same command to resume.
@@ -51,6 +53,26 @@ def _train(args: list[str]) -> int:
     s = result.summary.get("student", {})
     print(f"[workbench] done: student top-1 last {s.get('last_top1', float('nan')):.2f} / best "
           f"{s.get('best_top1', float('nan')):.2f} (epoch {s.get('best_epoch')}); results in {result.run_dir}")
+    return 0
+
+
+def _export(args: list[str]) -> int:
+    import argparse
+
+    from .export import FORMATS, ExportError, export
+
+    p = argparse.ArgumentParser(prog="python -m workbench export", description="export a run's plain student")
+    p.add_argument("source", help="a run folder (its student.pt) or a student file")
+    p.add_argument("--format", default=FORMATS[0], help=f"{' | '.join(FORMATS)} (default {FORMATS[0]})")
+    p.add_argument("--ema", action="store_true", help="the run's EMA student (student_ema.pt)")
+    p.add_argument("--out", default="", help="output file (default: beside the student file)")
+    a = p.parse_args(args)
+    try:
+        out = export(a.source, a.format, a.out or None, a.ema)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"[workbench] exported {a.format}: {out}")
     return 0
 
 
@@ -102,6 +124,8 @@ def _main(argv: list[str] | None = None) -> int:
         return _train(args)
     if command == "presets":
         return _presets(args)
+    if command == "export":
+        return _export(args)
     if command == "methods":
         from .methods import METHODS
 
@@ -114,7 +138,7 @@ def _main(argv: list[str] | None = None) -> int:
         for name in models.available():
             print(f"{name:14s} {models.family(name)}")
         return 0
-    print(f"error: unknown command {command!r}; valid commands: train, presets, methods, models, keys\n\n{plain(USAGE)}",
+    print(f"error: unknown command {command!r}; valid commands: train, presets, methods, models, keys, export\n\n{plain(USAGE)}",
           file=sys.stderr)
     return 2
 

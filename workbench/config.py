@@ -39,6 +39,8 @@ AUTO, NO_BASE = "auto", "none"
 RUNTIME_KEYS = frozenset({"device", "workers", "progress", "resume", "out_dir", "name", "probe_every",
                           "probe_samples", "transfer", "eval_batch_size", "compile", "preset",
                           "device_data", "cache_teacher", "download"})
+#: core keys whose default means "the method (or the epochs) decides" (see ``RunConfig.effective``)
+RESOLVED_CORE_KEYS = ("base", "grad_clip", "amp", "ema_decay", "teacher_epochs")
 #: words the boolean parser accepts (CLI, notebooks and papermill alike)
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -271,6 +273,31 @@ class RunConfigBase:
         """The EMA decay in effect (0 = no EMA)."""
         return self.ema_decay if self.ema_decay is not None else float(self.method_default("ema_decay", 0.0))
 
+    def effective(self) -> dict[str, Any]:
+        """Every key's value as the run uses it: :meth:`to_dict` with the keys that leave the choice
+        to the method resolved (``base``, ``grad_clip``, ``amp``, ``ema_decay``, the method's own
+        through ``MethodSpec.resolve``, e.g. gpd's ``scale_init``, ``noise``, ``branches``) and
+        ``teacher_epochs=0`` as the epochs it means. What is left to the device (``amp=auto`` of a
+        method without an amp default, ``channels_last``, ``device_data``, ``workers``) or to the
+        built method (``ce_weight=None``) stays as asked here: a run records what they became in
+        ``config.json``'s ``effective`` block. The run name hashes these values
+        (:mod:`workbench.naming`), so a recipe names one folder however its values were spelled."""
+        d = self.to_dict()
+        d.update(base=self.resolved_base, grad_clip=float(self.resolved_grad_clip), amp=self.resolved_amp,
+                 ema_decay=float(self.resolved_ema_decay), teacher_epochs=self.teacher_epochs or self.epochs)
+        if self.spec.resolve is not None:
+            d.update(self.spec.resolve(self))
+        return d
+
+    def effective_defaults(self) -> dict[str, Any]:
+        """Each key's effective value had it been left at its default (the other keys as they are):
+        what :mod:`workbench.naming` compares with to leave defaults out of the hash."""
+        defaults = type(self)().to_dict()
+        resolved = list(RESOLVED_CORE_KEYS) + list(self.spec.resolve(self) if self.spec.resolve is not None else ())
+        probe = dataclasses.replace(self, **{k: self.default(k) for k in resolved})
+        at_default = probe.effective()
+        return {**defaults, **{k: at_default[k] for k in resolved}}
+
     # --- data and paths ---------------------------------------------------------------------------
     def dataset_options(self) -> dict[str, Any]:
         """Options for :func:`workbench.data.build` from the flat config keys."""
@@ -294,7 +321,12 @@ class RunConfigBase:
         from . import paths
 
         root = Path(self.out_dir) if self.out_dir else paths.runs_root()
-        return root / (self.name or self.default_name())
+        if self.name:
+            return root / self.name
+        from .naming import earlier_folder
+
+        own = root / self.default_name()
+        return own if own.exists() else (earlier_folder(root, self) or own)
 
     def default_name(self) -> str:
         """Readable prefix (dataset, resolved teacher architecture, student, method, seed) plus a

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import data, embedded_teachers, models, paths, student_init
+from . import data, models, paths, student_init, teacher_refs
 from .config import ConfigError, RunConfig, snapshot_epoch
 from .engine import Trainer
 from .engine.callbacks import Callback
@@ -27,7 +27,7 @@ from .engine.trainer import seed_everything
 from .engine.checkpoint import STUDENT, verify_archive
 from .engine.lock import run_lock
 from .engine.metrics import read_metrics
-from .engine.resume import config_diff, describe_diff, resume_checkpoint
+from .engine.resume import describe_diff, effective_diff, resume_checkpoint
 from .methods import METHODS, build_method
 from .data.device import DEVICE_DATASETS
 from .registry import unknown_choice
@@ -195,9 +195,9 @@ def prepare(cfg: RunConfig) -> Prepared:
                                   f"teacher={cfg.teacher} does not exist before training; use "
                                   f"init=inherit:<checkpoint> or a teacher checkpoint/architecture")
             source, arch = "snapshot", cfg.student
-        elif embedded_teachers.is_embedded(cfg.teacher):
-            source, arch = "file", embedded_teachers.entry(cfg.teacher).arch
-            embedded_teachers.path(cfg.teacher)  # checksum verified now: a damaged file is one line
+        elif teacher_refs.is_named(cfg.teacher):  # embedded:<name>, torchvision:<arch>
+            source, arch = "file", teacher_refs.arch(cfg.teacher)
+            teacher_refs.path(cfg.teacher)  # present and checksum verified now: a missing or damaged file is one line
         elif _is_path(cfg.teacher):
             path = Path(cfg.teacher)
             if not path.is_file():
@@ -276,8 +276,8 @@ def _teacher_file(prep: Prepared) -> Optional[Path]:
     """The static teacher's weights file: the given checkpoint, the cached teacher (checked
     against the config it was trained with), or None while no teacher is cached yet."""
     if prep.teacher_source == "file":
-        if embedded_teachers.is_embedded(prep.cfg.teacher):
-            return embedded_teachers.path(prep.cfg.teacher)
+        if teacher_refs.is_named(prep.cfg.teacher):
+            return teacher_refs.path(prep.cfg.teacher)
         return Path(prep.cfg.teacher)
     if prep.teacher_source == "arch":
         return cached_teacher(teacher_config(prep.cfg, prep.teacher_arch))
@@ -297,7 +297,7 @@ def cached_teacher(tcfg: RunConfig) -> Optional[Path]:
     except (OSError, ValueError):
         raise ConfigError(f"teacher: the cached teacher {path} has no readable {recorded.name}, so the settings "
                           f"it was trained with cannot be checked; {redo}") from None
-    diff = config_diff(saved, tcfg.to_dict())
+    diff = effective_diff(saved, tcfg)
     if diff:
         raise ConfigError(f"teacher: the cached teacher {path} was trained with other settings "
                           f"({describe_diff(diff)}); {redo} under this run's settings")

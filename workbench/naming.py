@@ -5,8 +5,11 @@ while rerunning the same command finds its folder again (resume).
 ``<dataset>_<teacher arch>-<student>_<method>[+ctkd][+ctc][+dot]_s<seed>-<hash>``, e.g.
 ``digits_resnet8x4-resnet8_gpd-dkd_s0-1f2e3d4c``. The teacher part is the *resolved*
 architecture (a checkpoint file is named by the architecture it holds, not by its file name).
-The hash covers the config minus the runtime keys (:data:`workbench.config.RUNTIME_KEYS`) and
-minus every key left at its default, with ``base`` resolved, the dataset root resolved
+The hash covers the *effective* config (:meth:`workbench.config.RunConfigBase.effective`: keys
+left to the method, such as ``grad_clip=None`` or ``amp=auto`` for GPD, count as the values they
+resolve to, so the notebook's and the preset's spelling of one recipe name one folder) minus the
+runtime keys (:data:`workbench.config.RUNTIME_KEYS`) and minus every key whose effective value is
+that of its default, with ``base`` always present, the dataset root resolved
 (``data_root=`` / ``$WORKBENCH_DATA`` / default), and the teacher keys dropped when no teacher is
 used. Leaving defaults out means a later version that adds keys (a new method's options) names
 the same command's run folder, and its cached teacher, as before, so an upgrade resumes instead
@@ -37,13 +40,13 @@ def check_name(name: str) -> None:
 def teacher_arch(cfg) -> str:
     """The static teacher's architecture: its name, or what a checkpoint file holds."""
     from .config import snapshot_epoch
-    from .embedded_teachers import entry, is_embedded
+    from . import teacher_refs
     from .experiment import _is_path, infer_arch
 
     if snapshot_epoch(cfg.teacher) is not None:
         return f"snapshot{snapshot_epoch(cfg.teacher)}"
-    if is_embedded(cfg.teacher):
-        return entry(cfg.teacher).arch
+    if teacher_refs.is_named(cfg.teacher):
+        return teacher_refs.arch(cfg.teacher)
     if not _is_path(cfg.teacher):
         return cfg.teacher
     try:
@@ -56,30 +59,24 @@ def identity(cfg) -> dict:
     """The settings that change what is trained, normalised (what the name's hash covers)."""
     from . import data
 
-    defaults = _defaults(type(cfg))
-    d = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS and not (k in defaults and defaults[k] == v)}
+    defaults = cfg.effective_defaults()
+    d = {k: v for k, v in cfg.effective().items() if k not in RUNTIME_KEYS and not (k in defaults and defaults[k] == v)}
     d["base"] = cfg.resolved_base
     root = data.resolved_root(cfg.dataset, cfg.data_root or None)
     d["data_root"] = str(root.resolve()) if root is not None else ""
     if cfg.loads_teacher:
+        from . import teacher_refs
         from .experiment import _is_path
 
         d["teacher_arch"] = teacher_arch(cfg)
-        if cfg.teacher.startswith("embedded:"):  # another shipped file is another teacher
-            from .embedded_teachers import entry
-
-            d["teacher_sha256"] = entry(cfg.teacher).sha256
+        if teacher_refs.is_named(cfg.teacher):  # another named file (shipped, torchvision's) is another teacher
+            d.update(teacher_refs.identity(cfg.teacher))
         elif _is_path(cfg.teacher):
             d["teacher"] = str(Path(cfg.teacher).resolve())
     else:
         for k in TEACHER_KEYS:
             d.pop(k, None)
     return d
-
-
-def _defaults(config_type) -> dict:
-    """Every key's default value, as ``to_dict`` writes it."""
-    return config_type().to_dict()
 
 
 def config_hash(cfg) -> str:
@@ -95,4 +92,34 @@ def default_name(cfg) -> str:
     extras = "".join(f"+{name}" for name in on)  # +ctkd, +ctc, +dot
     pair = f"{teacher_arch(cfg)}-{cfg.student}" if cfg.loads_teacher else cfg.student
     return f"{cfg.dataset}_{pair}_{method}{extras}_s{cfg.seed}-{config_hash(cfg)}"
+
+
+def earlier_folder(root: Path, cfg) -> Path | None:
+    """A folder under ``root`` that holds this run under another name: written before run names
+    hashed the effective config (the notebook's and the preset's spellings of one recipe had two
+    names then), or by any other spelling of the same settings. Same readable prefix, and its
+    recorded ``config.json`` has the same effective identity. A finished run is preferred, then
+    the first by name; None if there is none (the run then starts in its own folder)."""
+    import json
+
+    from .config import ConfigError, RunConfig
+
+    name = default_name(cfg)
+    prefix = name.rsplit("-", 1)[0] + "-"
+    if not root.is_dir():
+        return None
+    me, found = identity(cfg), []
+    for folder in sorted(root.glob(prefix + "*")):
+        if folder.name == name or not (folder / "config.json").is_file():
+            continue
+        try:
+            saved = json.loads((folder / "config.json").read_text())
+            keys = set(RunConfig.keys()) - {"preset"}
+            other = RunConfig.from_dict({k: v for k, v in saved.items() if k in keys})
+        except (OSError, ValueError, ConfigError, TypeError):
+            continue  # unreadable or from another version: not this run's
+        if identity(other) == me:
+            found.append(folder)
+    finished = [f for f in found if (f / "summary.json").exists()]
+    return (finished or found or [None])[0]
 

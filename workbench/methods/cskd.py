@@ -99,13 +99,13 @@ class CSKD(TokenDistiller):
 
 
 def _validate(cfg) -> None:
-    from .. import embedded_teachers, models
+    from .. import models, teacher_refs
 
     check_token_student(cfg)
     if cfg.cache_teacher:
         raise ValueError("cache_teacher: cskd needs the teacher's dense logits at every step; the cache "
                          "holds global logits only (use cache_teacher=false)")
-    arch = embedded_teachers.entry(cfg.teacher).arch if embedded_teachers.is_embedded(cfg.teacher) else cfg.teacher
+    arch = teacher_refs.arch(cfg.teacher) if teacher_refs.is_named(cfg.teacher) else cfg.teacher
     if arch in models.MODELS and models.family(arch) == "vit":
         raise ValueError(f"teacher: cskd distils a CNN teacher's dense logits (its classifier at every "
                          f"position of its last map); {arch!r} is a ViT (use method=deit)")

@@ -63,6 +63,9 @@ class MethodSpec:
       distillation-token ViT averages at inference), applied wherever the student is built or
       loaded, so ``student.pt`` reloads as the run evaluated it;
     - ``not_a_base``: why the method cannot be another method's ``base`` (shown when asked for);
+    - ``resolve(cfg) -> dict``: the effective values of the method's own keys whose value means
+      "the method decides" (e.g. gpd's ``scale_init=auto``); recorded in ``config.json`` and
+      hashed into the run name (:meth:`workbench.config.RunConfigBase.effective`);
     - ``summary``: one line for listings.
     """
 
@@ -78,6 +81,7 @@ class MethodSpec:
     size_factor: Optional[Callable[[Any], float]] = None
     student_options: Optional[Callable[[Any], dict]] = None
     not_a_base: str = ""
+    resolve: Optional[Callable[[Any], dict]] = None
 
     def valid_bases(self) -> tuple[str, ...]:
         if not self.bases:
