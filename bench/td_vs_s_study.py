@@ -160,6 +160,8 @@ def main(argv) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma list of rows ({', '.join(ROWS)})")
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--runs", default="", help="train only these row:seed pairs, in this order (e.g. gpd:0,gpd_full:0): "
+                   "several processes, each with its own pairs, share one --out-dir")
     p.add_argument("--json", default="docs/td_vs_s.json")
     p.add_argument("--out-dir", default=str(OUT_DIR))
     p.add_argument("--collect", action="store_true", help="do not train: write the JSON from the finished runs")
@@ -178,23 +180,29 @@ def main(argv) -> dict:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = done(out_dir)
+    pairs = [(r, s) for r in rows for s in seeds]
+    if args.runs:
+        pairs = [(p.split(":")[0], int(p.split(":")[1])) for p in args.runs.split(",") if p]
+        bad = [r for r, _ in pairs if r not in ROWS]
+        if bad:
+            raise SystemExit(f"unknown row {bad[0]!r}; valid: {', '.join(ROWS)}")
     if not args.collect:
         _register_models()
         print(f"torch threads {torch.get_num_threads()}; load average at start {os.getloadavg()[0]:.1f}", flush=True)
-        for row in rows:
-            for s in seeds:
-                if (row, s) in results:
-                    continue
-                t0 = time.perf_counter()
-                res = run({**_values(row, overrides), "seed": s, "out_dir": str(out_dir), "progress": False,
-                           "probe_every": 0}, log=lambda *_: None)
-                entry = {"row": row, "seed": s, "run": res.run_dir.name, "seconds": time.perf_counter() - t0,
-                         "numbers": numbers(res.run_dir, ALONE.get(row)), "load": os.getloadavg()[0]}
-                with open(out_dir / RESULTS, "a") as f:
-                    f.write(json.dumps(entry) + "\n")
-                results[(row, s)] = entry
-                print(f"{row} seed {s}: {entry['numbers']} ({entry['seconds']:.0f} s, load {entry['load']:.1f})",
-                      flush=True)
+        for row, s in pairs:
+            if (row, s) in done(out_dir):  # another process may have finished it
+                continue
+            t0 = time.perf_counter()
+            res = run({**_values(row, overrides), "seed": s, "out_dir": str(out_dir), "progress": False,
+                       "probe_every": 0}, log=lambda *_: None)
+            entry = {"row": row, "seed": s, "run": res.run_dir.name, "seconds": time.perf_counter() - t0,
+                     "numbers": numbers(res.run_dir, ALONE.get(row)), "load": os.getloadavg()[0]}
+            with open(out_dir / RESULTS, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+            results[(row, s)] = entry
+            print(f"{row} seed {s}: {entry['numbers']} ({entry['seconds']:.0f} s, load {entry['load']:.1f})",
+                  flush=True)
+    results = done(out_dir)
     print(markdown(results, rows, seeds))
     if args.json:
         write_json(args.json, results, rows, seeds, overrides)
