@@ -6,6 +6,7 @@ cannot drift from what the code gives:
     python bench/fashion_vit.py --json docs/fashion_vit.json probe_every=0
     python bench/fashion_inherit.py --json docs/fashion_inherit.json probe_every=0
     python bench/ctc_embed_study.py                               # -> docs/ctc_embed_study.json (CTC / embed study)
+    python bench/td_vs_s_study.py                                 # -> docs/td_vs_s.json (T_d vs S study)
     python docs/render_readme.py [runs/demo] [--no-figure]        # -> docs/demo_summary.json, docs/demo_gap_curves.png, README.md
     python docs/render_readme.py --tables                         # README tables from the committed JSON files only
 
@@ -29,6 +30,7 @@ VIT_JSON = ROOT / "docs" / "fashion_vit.json"
 INHERIT_JSON = ROOT / "docs" / "fashion_inherit.json"
 FIGURE = ROOT / "docs" / "demo_gap_curves.png"
 STUDY_JSON = ROOT / "docs" / "ctc_embed_study.json"
+TD_JSON = ROOT / "docs" / "td_vs_s.json"
 FIGURE_SIZE = (900, 560)
 LABELS = {"ce": "ce", "kd": "kd", "dkd": "dkd", "gpd_kd": "gpd (base=kd)", "gpd_dkd": "gpd (base=dkd)",
           "gpd_scratch": "gpd (base=none, no teacher)"}
@@ -141,6 +143,21 @@ def study_table(m: dict) -> str:
     return "\n".join(rows) + note
 
 
+TD_COLUMNS = (("S_raw_best", "S best"), ("S_raw_last", "S last"), ("S_ema_last", "S EMA last"),
+              ("T_d_raw_best", "T_d best"), ("T_d_raw_last", "T_d last"), ("T_d_ema_last", "T_d EMA last"),
+              ("gap_last5", "T_d - S, last 5 epochs"), ("td_ahead_epochs", "epochs with T_d > S"))
+
+
+def td_table(m: dict) -> str:
+    """The T_d vs S study (bench/td_vs_s_study.py): mean +- std over seeds; per-seed T_d - S."""
+    rows = ["| configuration | " + " | ".join(h for _, h in TD_COLUMNS) + " |", "|---" * (len(TD_COLUMNS) + 1) + "|"]
+    for r in m["rows"].values():
+        cells = [_pm(r[k]) if r.get(k) else "" for k, _ in TD_COLUMNS]
+        rows.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    seeds = ", ".join(str(s) for s in m["seeds"])
+    return "\n".join(rows) + f"\n\nSeeds {seeds}; top-1 (%) on the 1000 test images; raw = the trained weights, EMA = their moving average (decay 0.99 per step)."
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     i, j = text.find(start), text.find(end)
@@ -162,6 +179,8 @@ def blocks() -> dict[str, str]:
         out["inherit-table"] = inherit_table(json.loads(INHERIT_JSON.read_text()))
     if STUDY_JSON.exists():
         out["ctc-table"] = study_table(json.loads(STUDY_JSON.read_text()))
+    if TD_JSON.exists():
+        out["td-table"] = td_table(json.loads(TD_JSON.read_text()))
     return out
 
 
