@@ -140,7 +140,8 @@ def markdown(results: dict, rows: list[str], seeds: list[int]) -> str:
 def write_json(path: str, results: dict, rows: list[str], seeds: list[int], overrides: dict) -> None:
     out = {"settings": {"base": "the demo preset of each row (fashion/demo/ce, fashion/demo/gpd_dkd): "
                         "embedded Fashion-MNIST, 100 images/class, resnet8 student, shipped resnet20 teacher, "
-                        "20 epochs, cosine lr 0.05, batch 64, EMA decay 0.99/step",
+                        "20 epochs, cosine lr 0.05, batch 64, EMA decay 0.99/step; 1 torch thread per run "
+                        "(--threads), several low-priority runs at once on the shared 2-core machine",
                         **{k: str(v) for k, v in overrides.items()}},
            "seeds": seeds, "rows": {}}
     for row in rows:

@@ -155,7 +155,12 @@ def td_table(m: dict) -> str:
         cells = [_pm(r[k]) if r.get(k) else "" for k, _ in TD_COLUMNS]
         rows.append(f"| {r['label']} | " + " | ".join(cells) + " |")
     seeds = ", ".join(str(s) for s in m["seeds"])
-    return "\n".join(rows) + f"\n\nSeeds {seeds}; top-1 (%) on the 1000 test images; raw = the trained weights, EMA = their moving average (decay 0.99 per step)."
+    per_seed = [f"{r['label']}: {', '.join(f'{g:+.1f}' for g in r['gap_last5'])} (T_d ahead in "
+                f"{', '.join(str(n) for n in r['td_ahead_epochs'])} of {r['epochs'][0]} epochs)"
+                for r in m["rows"].values() if r.get("gap_last5")]
+    return ("\n".join(rows) + f"\n\nSeeds {seeds}; top-1 (%) on the 1000 test images; raw = the trained weights, EMA = "
+            f"their moving average (decay 0.99 per step). T_d - S over the last 5 epochs per seed: "
+            + "; ".join(per_seed) + ".")
 
 
 def replace_block(text: str, name: str, body: str) -> str:
