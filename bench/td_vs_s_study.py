@@ -13,7 +13,7 @@ preset, so every row has a raw and an EMA model):
   conv per layer), CE alone;
 - ``td_ce``: T_d exactly as GPD builds it (``gpd.expand(resnet8, ratio=2)``: reference branches and
   scales, reference widening, as a standalone network), CE alone -- its parametrization without
-  the student;
+  the student; ``td_full_ce``: the same with ``widening=full_scale``;
 - ``gpd``: the demo (``fashion/demo/gpd_dkd``); ``gpd_e60``: 60 epochs; ``gpd_r3``: ratio 3;
   ``gpd_full``: ``widening=full_scale``; ``gpd_comp``: ``student_grad=compensated`` (the student's
   shared slice steps as a standalone student's instead of x4); ``gpd_lam0``: ``gpd_lambda=0``
@@ -48,11 +48,13 @@ OUT_DIR = Path("runs/td_vs_s")
 RESULTS = "results.jsonl"
 WIDE = "resnet8_w2"  # resnet8 with every width doubled (registered below)
 TD = "gpd_td_resnet8_r2"  # T_d = gpd.expand(resnet8, ratio=2) as a standalone network (registered below)
+TD_FULL = "gpd_td_full_resnet8_r2"  # the same with widening=full_scale (copies, the other step sizes)
 DEMO_EMA = dict(ema_decay=0.99)  # the demo preset's EMA on the CE rows too: raw and EMA for every row
 LAST_K = 5  # epochs at the end over which the mean T_d - S gap is taken
 ROWS = {  # in the order they train: the cheap and the central ones first
     "s_ce": ("fashion/demo/ce", DEMO_EMA, "S alone (resnet8), CE"),
     "td_ce": ("fashion/demo/ce", dict(DEMO_EMA, student=TD), "T_d net alone (expand(resnet8, r=2): branches, reference widening), CE"),
+    "td_full_ce": ("fashion/demo/ce", dict(DEMO_EMA, student=TD_FULL), "T_d net alone, widening=full_scale, CE"),
     "gpd": ("fashion/demo/gpd_dkd", {}, "GPD demo (DKD, r=2, widening=reference), 20 epochs"),
     "gpd_full": ("fashion/demo/gpd_dkd", dict(widening="full_scale"), "GPD, widening=full_scale"),
     "gpd_comp": ("fashion/demo/gpd_dkd", dict(student_grad="compensated"), "GPD, student_grad=compensated"),
@@ -61,7 +63,7 @@ ROWS = {  # in the order they train: the cheap and the central ones first
     "gpd_e60": ("fashion/demo/gpd_dkd", dict(epochs=60), "GPD, 60 epochs"),
     "gpd_lam0": ("fashion/demo/gpd_dkd", dict(gpd_lambda=0.0), "GPD, gpd_lambda=0 (no SCE)"),
 }
-ALONE = {"s_ce": "S", "wide_ce": "T_d", "td_ce": "T_d"}
+ALONE = {"s_ce": "S", "wide_ce": "T_d", "td_ce": "T_d", "td_full_ce": "T_d"}
 
 
 def _register_models() -> None:
@@ -75,12 +77,17 @@ def _register_models() -> None:
     def wide(num_classes, in_channels=3, image_size=None):
         return models.build("resnet8", num_classes, in_channels, widths=tuple(2 * w for w in THIN_WIDTHS))
 
-    @register(TD, family="cifar")
-    def td(num_classes, in_channels=3, image_size=None):
-        side = image_size or 28
-        student = models.build("resnet8", num_classes, in_channels)
-        example = torch.randn(2, in_channels, side, side)
-        return gpd.expand(student, ratio=2.0, scale_init="reference", example_input=example).wide
+    def expanded(convention):
+        def factory(num_classes, in_channels=3, image_size=None):
+            side = image_size or 28
+            student = models.build("resnet8", num_classes, in_channels)
+            example = torch.randn(2, in_channels, side, side)
+            return gpd.expand(student, ratio=2.0, scale_init="reference", convention=convention,
+                              example_input=example).wide
+        return factory
+
+    register(TD, family="cifar")(expanded("reference"))
+    register(TD_FULL, family="cifar")(expanded("full_scale"))
 
 
 def _values(row: str, overrides: dict) -> dict:
@@ -105,15 +112,22 @@ def numbers(run_dir: Path, alone: str | None) -> dict:
         epochs = sorted(set(s) & set(d))
         out["td_ahead_epochs"] = sum(d[e] > s[e] for e in epochs)
         out["epochs"] = len(epochs)
+        out["gap_curve"] = [d[e] - s[e] for e in epochs]  # T_d - S at epochs 1..E
         out[f"gap_last{LAST_K}"] = statistics.mean(d[e] - s[e] for e in epochs[-LAST_K:])
     return out
 
 
-def done(out_dir: Path) -> dict[tuple[str, int], dict]:
+def done(out_dir: Path, reread: bool = False) -> dict[tuple[str, int], dict]:
+    """The finished (row, seed) entries of ``results.jsonl``; ``reread``: their numbers recomputed
+    from the run folders' records where the folders exist (what ``--collect`` writes)."""
     path = out_dir / RESULTS
     if not path.exists():
         return {}
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if reread:
+        for r in rows:
+            if (out_dir / r["run"] / "metrics.jsonl").exists():
+                r["numbers"] = numbers(out_dir / r["run"], ALONE.get(r["row"]))
     return {(r["row"], r["seed"]): r for r in rows}
 
 
@@ -203,7 +217,7 @@ def main(argv) -> dict:
             results[(row, s)] = entry
             print(f"{row} seed {s}: {entry['numbers']} ({entry['seconds']:.0f} s, load {entry['load']:.1f})",
                   flush=True)
-    results = done(out_dir)
+    results = done(out_dir, reread=args.collect)
     print(markdown(results, rows, seeds))
     if args.json:
         write_json(args.json, results, rows, seeds, overrides)

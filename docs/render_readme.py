@@ -156,11 +156,19 @@ def td_table(m: dict) -> str:
         rows.append(f"| {r['label']} | " + " | ".join(cells) + " |")
     seeds = ", ".join(str(s) for s in m["seeds"])
     per_seed = [f"{r['label']}: {', '.join(f'{g:+.1f}' for g in r['gap_last5'])} (T_d ahead in "
-                f"{', '.join(str(n) for n in r['td_ahead_epochs'])} of {r['epochs'][0]} epochs)"
-                for r in m["rows"].values() if r.get("gap_last5")]
+                f"{', '.join(str(n) for n in r['td_ahead_epochs'])} of {r['epochs'][0]} epochs; by quarter of the "
+                f"run {_quarters(r['gap_curve'])})" for r in m["rows"].values() if r.get("gap_last5")]
     return ("\n".join(rows) + f"\n\nSeeds {seeds}; top-1 (%) on the 1000 test images; raw = the trained weights, EMA = "
-            f"their moving average (decay 0.99 per step). T_d - S over the last 5 epochs per seed: "
+            f"their moving average (decay 0.99 per step). T_d - S (raw) over the last 5 epochs per seed: "
             + "; ".join(per_seed) + ".")
+
+
+def _quarters(curves: list[list[float]]) -> str:
+    """Mean T_d - S over seeds and the epochs of each quarter of the run: '+3.7 (epochs 1-5), ...'."""
+    n = len(curves[0])
+    bounds = [(q * n // 4, (q + 1) * n // 4) for q in range(4)]
+    return ", ".join(f"{statistics.mean(g for c in curves for g in c[lo:hi]):+.1f} (epochs {lo + 1}-{hi})"
+                     for lo, hi in bounds)
 
 
 def replace_block(text: str, name: str, body: str) -> str:

@@ -38,3 +38,15 @@ def test_notebook_sentence_explains_a_final_td_below_s():
     assert gap_sentence(gaps).endswith(TD_BELOW_S)
     gaps["T_d-S"]["final"] = 0.4
     assert TD_BELOW_S not in gap_sentence(gaps)
+
+
+def test_width_alone_helps_a_plain_net_and_full_scale_keeps_td_level_or_ahead():
+    """README (1), (2): a plain 2x-wide resnet8 ends above S alone while T_d's network does not;
+    under widening=full_scale T_d - S is level or positive on average, under the reference widening
+    level or negative, both within a point."""
+    wide = mean(ROWS["wide_ce"]["T_d_raw_last"])
+    assert wide > mean(ROWS["s_ce"]["S_raw_last"]) and wide > mean(ROWS["td_ce"]["T_d_raw_last"])
+    assert mean(ROWS["gpd"]["gap_last5"]) <= 0 <= mean(ROWS["gpd_full"]["gap_last5"]) < 1.0
+    early = statistics.mean(g for c in ROWS["gpd"]["gap_curve"] for g in c[:5])
+    late = statistics.mean(g for c in ROWS["gpd"]["gap_curve"] for g in c[5:])
+    assert early > 1.0 and late < 0  # T_d leads in the first quarter, then the student catches up
