@@ -58,6 +58,15 @@ def test_older_student_files_without_the_new_entries_still_load(finished, tmp_pa
     torch.save(old, tmp_path / "student.pt")
     sf = models.student_file(tmp_path / "student.pt")
     assert (sf.num_classes, sf.in_channels, sf.input_shape) == (10, 1, None)
+    # alone, its input shape is unknown: one line; beside its run's config.json, the dataset tells it
+    from workbench.export import ExportError, export
+
+    with pytest.raises(ExportError, match="does not record its input shape") as e:
+        export(tmp_path / "student.pt")
+    assert "\n" not in str(e.value)
+    (tmp_path / "config.json").write_text((finished.run_dir / "config.json").read_text())
+    out = export(tmp_path / "student.pt")
+    assert out == tmp_path / "student.torchscript.pt" and out.is_file()
 
 
 def _exported(finished, fmt, tmp_path, *extra):

@@ -71,12 +71,31 @@ def export(source, fmt: str = "torchscript", out=None, ema: bool = False) -> Pat
         sf = student_file(path)
     except ValueError as e:
         raise ExportError(str(e)) from None
-    if sf.input_shape is None:
-        raise ExportError(f"{path} does not record its input shape (written by an older version): rerun the run "
-                          f"to rewrite it, or export with workbench.export.export_model(model, input_shape, ...)")
+    shape = sf.input_shape or _shape_from_run(path)
+    if shape is None:
+        raise ExportError(f"{path} does not record its input shape (written by an older version) and no readable "
+                          f"config.json beside it tells the dataset: export its run folder, or call "
+                          f"workbench.export.export_model(model, input_shape, ...)")
     target = Path(out) if out else path.with_name(path.name.split(".")[0] + SUFFIX[fmt])
-    export_model(sf.model, sf.input_shape, fmt, target)
+    export_model(sf.model, shape, fmt, target)
     return target
+
+
+def _shape_from_run(path: Path):
+    """(C, H, W) of the run's dataset, from the ``config.json`` beside an older student file."""
+    import json
+
+    from . import data
+    from .config import RunConfig
+
+    try:
+        saved = json.loads((path.parent / "config.json").read_text())
+        keys = set(RunConfig.keys()) - {"preset"}
+        cfg = RunConfig.from_dict({k: v for k, v in saved.items() if k in keys})
+        info = data.info(cfg.dataset, **cfg.dataset_options())
+    except Exception:  # noqa: BLE001 -- no usable config: the caller's one-line error says what to do
+        return None
+    return (info.in_channels, info.image_size, info.image_size)
 
 
 def export_model(model: torch.nn.Module, input_shape, fmt: str, target: Path) -> Path:
