@@ -105,6 +105,7 @@ def test_onnx_export_equals_the_eager_student(finished, tmp_path):
 
     images, _ = _test_images()
     out = _exported(finished, "onnx", tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # one self-contained file, no external data
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
     with torch.no_grad():

@@ -127,7 +127,8 @@ def _write(model, example, check, want, fmt: str, tmp: Path) -> None:
     else:
         batch = torch.export.Dim("batch")
         torch.onnx.export(model, (example,), str(tmp), input_names=["images"], output_names=["logits"],
-                          opset_version=ONNX_OPSET, dynamo=True, dynamic_shapes=({0: batch},))
+                          opset_version=ONNX_OPSET, dynamo=True, dynamic_shapes=({0: batch},),
+                          external_data=False)  # one self-contained file (students are small)
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
