@@ -48,7 +48,7 @@ LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channel
 def build(name: str, channels: int, size: int, classes: int) -> torch.nn.Module:
     if name.startswith("gpd:"):
         student = models.build(name[4:], classes, channels, image_size=size)
-        return gpd.expand(student, ratio=2.0, example_input=torch.randn(2, channels, size, size))
+        return gpd.expand(student, ratio=2.0, scale_init="reference", example_input=torch.randn(2, channels, size, size))
     return models.build(name, classes, channels, image_size=size)
 
 

@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engine", ("workbench.engine",)),
     ("methods", ("workbench.methods",)),
     ("probes", ("workbench.probes",)),
-    ("assembly", ("workbench.references", "workbench.embedded_teachers", "workbench.student_init",
+    ("assembly", ("workbench.references", "workbench.embedded_teachers", "workbench.torchvision_teachers", "workbench.student_init",
                   "workbench.config", "workbench.presets", "workbench.naming", "workbench.experiment")),
     ("front", ("workbench.cli", "workbench.launch", "workbench.sweep", "workbench.table", "workbench.published",
                "workbench.export", "workbench.__main__")),

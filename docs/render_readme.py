@@ -7,6 +7,7 @@ cannot drift from what the code gives:
     python bench/fashion_inherit.py --json docs/fashion_inherit.json probe_every=0
     python bench/ctc_embed_study.py                               # -> docs/ctc_embed_study.json (CTC / embed study)
     python bench/bench_sweep.py --repeat 2 --json docs/sweep_bench.json     # sweep overhead, parallel cells
+    python bench/td_vs_s_study.py                                 # -> docs/td_vs_s.json (T_d vs S study)
     python docs/render_readme.py [runs/demo] [--no-figure]        # -> docs/demo_summary.json, docs/demo_gap_curves.png, README.md
     python docs/render_readme.py --tables                         # README tables from the committed JSON files only
 
@@ -34,6 +35,7 @@ INHERIT_JSON = ROOT / "docs" / "fashion_inherit.json"
 FIGURE = ROOT / "docs" / "demo_gap_curves.png"
 STUDY_JSON = ROOT / "docs" / "ctc_embed_study.json"
 SWEEP_JSON = ROOT / "docs" / "sweep_bench.json"
+TD_JSON = ROOT / "docs" / "td_vs_s.json"
 FIGURE_SIZE = (900, 560)
 LABELS = {"ce": "ce", "kd": "kd", "dkd": "dkd", "gpd_kd": "gpd (base=kd)", "gpd_dkd": "gpd (base=dkd)",
           "gpd_scratch": "gpd (base=none, no teacher)"}
@@ -61,6 +63,7 @@ def summarise(run_dir: Path) -> dict:
     epochs = [e for e in sorted(top) if e > 0 and len(top[e]) == 3]
     between = [e for e in epochs if top[e]["student"] < top[e]["dynamic_teacher"] < top[e]["teacher"]]
     cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = cfg.get("effective", cfg)  # the values the run used (base: dkd where it was asked as auto)
     out.update(td_between_epochs=len(between), epochs_evaluated=len(epochs),
                teacher=cfg["teacher"], student=cfg["student"], method=cfg["method"], base=cfg["base"])
     return out
@@ -163,6 +166,32 @@ def sweep_bench(m: dict) -> str:
                "larger share of the CPU than one, and one thread per cell escapes the OpenMP spinning that "
                "oversubscribed 2-thread cells suffer; on an idle machine expect at most 2x."
                if float(m["load_start"].split()[0]) > m["cores"] else ""))
+TD_COLUMNS = (("S_raw_best", "S best"), ("S_raw_last", "S last"), ("S_ema_last", "S EMA last"),
+              ("T_d_raw_best", "T_d best"), ("T_d_raw_last", "T_d last"), ("T_d_ema_last", "T_d EMA last"),
+              ("gap_last5", "T_d - S, last 5 epochs"), ("td_ahead_epochs", "epochs with T_d > S"))
+
+
+def td_table(m: dict) -> str:
+    """The T_d vs S study (bench/td_vs_s_study.py): mean +- std over seeds; per-seed T_d - S."""
+    rows = ["| configuration | " + " | ".join(h for _, h in TD_COLUMNS) + " |", "|---" * (len(TD_COLUMNS) + 1) + "|"]
+    for r in m["rows"].values():
+        cells = [_pm(r[k]) if r.get(k) else "" for k, _ in TD_COLUMNS]
+        rows.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    seeds = ", ".join(str(s) for s in m["seeds"])
+    per_seed = [f"{r['label']}: {', '.join(f'{g:+.1f}' for g in r['gap_last5'])} (T_d ahead in "
+                f"{', '.join(str(n) for n in r['td_ahead_epochs'])} of {r['epochs'][0]} epochs; by quarter of the "
+                f"run {_quarters(r['gap_curve'])})" for r in m["rows"].values() if r.get("gap_last5")]
+    return ("\n".join(rows) + f"\n\nSeeds {seeds}; top-1 (%) on the 1000 test images; raw = the trained weights, EMA = "
+            f"their moving average (decay 0.99 per step). T_d - S (raw) over the last 5 epochs per seed: "
+            + "; ".join(per_seed) + ".")
+
+
+def _quarters(curves: list[list[float]]) -> str:
+    """Mean T_d - S over seeds and the epochs of each quarter of the run: '+3.7 (epochs 1-5), ...'."""
+    n = len(curves[0])
+    bounds = [(q * n // 4, (q + 1) * n // 4) for q in range(4)]
+    return ", ".join(f"{statistics.mean(g for c in curves for g in c[lo:hi]):+.1f} (epochs {lo + 1}-{hi})"
+                     for lo, hi in bounds)
 
 
 def replace_block(text: str, name: str, body: str) -> str:
@@ -188,6 +217,8 @@ def blocks() -> dict[str, str]:
         out["ctc-table"] = study_table(json.loads(STUDY_JSON.read_text()))
     if SWEEP_JSON.exists():
         out["sweep-bench"] = sweep_bench(json.loads(SWEEP_JSON.read_text()))
+    if TD_JSON.exists():
+        out["td-table"] = td_table(json.loads(TD_JSON.read_text()))
     return out
 
 

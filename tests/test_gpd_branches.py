@@ -209,7 +209,7 @@ def test_recomputed_fold_gives_bitwise_the_gradients_of_a_stored_one(monkeypatch
     from workbench.gpd import expand
 
     torch.manual_seed(4)
-    dt = expand(models.build("resnet8", 10, 3), ratio=2.0)
+    dt = expand(models.build("resnet8", 10, 3), ratio=2.0, scale_init="reference")
     x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
 
     def grads():

@@ -59,7 +59,7 @@ def test_dynamic_teacher_equals_student_view_at_zero_noise(name, ratio, kwargs):
     torch.manual_seed(0)
     student = models.build(name, num_classes=NUM_CLASSES, **kwargs).double().train()
     branches = 0 if name in HEAVY else DEFAULT_BRANCHES
-    dt = expand(student, ratio=ratio, noise=0.0, branches=branches).train()
+    dt = expand(student, ratio=ratio, noise=0.0, branches=branches, scale_init="reference").train()
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
     with torch.no_grad():  # both views update their own BN stats
         z_d, z_v = dt(x, view="both")
@@ -104,7 +104,7 @@ def test_reference_scales_student_view_is_the_multi_branch_student(name, convent
     student = models.build(name, num_classes=NUM_CLASSES).eval()
     x = torch.randn(2, 3, 32, 32)
     torch.manual_seed(1)
-    dt = expand(student, ratio=2.0, noise=0.0, convention=convention, example_input=x).eval()
+    dt = expand(student, ratio=2.0, noise=0.0, convention=convention, example_input=x, scale_init="reference").eval()
     torch.manual_seed(1)
     multi = copy.deepcopy(student)
     add_branches(multi, DEFAULT_BRANCHES, "reference")
@@ -121,7 +121,7 @@ def test_reference_scales_student_view_is_the_multi_branch_student(name, convent
 def test_heavy_nets_with_all_default_branches(name, ratio):
     torch.manual_seed(0)
     student = models.build(name, num_classes=NUM_CLASSES).eval()
-    dt = expand(student, ratio=ratio, noise=0.0).eval()
+    dt = expand(student, ratio=ratio, noise=0.0, scale_init="reference").eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         z_d, z_v = dt(x, view="both")
@@ -138,7 +138,7 @@ def test_channels_last_layout_keeps_ir_and_cbr_exact(name):
     convs and ShuffleNet's layout hooks (index_select on the channel dim)."""
     torch.manual_seed(0)
     dt = expand(models.build(name, num_classes=NUM_CLASSES), ratio=2.0, noise=0.0,
-                example_input=torch.randn(2, 3, 32, 32)).eval()
+                example_input=torch.randn(2, 3, 32, 32), scale_init="reference").eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         z_plain = dt(x)

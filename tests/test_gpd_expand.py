@@ -37,7 +37,7 @@ def test_branch_counts_preserve_the_function(name, branches):
 
 def test_wide_keeps_module_paths_and_io_widths():
     student = models.build("resnet20", num_classes=NUM_CLASSES)
-    dt = expand(student, ratio=2.0)
+    dt = expand(student, ratio=2.0, scale_init="reference")
     wide_paths = {p for p, _ in dt.wide.named_modules()}
     assert {p for p, _ in student.named_modules()} <= wide_paths
     assert classifier_path(dt.wide) == classifier_path(student) == "fc"
@@ -49,7 +49,7 @@ def test_wide_keeps_module_paths_and_io_widths():
 def test_vit_heads_are_duplicated_whole(convention):
     torch.manual_seed(2)
     student = models.build("vit_tiny", num_classes=NUM_CLASSES, **SMALL_VIT).eval()
-    dt = expand(student, ratio=1.5, noise=0.0, convention=convention)
+    dt = expand(student, ratio=1.5, noise=0.0, convention=convention, scale_init="reference")
     qkv = dt.wide.blocks[0].attn.qkv
     assert qkv.in_features == 96 and qkv.out_features == 288  # 6 heads of 16
     w_s = student.blocks[0].attn.qkv.weight.detach()
@@ -66,20 +66,20 @@ def test_vit_heads_are_duplicated_whole(convention):
         assert torch.allclose(dt.wide.cls_token[..., :64], student.cls_token)
     assert dt.wide.cls_token.shape == (1, 1, 96) and dt.wide.pos_embed.shape[-1] == 96
     assert type(dt.wide.blocks[0].norm1).__name__ == "ReplicaAwareLayerNorm"  # uneven counts
-    assert type(expand(student, ratio=2.0).wide.blocks[0].norm1) is nn.LayerNorm  # even: plain
+    assert type(expand(student, ratio=2.0, scale_init="reference").wide.blocks[0].norm1) is nn.LayerNorm  # even: plain
 
 
 def test_vit_ratio_without_whole_heads_is_rejected():
     student = models.build("vit_tiny", num_classes=NUM_CLASSES, **TINY_VIT)
     with pytest.raises(UnsupportedLayerError, match=r"blocks\.0\.attn.*Attention.*head_dim 64"):
-        expand(student, ratio=1.5)
+        expand(student, ratio=1.5, scale_init="reference")
 
 
 def test_noise_goes_only_on_replicated_entries():
     torch.manual_seed(3)
     student = models.build("resnet20", num_classes=NUM_CLASSES).eval()
-    exact = expand(student, ratio=1.5, noise=0.0, branches=0).eval()
-    noisy = expand(student, ratio=1.5, noise=1e-3, branches=0).eval()
+    exact = expand(student, ratio=1.5, noise=0.0, branches=0, scale_init="reference").eval()
+    noisy = expand(student, ratio=1.5, noise=1e-3, branches=0, scale_init="reference").eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         z_s = student(x)
@@ -96,7 +96,7 @@ def test_noise_goes_only_on_replicated_entries():
 def test_expand_does_not_touch_the_student():
     student = models.build("resnet20", num_classes=NUM_CLASSES).train()
     before = {k: v.clone() for k, v in student.state_dict().items()}
-    dt = expand(student, ratio=2.0)
+    dt = expand(student, ratio=2.0, scale_init="reference")
     assert student.training and dt.training
     assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
 
@@ -155,13 +155,13 @@ class _ConcatNet(nn.Module):
 ])
 def test_unsupported_layers_are_named(model, x, ratio, pattern):
     with pytest.raises(UnsupportedLayerError, match=pattern):
-        expand(model, ratio=ratio, example_input=x)
+        expand(model, ratio=ratio, example_input=x, scale_init="reference")
 
 
 def test_grouped_conv_is_widened_group_by_group():
     torch.manual_seed(6)
     net = _GroupedConvNet().eval()
-    dt = expand(net, ratio=2.0, noise=0.0, branches=0).eval()
+    dt = expand(net, ratio=2.0, noise=0.0, branches=0, scale_init="reference").eval()
     assert dt.wide.grouped.groups == 2 and dt.wide.grouped.in_channels == 16
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
@@ -170,7 +170,7 @@ def test_grouped_conv_is_widened_group_by_group():
 
 def test_shufflenets_need_an_integer_ratio():
     with pytest.raises(UnsupportedLayerError, match=r"'layer1\.0\.(conv1|shuffle1)'.*integer ratio \(got 1.5\)"):
-        expand(models.build("ShuffleV1", num_classes=NUM_CLASSES), ratio=1.5, branches=0)
+        expand(models.build("ShuffleV1", num_classes=NUM_CLASSES), ratio=1.5, branches=0, scale_init="reference")
 
 
 def test_unsupported_error_is_a_value_error():
@@ -194,8 +194,8 @@ def test_bad_arguments(kwargs, pattern):
 def test_bad_example_input_is_reported():
     student = models.build("vit_tiny", num_classes=NUM_CLASSES, image_size=8, **SMALL_VIT)
     with pytest.raises(ValueError, match="example_input"):
-        expand(student)
-    expand(student, example_input=torch.randn(2, 3, 8, 8))
+        expand(student, scale_init="reference")
+    expand(student, example_input=torch.randn(2, 3, 8, 8), scale_init="reference")
 
 
 def _expanded_pair(monkeypatch, name, ratio, dtype=torch.float32):
@@ -204,7 +204,7 @@ def _expanded_pair(monkeypatch, name, ratio, dtype=torch.float32):
 
     def build():
         torch.manual_seed(0)
-        return expand(models.build(name, 10).to(dtype), ratio=ratio, example_input=torch.randn(2, 3, 16, 16, dtype=dtype))
+        return expand(models.build(name, 10).to(dtype), ratio=ratio, example_input=torch.randn(2, 3, 16, 16, dtype=dtype), scale_init="reference")
 
     fused = build()
     with monkeypatch.context() as m:

@@ -43,7 +43,7 @@ def _train_steps(dt: DynamicTeacher, steps: int = 3) -> None:
 def test_extracted_student_equals_student_view_before_and_after_training(name, kwargs, ratio):
     torch.manual_seed(0)
     student = models.build(name, num_classes=NUM_CLASSES, **kwargs)
-    dt = expand(student, ratio=ratio)
+    dt = expand(student, ratio=ratio, scale_init="reference")
     x, _ = _batch(seed=99)
     for stage in ("init", "trained"):
         if stage == "trained":
@@ -65,7 +65,7 @@ def test_extracted_student_equals_student_view_before_and_after_training(name, k
 
 def test_extracted_student_has_no_hooks_and_plain_parameters():
     student = models.build("resnet20", num_classes=NUM_CLASSES)
-    dt = expand(student, ratio=2.0)
+    dt = expand(student, ratio=2.0, scale_init="reference")
     seen = []
     dt.student_template.fc.register_forward_hook(lambda *a: seen.append(1))
     extracted = extract_student(dt)
@@ -77,7 +77,7 @@ def test_extracted_student_has_no_hooks_and_plain_parameters():
 
 def test_a_teacher_step_moves_the_student():
     torch.manual_seed(1)
-    dt = expand(models.build("resnet20", num_classes=NUM_CLASSES), ratio=2.0)
+    dt = expand(models.build("resnet20", num_classes=NUM_CLASSES), ratio=2.0, scale_init="reference")
     before = extract_student(dt).state_dict()
     opt = torch.optim.SGD(dt.parameters(), lr=0.1)
     x, y = _batch()
@@ -90,7 +90,7 @@ def test_a_teacher_step_moves_the_student():
 
 def test_student_loss_reaches_exactly_the_shared_slice():
     torch.manual_seed(2)
-    dt = expand(models.build("resnet20", num_classes=NUM_CLASSES), ratio=2.0, branches=0)
+    dt = expand(models.build("resnet20", num_classes=NUM_CLASSES), ratio=2.0, branches=0, scale_init="reference")
     x, y = _batch()
     F.cross_entropy(dt(x, view="student"), y).backward()
     g = dt.wide.fc.weight.grad
@@ -102,7 +102,7 @@ def test_student_loss_reaches_exactly_the_shared_slice():
 
 def test_both_views_in_one_call_use_every_parameter():
     torch.manual_seed(3)
-    dt = expand(models.build("resnet20", num_classes=NUM_CLASSES), ratio=1.5)
+    dt = expand(models.build("resnet20", num_classes=NUM_CLASSES), ratio=1.5, scale_init="reference")
     x, y = _batch()
     z_d, z_s = dt(x, view="both")
     (F.cross_entropy(z_d, y) + F.cross_entropy(z_s, y)).backward()
@@ -119,7 +119,7 @@ def _bn_stats(module: nn.Module) -> dict:
 
 
 def test_each_view_keeps_its_own_batchnorm_statistics():
-    dt = expand(models.build("resnet20", num_classes=NUM_CLASSES), ratio=2.0).train()
+    dt = expand(models.build("resnet20", num_classes=NUM_CLASSES), ratio=2.0, scale_init="reference").train()
     x, _ = _batch()
     wide0, stud0 = _bn_stats(dt.wide), _bn_stats(dt.student_template)
     assert len(stud0) == 3 * sum(isinstance(m, nn.BatchNorm2d) for m in dt.student_template.modules())
@@ -137,7 +137,7 @@ def test_each_view_keeps_its_own_batchnorm_statistics():
 
 
 def test_eval_mode_touches_no_statistics():
-    dt = expand(models.build("resnet20", num_classes=NUM_CLASSES), ratio=2.0).eval()
+    dt = expand(models.build("resnet20", num_classes=NUM_CLASSES), ratio=2.0, scale_init="reference").eval()
     before = {k: v.clone() for k, v in dt.state_dict().items() if isinstance(v, torch.Tensor)}
     dt(_batch()[0], view="both")
     assert all(torch.equal(before[k], v) for k, v in dt.state_dict().items() if isinstance(v, torch.Tensor))
@@ -158,8 +158,8 @@ def test_state_dict_round_trip_into_a_fresh_teacher(name, kwargs, ratio):
 
 
 def test_state_dict_from_another_ratio_is_refused():
-    dt2 = expand(models.build("resnet8", num_classes=NUM_CLASSES), ratio=2.0, branches=0)
-    dt3 = expand(models.build("resnet8", num_classes=NUM_CLASSES), ratio=3.0, branches=0)
+    dt2 = expand(models.build("resnet8", num_classes=NUM_CLASSES), ratio=2.0, branches=0, scale_init="reference")
+    dt3 = expand(models.build("resnet8", num_classes=NUM_CLASSES), ratio=3.0, branches=0, scale_init="reference")
     with pytest.raises(ValueError, match="ratio=3.0"):
         dt2.load_state_dict(dt3.state_dict())
 
@@ -249,7 +249,7 @@ def test_one_sgd_step_moves_each_layer_by_the_reference_factors(name, side, firs
     steps = {}
     for convention in ("reference", "full_scale"):
         dt = expand(student, ratio=2.0, noise=0.0, branches=0, convention=convention,
-                    example_input=x[:2]).train()
+                    example_input=x[:2], scale_init="reference").train()
         d_view, d_plain = _student_step(dt, x, y, lr), _plain_step(extract_student(dt).train(), x, y, lr)
         factors = tuple(float(d_view[k].norm() / d_plain[k].norm()) for k in keys)
         want = REFERENCE_STUDENT_FACTORS if convention == "reference" else FULL_SCALE_STUDENT_FACTORS
@@ -264,7 +264,7 @@ def test_perturbing_teacher_only_entries_leaves_the_student_unchanged(name):
     """Slice first, then fold: every T_d entry outside the student block -- including the
     internal channels of the 1x1->kxk and dws branches -- is invisible to the student view."""
     torch.manual_seed(7)
-    dt = expand(models.build(name, num_classes=NUM_CLASSES), ratio=2.0).eval()
+    dt = expand(models.build(name, num_classes=NUM_CLASSES), ratio=2.0, scale_init="reference").eval()
     x, _ = _batch()
     with torch.no_grad():
         before, teacher_before = dt(x, view="student"), dt(x)
@@ -280,7 +280,7 @@ def test_branch_bias_is_folded_into_the_batchnorm_that_reads_it():
     of the student view; the plain extracted student holds it in the reading BN's running mean:
     equal in eval mode, and in train mode (batch statistics cancel the constant) too."""
     torch.manual_seed(8)
-    dt = expand(models.build("resnet8", num_classes=NUM_CLASSES), ratio=2.0, noise=0.0)
+    dt = expand(models.build("resnet8", num_classes=NUM_CLASSES), ratio=2.0, noise=0.0, scale_init="reference")
     assert dt.bias_folds and set(dt.bias_folds) <= set(dt.branched_paths)
     for path in dt.branched_paths:
         bias = dt.wide.get_submodule(path).bias
@@ -297,7 +297,7 @@ def test_branch_bias_is_folded_into_the_batchnorm_that_reads_it():
 
 
 def test_student_view_wrapper_registers_nothing_and_forwards_modes():
-    dt = expand(models.build("resnet20", num_classes=NUM_CLASSES), ratio=2.0)
+    dt = expand(models.build("resnet20", num_classes=NUM_CLASSES), ratio=2.0, scale_init="reference")
     view = dt.student_view()
     assert list(view.parameters()) == [] and list(view.state_dict()) == []
     view.eval()
@@ -311,7 +311,7 @@ def test_student_view_wrapper_registers_nothing_and_forwards_modes():
 
 @pytest.mark.parametrize("convention", ["reference", "full_scale"])
 def test_hooks_fire_on_each_view(convention):
-    dt = expand(models.build("resnet20", num_classes=NUM_CLASSES), ratio=1.5, noise=0.0, convention=convention).eval()
+    dt = expand(models.build("resnet20", num_classes=NUM_CLASSES), ratio=1.5, noise=0.0, convention=convention, scale_init="reference").eval()
     x = torch.randn(2, 3, 16, 16)
     with FeatureTap(dt.wide, ["penultimate", "layer2"]) as tap_d, \
             FeatureTap(dt.student_template, ["penultimate", "layer2"]) as tap_s:
@@ -328,7 +328,7 @@ def test_hooks_fire_on_each_view(convention):
 
 
 def test_parameters_are_owned_once():
-    dt = expand(models.build("resnet20", num_classes=NUM_CLASSES), ratio=2.0)
+    dt = expand(models.build("resnet20", num_classes=NUM_CLASSES), ratio=2.0, scale_init="reference")
     names = [n for n, _ in dt.named_parameters()]
     assert names and all(n.startswith("wide.") for n in names)
     keys = list(dt.state_dict())
@@ -337,6 +337,6 @@ def test_parameters_are_owned_once():
 
 
 def test_unknown_view_is_rejected():
-    dt = expand(models.build("resnet8", num_classes=NUM_CLASSES), ratio=2.0, branches=0)
+    dt = expand(models.build("resnet8", num_classes=NUM_CLASSES), ratio=2.0, branches=0, scale_init="reference")
     with pytest.raises(ValueError, match="unknown view 'teacher_d'; valid choices: teacher, student, both"):
         dt(torch.randn(1, 3, 8, 8), view="teacher_d")

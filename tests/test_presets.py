@@ -3,7 +3,7 @@ baselines, GPD's reference settings (clip 5, fp32, no DKD warm-up, fine-tuning s
 DKD without warm-up; ``python -m workbench presets`` lists them."""
 import pytest
 
-from workbench import models
+from workbench import models, references
 from workbench.cli import main
 from workbench.methods.dkd import dkd_warmup
 from workbench.config import RunConfig
@@ -44,10 +44,8 @@ def test_every_preset_names_registered_models():
     for name, values in PRESETS.items():
         for key in ("teacher", "student"):
             value = values.get(key, "none")
-            if key == "teacher" and value.startswith("embedded:"):  # a shipped teacher: its entry names the model
-                from workbench.embedded_teachers import entry
-
-                value = entry(value).arch
+            if key == "teacher":  # shipped / torchvision's: the entry names the model
+                value = references.teacher_ref(value, check=False).arch or "none"
             if value != "none":
                 assert value in models.MODELS, (name, key, value)
 
@@ -91,11 +89,13 @@ def test_feature_method_presets_follow_mdistiller():
     for name in ("imagenet/r34_r18/reviewkd", "imagenet/r34_r18/gpd_reviewkd"):
         c = preset(name)
         assert (c.teacher, c.student, c.reviewkd_weight, c.reviewkd_warmup, c.reviewkd_student_preact) == \
-            ("resnet34", "resnet18", 1.0, 1, True), name
+            ("torchvision:resnet34", "resnet18", 1.0, 1, True), name
+        # batch 256 at lr 0.1: mdistiller's reviewkd.yaml and GPD's train_reviewkd.py (train_dkd.py: 512)
+        assert (c.batch_size, c.lr, c.epochs, c.weight_decay) == (256, 0.1, 100, 1e-4), name
 
 
 @pytest.mark.parametrize("pair, teacher, student, beta", [
-    ("r34_r18", "resnet34", "resnet18", 0.5), ("r50_mbv1", "resnet50", "mobilenet_v1", 2.0)])
+    ("r34_r18", "torchvision:resnet34", "resnet18", 0.5), ("r50_mbv1", "torchvision:resnet50", "mobilenet_v1", 2.0)])
 def test_imagenet_pairs(pair, teacher, student, beta):
     dkd, gpd = preset(f"imagenet/{pair}/dkd"), preset(f"imagenet/{pair}/gpd_dkd")
     for c in (dkd, gpd):

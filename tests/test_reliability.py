@@ -256,6 +256,7 @@ def test_resume_from_truncated_or_foreign_checkpoint_fails_and_keeps_the_file(fi
         # then its method state does not fit resnet8.
         foreign = torch.load(io_bytes(blob), weights_only=True)
         foreign["config"] = RunConfig.from_dict(cfg).to_dict()
+        foreign["effective"] = RunConfig.from_dict(cfg).effective()  # recorded beside it since effective values exist
         foreign["method"] = {f"student.{k}": v for k, v in models.build("resnet8x4", 10, 1).state_dict().items()}
         torch.save(foreign, last)
         before = last.read_bytes()

@@ -10,6 +10,8 @@ Commands
   sweep     train a grid of runs on submitit: ``python -m workbench sweep preset=cifar100/r32x4_r8x4/{kd,dkd} seed=0:5``
             (``sweep --help`` for the grid syntax and the executor keys; ``sweep status <dir>`` per cell)
   table     one results table of run folders or sweeps: ``python -m workbench table runs/sweeps/<name> [--format md|csv|latex]``
+  export    export a run's student for use without the workbench: ``python -m workbench export
+            <run folder | student.pt> [--format torchscript|onnx] [--ema] [--out FILE]``
 
 Exit codes and what ``train`` prints (always one line on stderr):
   0    done
@@ -253,6 +255,26 @@ def _leave_process_group() -> None:
         dist.shutdown()
 
 
+def _export(args: list[str]) -> int:
+    import argparse
+
+    from .export import FORMATS, ExportError, export
+
+    p = argparse.ArgumentParser(prog="python -m workbench export", description="export a run's plain student")
+    p.add_argument("source", help="a run folder (its student.pt) or a student file")
+    p.add_argument("--format", default=FORMATS[0], help=f"{' | '.join(FORMATS)} (default {FORMATS[0]})")
+    p.add_argument("--ema", action="store_true", help="the run's EMA student (student_ema.pt)")
+    p.add_argument("--out", default="", help="output file (default: beside the student file)")
+    a = p.parse_args(args)
+    try:
+        out = export(a.source, a.format, a.out or None, a.ema)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"[workbench] exported {a.format}: {out}")
+    return 0
+
+
 def plain(text: str) -> str:
     """Terminal text: reST literals ``x`` shown as x."""
     return text.replace("``", "")
@@ -305,6 +327,8 @@ def _main(argv: list[str] | None = None) -> int:
         return _sweep(args)
     if command == "table":
         return _table(args)
+    if command == "export":
+        return _export(args)
     if command == "methods":
         from .methods import METHODS
 

@@ -36,6 +36,8 @@ MAX_EMA_DECAY = 1.0 - 1e-9
 MIN_PROBE_SAMPLES = 6
 #: ``transfer`` values that are not dataset names
 TRANSFER_MODES = ("auto", "none")
+#: core keys whose default means "the method (or the epochs) decides" (see ``RunConfig.effective``)
+RESOLVED_CORE_KEYS = ("base", "grad_clip", "amp", "ema_decay", "teacher_epochs")
 
 
 @dataclass
@@ -244,6 +246,40 @@ class RunConfigBase:
         """The EMA decay in effect (0 = no EMA)."""
         return self.ema_decay if self.ema_decay is not None else float(self.method_default("ema_decay", 0.0))
 
+    def student_options(self) -> dict[str, Any]:
+        """Keyword options for building the student, wherever it is built or loaded (also
+        ``student.pt`` by the notebooks): ``patch_size`` (ViTs) and the method's own (a
+        distillation-token ViT's inference heads)."""
+        opts: dict[str, Any] = {"patch_size": self.patch_size} if self.patch_size else {}
+        if self.spec.student_options is not None:
+            opts.update(self.spec.student_options(self))
+        return opts
+
+    def effective(self) -> dict[str, Any]:
+        """Every key's value as the run uses it: :meth:`to_dict` with the keys that leave the choice
+        to the method resolved (``base``, ``grad_clip``, ``amp``, ``ema_decay``, the method's own
+        through ``MethodSpec.resolve``, e.g. gpd's ``scale_init``, ``noise``, ``branches``) and
+        ``teacher_epochs=0`` as the epochs it means. What is left to the device (``amp=auto`` of a
+        method without an amp default, ``channels_last``, ``device_data``, ``workers``) or to the
+        built method (``ce_weight=None``) stays as asked here: a run records what they became in
+        ``config.json``'s ``effective`` block. The run name hashes these values
+        (:mod:`workbench.naming`), so a recipe names one folder however its values were spelled."""
+        d = self.to_dict()
+        d.update(base=self.resolved_base, grad_clip=float(self.resolved_grad_clip), amp=self.resolved_amp,
+                 ema_decay=float(self.resolved_ema_decay), teacher_epochs=self.teacher_epochs or self.epochs)
+        if self.spec.resolve is not None:
+            d.update(self.spec.resolve(self))
+        return d
+
+    def effective_defaults(self) -> dict[str, Any]:
+        """Each key's effective value had it been left at its default (the other keys as they are):
+        what :mod:`workbench.naming` compares with to leave defaults out of the hash."""
+        defaults = type(self)().to_dict()
+        resolved = list(RESOLVED_CORE_KEYS) + list(self.spec.resolve(self) if self.spec.resolve is not None else ())
+        probe = dataclasses.replace(self, **{k: self.default(k) for k in resolved})
+        at_default = probe.effective()
+        return {**defaults, **{k: at_default[k] for k in resolved}}
+
     # --- data and paths ---------------------------------------------------------------------------
     def dataset_options(self) -> dict[str, Any]:
         """Options for :func:`workbench.data.build` from the flat config keys."""
@@ -265,7 +301,10 @@ class RunConfigBase:
 
     def run_dir(self) -> Path:
         root = Path(self.out_dir) if self.out_dir else paths.runs_root()
-        return root / (self.name or self.default_name())
+        if self.name:
+            return root / self.name
+        own = root / self.default_name()
+        return own if own.exists() else (naming.earlier_folder(root, self) or own)
 
     def default_name(self) -> str:
         """Readable prefix (dataset, resolved teacher architecture, student, method, seed) plus a

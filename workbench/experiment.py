@@ -33,7 +33,7 @@ from .engine.trainer import seed_everything
 from .engine.checkpoint import LAST, STUDENT, CheckpointError, verify_archive
 from .engine.lock import LOCK_FILE, RunLockedError, holder_pid, run_lock
 from .engine.metrics import read_metrics
-from .engine.resume import config_diff, describe_diff, resume_checkpoint
+from .engine.resume import describe_diff, effective_diff, resume_checkpoint
 from .methods import METHODS, build_method, build_checks
 from .data.device import DEVICE_DATASETS
 from .registry import unknown_choice
@@ -106,10 +106,7 @@ def student_options(cfg: RunConfig) -> dict:
     """Keyword options for building the student, wherever it is built or loaded (also
     ``student.pt`` by the notebooks): ``patch_size`` (ViTs) and the method's own (a distillation-token
     ViT's inference heads)."""
-    opts = {"patch_size": cfg.patch_size} if cfg.patch_size else {}
-    if cfg.spec.student_options is not None:
-        opts.update(cfg.spec.student_options(cfg))
-    return opts
+    return cfg.student_options()
 
 
 def new_student(cfg: RunConfig, info) -> nn.Module:
@@ -402,7 +399,7 @@ def cached_teacher(tcfg: RunConfig) -> Optional[Path]:
     except (OSError, ValueError):
         raise ConfigError(f"teacher: the cached teacher {path} has no readable {recorded.name}, so the settings "
                           f"it was trained with cannot be checked; {redo}") from None
-    diff = config_diff(saved, tcfg.to_dict())
+    diff = effective_diff(saved, tcfg)
     if diff:
         raise ConfigError(f"teacher: the cached teacher {path} was trained with other settings "
                           f"({describe_diff(diff)}); {redo} under this run's settings")

@@ -5,12 +5,16 @@ while rerunning the same command finds its folder again (resume).
 ``<dataset>_<teacher arch>-<student>_<method>[+ctkd][+ctc][+dot]_s<seed>-<hash>``, e.g.
 ``digits_resnet8x4-resnet8_gpd-dkd_s0-1f2e3d4c``. The teacher part is the *resolved*
 architecture (a checkpoint file is named by the architecture it holds, not by its file name).
-The hash covers the config minus the runtime keys (:data:`workbench.config.RUNTIME_KEYS`) and
-minus every key left at its default, with ``base`` resolved, the data resolved the same way for
-every dataset (:func:`workbench.data.identity`: the folder it is read from -- ``data_root=`` /
+The hash covers the *effective* config (:meth:`workbench.config.RunConfigBase.effective`: keys
+left to the method, such as ``grad_clip=None`` or ``amp=auto`` for GPD, count as the values they
+resolve to, so the notebook's and the preset's spelling of one recipe name one folder) minus the
+runtime keys (:data:`workbench.keys.RUNTIME_KEYS`) and minus every key whose effective value is
+that of its default, with ``base`` always present, the data resolved the same way for every
+dataset (:func:`workbench.data.identity`: the folder it is read from -- ``data_root=`` /
 ``$WORKBENCH_DATA`` / default, fashion_mnist's full files where they are found, none for data
-that is not read from a folder -- and imagefolder's file-list fingerprint), and the teacher keys
-dropped when no teacher is used. Leaving defaults out means a later version that adds keys (a new method's options) names
+that is not read from a folder -- and imagefolder's file-list fingerprint), the teacher as
+:meth:`workbench.references.TeacherRef.identity` records it, and the teacher keys dropped when no
+teacher is used. Leaving defaults out means a later version that adds keys (a new method's options) names
 the same command's run folder, and its cached teacher, as before, so an upgrade resumes instead
 of silently starting over; a default whose value changed is caught by the resume check, which
 compares every recorded value (:func:`workbench.engine.resume.config_diff`).
@@ -48,8 +52,8 @@ def teacher_arch(cfg) -> str:
 
 def identity(cfg) -> dict:
     """The settings that change what is trained, normalised (what the name's hash covers)."""
-    defaults = _defaults(type(cfg))
-    d = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS and not (k in defaults and defaults[k] == v)}
+    defaults = cfg.effective_defaults()
+    d = {k: v for k, v in cfg.effective().items() if k not in RUNTIME_KEYS and not (k in defaults and defaults[k] == v)}
     d["base"] = cfg.resolved_base
     where = data.identity(cfg.dataset, **cfg.dataset_options())
     d["data_root"] = where.folder
@@ -66,11 +70,6 @@ def identity(cfg) -> dict:
     return d
 
 
-def _defaults(config_type) -> dict:
-    """Every key's default value, as ``to_dict`` writes it."""
-    return config_type().to_dict()
-
-
 def config_hash(cfg) -> str:
     blob = json.dumps(identity(cfg), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:HASH_CHARS]
@@ -82,4 +81,31 @@ def default_name(cfg) -> str:
     extras = "".join(f"+{name}" for name in on)  # +ctkd, +ctc, +dot
     pair = f"{teacher_arch(cfg)}-{cfg.student}" if cfg.loads_teacher else cfg.student
     return f"{cfg.dataset}_{pair}_{method}{extras}_s{cfg.seed}-{config_hash(cfg)}"
+
+
+def earlier_folder(root: Path, cfg) -> Path | None:
+    """A folder under ``root`` that holds this run under another name: written before run names
+    hashed the effective config (the notebook's and the preset's spellings of one recipe had two
+    names then), or by any other spelling of the same settings. Same readable prefix, and its
+    recorded ``config.json`` has the same effective identity. A finished run is preferred, then
+    the first by name; None if there is none (the run then starts in its own folder)."""
+    cls = type(cfg)
+    name = default_name(cfg)
+    prefix = name.rsplit("-", 1)[0] + "-"
+    if not root.is_dir():
+        return None
+    me, found = identity(cfg), []
+    for folder in sorted(root.glob(prefix + "*")):
+        if folder.name == name or not (folder / "config.json").is_file():
+            continue
+        try:
+            saved = json.loads((folder / "config.json").read_text())
+            keys = set(cls.keys()) - {"preset"}
+            other = cls.from_dict({k: v for k, v in saved.items() if k in keys})
+        except (OSError, ValueError, ConfigError, TypeError):
+            continue  # unreadable or from another version: not this run's
+        if identity(other) == me:
+            found.append(folder)
+    finished = [f for f in found if (f / "summary.json").exists()]
+    return (finished or found or [None])[0]
 

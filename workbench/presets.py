@@ -8,15 +8,24 @@ Naming: ``<dataset>/<pair>/<method>``. Where each value comes from:
   and the DKD beta of mdistiller's ``configs/cifar100/dkd/<pair>.yaml`` (``SOLVER.LR``: 0.05,
   0.01 for MobileNet/ShuffleNet students; ``DKD.BETA``, mdistiller's default 8.0 where a file
   sets none). DKD warms up over 20 epochs (mdistiller's CIFAR default) except under CTKD (the
-  public CTKD code's DKD has no warm-up). There are no published CIFAR GPD recipes: GPD presets
-  use the pair's protocol plus GPD's reference settings (grad clip 5, fp32).
+  public CTKD code's DKD has no warm-up). There are no published CIFAR GPD recipes: the
+  ``cifar100/<pair>/gpd_*`` presets are ours, the pair's protocol plus GPD's reference settings
+  (grad clip 5, fp32, model EMA 0.99996 per step). That EMA horizon is set in steps by the
+  reference's ImageNet runs: 1 / (1 - 0.99996) = 25,000 steps, ~10 epochs of ImageNet at batch
+  512 (2,503 steps per epoch; ~5 at batch 256) but ~32 epochs of CIFAR-100 at batch 64 (782 steps
+  per epoch) -- a longer average, relative to the 240-epoch schedule, than the reference's.
+  The ``fashion/demo/gpd_*`` presets use 0.99 (~100 steps, ~6 of their 20 epochs): at 0.99996 the
+  EMA of a 320-step run would still be ~99 % its initial weights (0.99996^320 = 0.987).
 - ImageNet DKD baselines: mdistiller's ``configs/imagenet/{r34_r18,r50_mv1}/dkd.yaml`` (lr 0.2,
   beta 0.5 / 2.0, T 1, ``WARMUP: 1``, which with mdistiller's 1-based ``min(epoch / warmup, 1)``
   is no warm-up: our ``dkd_warmup=0``).
-- ImageNet GPD (spec gpd.md §4): the official code's ``CNN/train_dkd.py`` defaults and README
+- ImageNet GPD (``docs/published.md``): the official code's ``CNN/train_dkd.py`` defaults and README
   commands (r 2, 6 branches, lambda 3, lr 0.1, batch 512, wd 1e-4, 100 epochs, x0.1 at 30/60/90,
   ``--clip-grad-norm 5``, DKD alpha 1, T 1, beta 0.5 for ResNet18 / 2.0 for MobileNet, no DKD
-  warm-up, no AMP). Fine-tuning: the README's ``--epoch_init 50 --learning_rate 0.01`` (its
+  warm-up, no AMP); with ReviewKD its ``train_reviewkd.py`` (batch 256). Every ImageNet teacher
+  is torchvision's pre-trained network (``teacher=torchvision:resnet34`` / ``resnet50``, read from
+  the torch hub cache; 73.31 / 76.13 top-1), as the reference code loads it, so no teacher is
+  trained: without the file the run stops at once naming the file and its URL. Fine-tuning: the README's ``--epoch_init 50 --learning_rate 0.01`` (its
   30/60/90 steps leave x0.1 at 30 within 50 epochs) from a pre-trained student (``init``).
 - ViT students (``cifar100/r32x4_vit/...``, ``fashion/vit/...``): DeiT's recipe (``VIT_RECIPE``, see
   there for what is and is not taken from facebookresearch/deit); no CIFAR CSKD recipe is published,
@@ -88,9 +97,12 @@ GPD_PRESET_KEYS = dict(amp=GPD_AMP)
 IMAGENET = dict(dataset="imagefolder", epochs=100, batch_size=512, lr=0.1, weight_decay=1e-4,
                 milestones=(30, 60, 90), eval_batch_size=256, image_size=224)
 NO_WARMUP = 0.0  # mdistiller's ImageNet WARMUP 1 / the GPD code's DKD: full weight from epoch 1
+#: the pre-trained teachers of the reference code (GPD's --teacher-weight, mdistiller's torchvision
+#: models): torchvision's ImageNet weights from the local torch hub cache (workbench.torchvision_teachers)
+IMAGENET_TEACHERS = {"resnet34": "torchvision:resnet34", "resnet50": "torchvision:resnet50"}
 IMAGENET_PAIRS = {  # name: (teacher, student, dkd beta)
-    "r34_r18": ("resnet34", "resnet18", 0.5),
-    "r50_mbv1": ("resnet50", "mobilenet_v1", 2.0),
+    "r34_r18": (IMAGENET_TEACHERS["resnet34"], "resnet18", 0.5),
+    "r50_mbv1": (IMAGENET_TEACHERS["resnet50"], "mobilenet_v1", 2.0),
 }
 IMAGENET_STUDENTS = {"r18": "resnet18", "mbv1": "mobilenet_v1"}
 DKD_IMAGENET = dict(method="dkd", lr=0.2, dkd_T=1.0, dkd_warmup=NO_WARMUP)
@@ -98,8 +110,12 @@ GPD_IMAGENET = dict(method="gpd", ratio=2.0, branches="default", gpd_lambda=3.0,
                     dkd_alpha=1.0, dkd_T=1.0, kd_T=1.0, dkd_warmup=NO_WARMUP, **GPD_PRESET_KEYS)
 FINETUNE = dict(epochs=50, lr=0.01, milestones=(30,))
 #: mdistiller configs/imagenet/r34_r18/reviewkd.yaml: weight 1, 1 warm-up epoch, student pre-activations
-#: (its batch 256 at lr 0.1; here the IMAGENET recipe's batch/lr like the other ImageNet presets)
+#: (reviewkd_warmup=1 with its 1-based min(epoch / warmup, 1): full weight from epoch 1)
 REVIEWKD_IMAGENET = dict(method="reviewkd", reviewkd_weight=1.0, reviewkd_warmup=1, reviewkd_student_preact=True)
+#: batch 256 at lr 0.1: mdistiller's reviewkd.yaml (SOLVER.BATCH_SIZE 256, LR 0.1) and the GPD code's
+#: train_reviewkd.py (--batch_size default 256, --learning_rate 0.1; its README command sets neither),
+#: where train_dkd.py's default is 512
+REVIEWKD_IMAGENET_BATCH = 256
 #: pre-trained students the fine-tuning presets start from (the GPD README's files in its
 #: ``pretrained/`` folder: torchvision's ResNet18, the authors' MobileNet); override with init=
 FINETUNE_INIT = {"resnet18": "pretrained/resnet18-f37072fd.pth",
@@ -164,10 +180,11 @@ def _imagenet() -> dict[str, dict]:
         presets[f"imagenet/{pair}/gpd_dkd"] = dict(IMAGENET, **GPD_IMAGENET, base="dkd", teacher=teacher,
                                                    student=student, dkd_beta=beta)
     teacher, student, _ = IMAGENET_PAIRS["r34_r18"]
-    presets["imagenet/r34_r18/reviewkd"] = dict(IMAGENET, **REVIEWKD_IMAGENET, teacher=teacher, student=student)
+    presets["imagenet/r34_r18/reviewkd"] = dict(IMAGENET, **REVIEWKD_IMAGENET, teacher=teacher, student=student,
+                                                batch_size=REVIEWKD_IMAGENET_BATCH)
     review_keys = {k: v for k, v in REVIEWKD_IMAGENET.items() if k != "method"}
     presets["imagenet/r34_r18/gpd_reviewkd"] = dict(IMAGENET, **GPD_IMAGENET, **review_keys, base="reviewkd",
-                                                    teacher=teacher, student=student)
+                                                    teacher=teacher, student=student, batch_size=REVIEWKD_IMAGENET_BATCH)
     for short, student in IMAGENET_STUDENTS.items():
         scratch = dict(IMAGENET, **GPD_IMAGENET, base="none", teacher="none", student=student)
         presets[f"imagenet/{short}/gpd_scratch"] = scratch

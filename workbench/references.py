@@ -8,6 +8,9 @@ name, the methods' teacher checks and the teacher phase all read a :class:`Teach
   :meth:`workbench.methods.Distiller.use_snapshot_teacher`);
 - ``embedded:<name>``: a teacher file shipped with the package (:mod:`workbench.embedded_teachers`,
   SHA-256 checked before use);
+- ``torchvision:<arch>``: torchvision's ImageNet weights from the local torch hub cache
+  (:mod:`workbench.torchvision_teachers`; never downloaded here, checked against the SHA-256 prefix
+  in the file's name);
 - a checkpoint path (a value with a path separator, a checkpoint suffix, or an existing file):
   ours, or a RepDistiller-style ``ckpt_epoch_240.pth``; its architecture is ``teacher_arch=``, the
   file's ``arch`` entry, or the ``<arch>_vanilla`` folder it sits in;
@@ -27,30 +30,31 @@ from typing import Optional
 
 import torch
 
-from . import embedded_teachers, models
+from . import embedded_teachers, models, torchvision_teachers
 from .keys import NO_TEACHER, ConfigError, snapshot_epoch
 from .registry import unknown_choice
 
-NONE, SNAPSHOT, EMBEDDED, FILE, ARCH = "none", "snapshot", "embedded", "file", "arch"
+NONE, SNAPSHOT, EMBEDDED, TORCHVISION, FILE, ARCH = "none", "snapshot", "embedded", "torchvision", "file", "arch"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".ckpt")
 
 
 @dataclass(frozen=True)
 class TeacherRef:
-    """A resolved ``teacher=`` value: its ``kind`` (none, snapshot, embedded, file, arch), the
-    architecture (a snapshot's is the student's), the weights file (embedded, file), the snapshot
-    epoch, and a shipped file's SHA-256."""
+    """A resolved ``teacher=`` value: its ``kind`` (none, snapshot, embedded, torchvision, file,
+    arch), the architecture (a snapshot's is the student's), the weights file (embedded,
+    torchvision, file), the snapshot epoch, a shipped file's SHA-256 and a torchvision file's name."""
 
     kind: str
     arch: Optional[str] = None
     path: Optional[Path] = None
     epoch: Optional[int] = None
     sha256: Optional[str] = None
+    file_name: Optional[str] = None
 
     @property
     def is_file(self) -> bool:
         """The teacher's weights come from a file (given or shipped), not from training."""
-        return self.kind in (FILE, EMBEDDED)
+        return self.kind in (FILE, EMBEDDED, TORCHVISION)
 
     def name_part(self) -> str:
         """How the teacher appears in a run name: its architecture, or ``snapshot<E>``."""
@@ -58,10 +62,12 @@ class TeacherRef:
 
     def identity(self) -> dict:
         """What of the teacher enters the run name's hash: the architecture, and which file
-        (a shipped file by its digest, any other by its resolved path)."""
+        (a shipped file by its digest, torchvision's by its file name, any other by its resolved path)."""
         out = {"teacher_arch": self.name_part()}
         if self.kind == EMBEDDED:
             out["teacher_sha256"] = self.sha256
+        elif self.kind == TORCHVISION:
+            out["teacher_file"] = self.file_name
         elif self.kind == FILE:
             out["teacher"] = str(self.path.resolve())
         return out
@@ -111,6 +117,10 @@ def teacher_ref(value: str, teacher_arch: str = "", student: str = "", check: bo
         entry = embedded_teachers.entry(value)
         path = embedded_teachers.path(value) if check else None  # checksum verified: a damaged file is one line
         return TeacherRef(EMBEDDED, entry.arch, path, sha256=entry.sha256)
+    if torchvision_teachers.is_torchvision(value):
+        weights = torchvision_teachers.entry(value)
+        path = torchvision_teachers.path(value) if check else None  # present, prefix-checked: else one line
+        return TeacherRef(TORCHVISION, weights.arch, path, file_name=weights.files[0])
     if is_path(value):
         path = Path(value)
         if check and not path.is_file():

@@ -61,6 +61,8 @@ from .resume import resume_checkpoint
 from .schedule import lr_factor
 
 TOPK = 5
+#: config.json's effective ``amp``: the autocast dtype that runs (None: none, float32)
+AMP_NAMES = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}
 SEED_STRIDE = 1_000_003  # epoch seeds: seed * SEED_STRIDE + epoch
 SHOWN_PROBLEMS = 4  # non-finite quantities listed in a divergence message
 
@@ -504,7 +506,7 @@ class Trainer:
     def _checkpoint(self, epoch: int) -> dict:
         student = self.method.deployable_student()
         return {"format": "gpd-workbench-checkpoint", "version": 1, "epoch": epoch,
-                "config": self.cfg.to_dict(), "arch": self.cfg.student,
+                "config": self.cfg.to_dict(), "effective": self.cfg.effective(), "arch": self.cfg.student,
                 "model": {k: v.detach().cpu() for k, v in student.state_dict().items()},
                 "method": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in self.method.state().items()},
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
@@ -564,13 +566,28 @@ class Trainer:
     def _loader_workers(self) -> int:
         return getattr(self.train_loader, "num_workers", 0)
 
+    def recorded_config(self) -> dict:
+        """What ``config.json`` holds: every key as asked (the top level, what a rerun passes
+        again) and, under ``effective``, every key as this run uses it: the config's own
+        resolution (``RunConfig.effective``: what the run name hashes) and what this device and
+        the built method made of the rest (``device``, ``amp`` as the precision that runs,
+        ``channels_last``, ``device_data`` and ``workers`` as on/off and a count, ``ce_weight``)."""
+        effective = self.cfg.effective()
+        effective.update(device=str(self.device), amp=AMP_NAMES.get(self.amp, str(self.amp)),
+                         channels_last="on" if self.channels_last else "off",
+                         device_data="on" if isinstance(self.train_loader, DeviceLoader) else "off",
+                         workers=self._loader_workers())
+        if getattr(self.method, "ce_weight", None) is not None:
+            effective["ce_weight"] = float(self.method.ce_weight)
+        return {**self.cfg.to_dict(), "effective": effective}
+
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
         with preempt.watch():  # SIGTERM/SIGUSR1/SIGUSR2: checkpoint at the next safe point, then Preempted
             start = self.resume()
             if self.is_main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
-                (self.run_dir / "config.json").write_text(self.cfg.to_json())
+                (self.run_dir / "config.json").write_text(json.dumps(self.recorded_config(), indent=2, sort_keys=True))
             state = self.state()
             for cb in self.callbacks:
                 cb.on_fit_start(state)
@@ -664,7 +681,13 @@ class Trainer:
         return summary
 
     def _save_student(self, student: nn.Module, path: Path) -> None:
-        atomic_save({"model": _cpu(student.state_dict()), "arch": self.cfg.student, "epoch": self.epochs}, path)
+        """The plain student with what ``models.load_student`` needs to rebuild it alone (classes,
+        input channels, the training inputs' shape, the build options)."""
+        from ..models import student_file_entries
+
+        entries = student_file_entries(student, _input_shape(self.test_set, self.train_set), self.cfg.student_options())
+        atomic_save({"model": _cpu(student.state_dict()), "arch": self.cfg.student, "epoch": self.epochs, **entries},
+                    path)
 
 
 STUDENT_EMA = "student_ema.pt"

@@ -1,7 +1,7 @@
 """GPD model surgery: Inverse Reparameterization (IR), hard parameter sharing and
 Channel-Branch Reparameterization (CBR). Model surgery only -- no losses, no training loops.
 
->>> dt = expand(student, ratio=2.0)            # T_d: wider, multi-branch, starts as the student view
+>>> dt = expand(student, ratio=2.0)            # T_d: wider, multi-branch, computes student(x) at init
 >>> z_d, z_s = dt(x, view="both")              # one call, both views, all parameters used
 >>> deployable = extract_student(dt)           # type(deployable) is type(student)
 
@@ -27,9 +27,11 @@ Guarantees (float32; "equal" = max abs diff <= 1e-5 x max |logit|, measured in t
   init and convention (uneven copy counts included; LayerNorm statistics are replica-aware),
   and in train mode for a batch too (BN batch statistics of copies are copies), as long as the
   model has no active dropout. With ``noise > 0`` they differ by O(noise).
-- the student view vs the student passed in: equal with ``scale_init="one_zero"`` (the
-  reference's fine-tuning init; the branches start at scale 0). With ``scale_init="reference"``
-  (the reference's distillation / from-scratch init) the student is re-initialised as a
+- the student view vs the student passed in: equal with ``scale_init="one_zero"`` (the default
+  of ``expand``, and the reference's fine-tuning init: the branches start at scale 0), so
+  ``expand(student)`` computes the student's function (T_d up to the noise). With
+  ``scale_init="reference"`` (the reference's distillation / from-scratch init, which
+  ``method=gpd`` passes explicitly for those runs) the student is re-initialised as a
   multi-branch net, so its function changes -- T_d still equals the student view.
 - perturbing T_d-only entries (outside the student block) never changes the student view.
 - ``extract_student(dt)`` vs the student view: equal in eval mode at any time (same weights,

@@ -62,7 +62,7 @@ def expand(
     ratio: float = 2.0,
     branches=DEFAULT_BRANCHES,
     noise: float = DEFAULT_NOISE,
-    scale_init: str = "reference",
+    scale_init: str = "one_zero",
     student_grad: str = "faithful",
     convention: str = "reference",
     branch_bias: bool = True,
@@ -75,9 +75,13 @@ def expand(
       the first n of ``BRANCH_ORDER``) or a sequence of kinds from ``BRANCH_KINDS``; default
       ``DEFAULT_BRANCHES`` = the official code's 6 branches (original + 5);
     - ``noise``: std of N(0, noise^2) added to the replicated entries (0 = exact);
-    - ``scale_init``: ``"reference"`` (the official distillation / from-scratch init: the
-      student is re-initialised as a multi-branch net, its function changes) | ``"one_zero"``
-      (the official fine-tuning init: the student's function is kept);
+    - ``scale_init``: ``"one_zero"`` (default; the official fine-tuning init: origin branch 1,
+      the others 0, so the student view -- and T_d at ``noise=0`` -- compute the student's
+      function: IR in the strict sense) | ``"reference"`` (the official distillation /
+      from-scratch init: the student is re-initialised as a multi-branch net with scales
+      0.25/0.25/0/0.5/0.05/0.5, so its function changes; T_d still equals the student VIEW).
+      ``method=gpd`` passes its choice explicitly (``scale_init=auto``: reference, one_zero when
+      fine-tuning from ``init=``), so training does not depend on this default;
     - ``student_grad``: ``"faithful"`` | ``"compensated"`` (see ``workbench.gpd``);
     - ``convention``: ``"reference"`` (T_d features = student features / cnt) | ``"full_scale"``
       (T_d features = copies); see ``workbench.gpd.plan``;

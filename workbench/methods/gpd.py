@@ -217,11 +217,16 @@ def resolved_scale_init(cfg) -> str:
     return "one_zero" if cfg.init else "reference"
 
 
+def _resolve(cfg) -> dict:
+    """The effective values of gpd's keys that default to "the reference's choice"."""
+    return {"scale_init": resolved_scale_init(cfg), "noise": gpd_noise(cfg), "branches": ",".join(gpd_branches(cfg))}
+
+
 @method("gpd", summary="Gap Preserving Distillation (Guo et al. 2025): dynamic teacher by IR, student by CBR",
         teacher=TEACHER_BY_BASE, bases=("dkd", ANY_BASE, NO_BASE), keys=KEYS, validate=_validate,
         check_build=_check_student,
         defaults={"grad_clip": GPD_GRAD_CLIP, "amp": GPD_AMP, "ema_decay": GPD_EMA_DECAY},
-        size_factor=_size_factor)
+        size_factor=_size_factor, resolve=_resolve)
 def build_gpd(ctx):
     cfg = ctx.cfg
     base = cfg.resolved_base

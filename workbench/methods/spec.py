@@ -74,6 +74,9 @@ class MethodSpec:
     - ``early_build``: :func:`workbench.experiment.prepare` builds the method (or, as a base, its
       wrapper) once on fresh models and a blank batch, so errors that depend on the pair (a stage
       it lacks, widths, feature shapes) are one line before any training, a teacher's included;
+    - ``resolve(cfg) -> dict``: the effective values of the method's own keys whose value means
+      "the method decides" (e.g. gpd's ``scale_init=auto``); recorded in ``config.json`` and
+      hashed into the run name (:meth:`workbench.config.RunConfigBase.effective`);
     - ``summary``: one line for listings.
     """
 
@@ -93,6 +96,7 @@ class MethodSpec:
     student_options: Optional[Callable[[Any], dict]] = None
     not_a_base: str = ""
     early_build: bool = False
+    resolve: Optional[Callable[[Any], dict]] = None
 
     def valid_bases(self) -> tuple[str, ...]:
         if not self.bases:

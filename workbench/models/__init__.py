@@ -25,6 +25,10 @@ Building blocks for distillation methods (import them from their modules):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
 from torch import nn
 
 from . import cifar_resnet, mobilenetv1, mobilenetv2, shufflenet, tv, vgg, vit, wrn  # noqa: F401  (registration)
@@ -33,8 +37,8 @@ from .checkpoint import load_state_into, read_state_dict
 from .hooks import FeatureTap, classifier_path, penultimate, stage_paths
 
 __all__ = [
-    "MODELS", "build", "available", "family", "load", "read_state_dict", "has_distillation_token",
-    "with_distillation_token", "readout",
+    "MODELS", "build", "available", "family", "load", "load_student", "student_file", "StudentFile",
+    "read_state_dict", "has_distillation_token", "with_distillation_token", "readout",
     "FeatureTap", "classifier_path", "stage_paths", "penultimate",
 ]
 
@@ -100,3 +104,65 @@ def load(name: str, path, num_classes: int, in_channels: int = 3, map_location="
     what = f"{name}(num_classes={num_classes}, in_channels={in_channels})"
     load_state_into(model, state, path, what)
     return model.eval()
+
+
+@dataclass
+class StudentFile:
+    """A run's ``student.pt`` / ``student_ema.pt`` read back: the model (eval mode) and what the
+    file says about it."""
+
+    model: nn.Module
+    arch: str
+    num_classes: int
+    in_channels: int
+    input_shape: Optional[tuple[int, ...]]  # (C, H, W) of the training inputs; None in older files
+    options: dict
+
+
+def student_file_entries(model: nn.Module, input_shape=None, options: Optional[dict] = None) -> dict:
+    """What a student file records beside ``model``/``arch`` so that :func:`load_student` needs
+    nothing else: classes, input channels, the training inputs' shape and the build options."""
+    classes, channels = _classes_and_channels(model.state_dict(), model)
+    return {"num_classes": classes, "in_channels": channels,
+            "input_shape": list(input_shape) if input_shape is not None else None, "options": dict(options or {})}
+
+
+def student_file(path, map_location="cpu") -> StudentFile:
+    """Read a student file written by a run (``student.pt``, ``student_ema.pt``)."""
+    from .checkpoint import load_state_into
+
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for unreadable files
+        raise ValueError(f"cannot read student file {path} ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("arch"), str) or "model" not in obj:
+        raise ValueError(f"{path} is not a student file of a run (no 'arch'/'model' entries); for other weight "
+                         f"files use models.load(name, path, num_classes, in_channels)")
+    arch, state = obj["arch"], obj["model"]
+    if arch not in MODELS:
+        raise ValueError(f"{path}: its architecture {arch!r} is not in the model zoo")
+    classes, channels = obj.get("num_classes"), obj.get("in_channels")
+    if classes is None or channels is None:  # written before student files recorded them
+        classes, channels = _classes_and_channels(state, build(arch, 2, 3))
+    shape = tuple(obj["input_shape"]) if obj.get("input_shape") else None
+    options = dict(obj.get("options") or {})
+    if family(arch) == "vit" and "patch_size" not in options:
+        options["patch_size"] = vit.patch_size_of(state)
+    model = build(arch, classes, channels, shape[-1] if shape else None, **options)
+    load_state_into(model, state, path, f"{arch}(num_classes={classes}, in_channels={channels})")
+    return StudentFile(model.eval(), arch, classes, channels, shape, options)
+
+
+def load_student(path, map_location="cpu") -> nn.Module:
+    """A run's ``student.pt`` as a ready model in eval mode: architecture, classes, input
+    channels and build options are read from the file."""
+    return student_file(path, map_location).model
+
+
+def _classes_and_channels(state: dict, model: nn.Module) -> tuple[int, int]:
+    """Classes (the classifier's rows) and input channels (the first conv's) of ``state``, located
+    by the module paths of ``model`` (an instance of the same architecture, any size)."""
+    classes = state[f"{classifier_path(model)}.weight"].shape[0]
+    first = next(name for name, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    return int(classes), int(state[f"{first}.weight"].shape[1])
+

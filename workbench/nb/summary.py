@@ -78,15 +78,21 @@ def gap_summary(records: list[dict], metric: str = "acc_gap") -> dict[str, dict[
     return out
 
 
+#: what a final T_d below S means (bench/td_vs_s_study.py, README "Why T_d does not lead S here")
+TD_BELOW_S = ("T_d ended below S: it shares the student's weights and leads only where its extra width buys "
+              "accuracy, which on small data and short schedules it does not (README: why T_d does not lead S here).")
+
+
 def gap_sentence(gaps: dict) -> str:
     """What the numbers say about static vs dynamic gap, worded by the numbers themselves."""
     s, d = gaps["T_s-S"]["mean abs"], gaps["T_d-S"]["mean abs"]
+    below = f" {TD_BELOW_S}" if gaps["T_d-S"]["final"] < 0 else ""
     if d < s:
         return (f"Over the run the dynamic gap T_d-S averaged {d:.1f} points against {s:.1f} for the static gap "
                 f"T_s-S ({s / max(d, 1e-9):.1f}x smaller); final gaps {gaps['T_d-S']['final']:+.1f} and "
-                f"{gaps['T_s-S']['final']:+.1f}.")
+                f"{gaps['T_s-S']['final']:+.1f}.{below}")
     return (f"In this run the dynamic gap T_d-S ({d:.1f} points on average) was not smaller than the static gap "
-            f"T_s-S ({s:.1f}).")
+            f"T_s-S ({s:.1f}).{below}")
 
 
 LEVEL_POINTS = 0.05  # |final T_d-S| below this (half the 0.1-point rounding shown): "level with"

@@ -10,7 +10,7 @@ float64 on the CPU and never modifies its arguments. Conventions:
 * a metric that is undefined for the input (e.g. CKA of a constant feature matrix) is
   ``nan``; :class:`workbench.engine.metrics.MetricsLog` writes it as ``null``.
 
-Definitions follow ``shared/spec/anchors.md`` ("Gap metrics"): accuracy gap, agreement,
+Definitions follow ``docs/published.md`` ("Gap metrics"): accuracy gap, agreement,
 predictive KL(p_teacher || p_student), linear CKA, DIST inter/intra-class correlation gaps,
 class-mean logit difference, plus the feature-space quality numbers used by the
 discriminability probe and the feature maps (kNN accuracy, separability ratio,
