@@ -5,7 +5,8 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .lock import RunLockedError
 from .metrics import MetricsError, MetricsLog, read_metrics
 from .preempt import Preempted
-from .trainer import NonFiniteLossError, Trainer
+from .divergence import NonFiniteLossError
+from .trainer import Trainer
 
 __all__ = ["Trainer", "Callback", "RoleOutputs", "gap_pairs", "role_labels", "role_label", "register_role", "CheckpointError", "load_checkpoint",
            "MetricsLog", "MetricsError", "read_metrics", "NonFiniteLossError", "RunLockedError", "Preempted"]

@@ -4,9 +4,10 @@ Read ``fit`` top to bottom: set-up, resume, then per epoch: train, evaluate ever
 (student, static teacher, dynamic teacher) in one pass, divergence check, callbacks, atomic
 checkpoint.
 
-Divergence (a non-finite loss during training; a non-finite evaluation loss, accuracy, logit or
-probe feature; a non-finite weight or buffer) stops the run *before* the diverged state reaches
-a checkpoint or a probe, so every checkpoint on disk is one a rerun can continue from.
+Its sub-jobs live beside it: evaluation of the roles and the summary (:mod:`.evaluation`), the
+divergence checks that stop a run before a diverged state reaches a checkpoint or a probe
+(:mod:`.divergence`), the static teacher's cached logits (:mod:`.teacher_cache`), checkpoints
+(:mod:`.checkpoint`, :mod:`.resume`), preemption (:mod:`.preempt`).
 
 Determinism: every epoch re-seeds torch/numpy/python from (seed, epoch) and shuffles with a
 generator seeded the same way, so a run resumed from an epoch checkpoint continues exactly as
@@ -28,54 +29,47 @@ an uninterrupted run would (data order, weights and optimizer state stay exact; 
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.device import DEVICE_DATASETS, DeviceLoader, Indexed, device_tensors
 from ..losses import hard_labels
-from ..models import readout as model_readout
-from ..models.hooks import FeatureTap
 from . import distributed as dist
 from .callbacks import EMA_SUFFIX, Callback, FitState, RoleOutputs, role_label
-from .checkpoint import BEST, LAST, STUDENT, CheckpointError, atomic_save, rng_state, set_rng_state
+from .checkpoint import (BEST, FORMAT, LAST, STUDENT, VERSION, CheckpointError, atomic_save, rng_state,
+                         set_rng_state)
+from .divergence import check_evaluation, check_loss
+from .evaluation import add_reported, eval_record, evaluate_models, reported, summarize
 from .device import amp_dtype, autocast, select_device, to_device, use_channels_last
 from .batch import BATCH_TRANSFORMS
 from .ema import ModelEMA
 from .memory import release_freed_memory
 from .method import TASK_PREFIX
 from . import trackers
-from .metrics import MetricsLog
+from .metrics import MetricsLog, read_metrics
 from .optim import DOT, build_optimizer
 from . import preempt
 from .preempt import Preempted
 from .progress import Progress, TerminalProgress
 from .resume import resume_checkpoint
 from .schedule import lr_factor
+from .teacher_cache import teacher_logits
 
-TOPK = 5
 #: config.json's effective ``amp``: the autocast dtype that runs (None: none, float32)
 AMP_NAMES = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}
 SEED_STRIDE = 1_000_003  # epoch seeds: seed * SEED_STRIDE + epoch
-SHOWN_PROBLEMS = 4  # non-finite quantities listed in a divergence message
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training diverged (NaN/inf loss, evaluation or weights); the run stops before the diverged
-    state is saved, so the last checkpoint stays good."""
+POSTFIX_EVERY = 10  # steps between updates of the running loss shown next to the bar
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
     return seed * SEED_STRIDE + epoch
 
-POSTFIX_EVERY = 10  # steps between updates of the running loss shown next to the bar
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -141,7 +135,9 @@ class Trainer:
         self.model = dist.wrap(method, self.device, find_unused=self.needs.find_unused_parameters)
         if cfg.compile:
             self.model = torch.compile(self.model)
-        self.teacher_cache = self._teacher_cache() if cfg.cache_teacher else None
+        self.teacher_cache = (teacher_logits(self.needs.static_teacher, train_set, cfg.eval_batch_size, self.device,
+                                              self.channels_last, self.amp, self.progress.bar)
+                              if cfg.cache_teacher else None)
         self.train_loader = self._loader(train_set, train=True)
         self.test_loader = self._loader(test_set, train=False)
         self.steps_per_epoch = len(self.train_loader)
@@ -193,17 +189,6 @@ class Trainer:
                           generator=torch.Generator())
 
     @torch.no_grad()
-    def _teacher_cache(self):
-        """Static-teacher logits of every training example, in dataset order (``cache_teacher``)."""
-        teacher = self.needs.static_teacher
-        loader = DataLoader(self.train_set, batch_size=self.cfg.eval_batch_size, shuffle=False)
-        out = []
-        for batch in self.progress.bar(loader, desc="teacher logits"):
-            x, _ = to_device(batch, self.device, self.channels_last)
-            with autocast(self.device, self.amp):
-                out.append(teacher(x).float())
-        return torch.cat(out)
-
     def _start_epoch(self, epoch: int) -> None:
         seed = epoch_seed(self.cfg.seed, epoch) + self.rank
         seed_everything(seed)
@@ -290,9 +275,7 @@ class Trainer:
             with autocast(self.device, self.amp):
                 logits, losses = self.model(x, y, **extras)
             loss = sum(losses.values())
-            if not torch.isfinite(loss.detach()).item():
-                terms = {k: float(v.detach()) for k, v in losses.items()}
-                raise self._diverged(epoch, f"non-finite loss at epoch {epoch}, step {step + 1}/{steps}: {terms}")
+            check_loss(loss, losses, self.run_dir, epoch, step, steps)
             self._backward_step(loss, losses)
             if self.ema is not None:
                 self.ema.update(self.method.trained_module())
@@ -417,95 +400,27 @@ class Trainer:
         (``ema_eval_every``) it is the raw top-1, so every epoch has it."""
         models = self.eval_models(ema=self._ema_due(epoch))
         order = list(models)  # records keep the roles' order whatever was cached
-        readouts = {role: model_readout(m) for role, m in models.items()}  # which heads/tokens are read
         budget = self._features_due(epoch)
         cached = self._static_outputs if "teacher" in models else None
         if cached is not None and (budget == 0 or cached.features is not None):
             models.pop("teacher")
         else:
             cached = None
-        was_training = {r: m.training for r, m in models.items()}
-        for m in models.values():
-            m.eval()
-            if self.channels_last:
-                m.to(memory_format=torch.channels_last)
-        logits = {r: [] for r in models}
-        feats = {r: [] for r in models}
-        targets, kept, t0 = [], 0, time.perf_counter()
-        with self.needs.eval_context(*models.values()):  # e.g. GPD: multi-branch convs fold once per pass
-            self._eval_batches(models, budget, logits, feats, targets)
-        for role, m in models.items():
-            m.train(was_training[role])
-        y = dist.gather_cat(torch.cat(targets))
-        elapsed = time.perf_counter() - t0
-        outputs = {}
-        for role in models:
-            z = dist.gather_cat(torch.cat(logits[role]))
-            f = dist.gather_cat(torch.cat(feats[role])) if feats[role] else None
-            outputs[role] = RoleOutputs(z, y, f[:budget] if f is not None else None, readouts[role])
+        outputs, elapsed = evaluate_models(models, self.test_loader, self.device, self.channels_last, self.amp,
+                                           budget, self.needs.eval_context, self.progress.bar)
         if cached is not None:
             outputs["teacher"] = cached
         elif "teacher" in outputs:
             self._static_outputs = outputs["teacher"]
         outputs = {role: outputs[role] for role in order}
-        records = [self._eval_record(epoch, role, out, elapsed, self.eval_split) for role, out in outputs.items()]
-        _add_reported(records, self._ema_twin_roles())
+        records = [eval_record(epoch, role, out, elapsed, self.eval_split) for role, out in outputs.items()]
+        add_reported(records, self._ema_twin_roles())
         return records, outputs
-
-    def _eval_batches(self, models, budget, logits, feats, targets) -> None:
-        kept = 0
-        for batch in self.progress.bar(self.test_loader, desc="eval"):
-            x, y, *_ = to_device(batch, self.device, self.channels_last)
-            take = min(len(y), max(0, budget - kept))
-            for role, m in models.items():
-                with autocast(self.device, self.amp):
-                    if take and not role.endswith(EMA_SUFFIX):
-                        with FeatureTap(m, ["penultimate"]) as tap:
-                            z = m(x)
-                        feats[role].append(tap["penultimate"][:take].float().cpu())
-                    else:
-                        z = m(x)
-                logits[role].append(z.float().cpu())
-            targets.append(y.cpu())
-            kept += take
-
-    @staticmethod
-    def _eval_record(epoch: int, role: str, out: RoleOutputs, elapsed: float, split: str = "test") -> dict:
-        z, y = out.logits, out.targets
-        k = min(TOPK, z.shape[1])
-        topk = z.topk(k, dim=1).indices
-        return {"kind": "eval", "epoch": epoch, "split": split, "role": role,
-                "top1": 100.0 * (topk[:, 0] == y).float().mean().item(),
-                f"top{TOPK}": 100.0 * (topk == y[:, None]).any(1).float().mean().item(),
-                "loss": F.cross_entropy(z, y).item(), "n": len(y), "time": elapsed, **out.readout}
-
-    # ------------------------------------------------------------------ divergence
-    def _diverged(self, epoch: int, what: str) -> NonFiniteLossError:
-        """The divergence error: what went non-finite and the checkpoint a rerun continues from
-        (every checkpoint written passed these checks, so the last one is good)."""
-        last = (f"the last good checkpoint is {self.run_dir / LAST} (epoch {epoch - 1})" if epoch > 1
-                else "no checkpoint was written yet")
-        return NonFiniteLossError(f"{what}. The run stopped before saving this state; {last}. "
-                                  f"Try a lower lr, grad_clip=5, or amp=off.")
-
-    def _check_finite(self, epoch: int, records: list[dict], outputs: dict[str, RoleOutputs]) -> None:
-        """Raise if the evaluation or the trained state holds NaN/inf (before any save or probe)."""
-        bad = [f"{r['role']} {self.eval_split} {k}" for r in records for k in ("loss", "top1", f"top{TOPK}")
-               if not math.isfinite(r[k])]
-        for role, out in outputs.items():
-            for name, t in (("logits", out.logits), ("features", out.features)):
-                if t is not None and not torch.isfinite(t).all():
-                    bad.append(f"{role} {name}")
-        bad += [f"weight {k}" for k, v in self.method.state().items()
-                if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
-        if bad:
-            shown = ", ".join(bad[:SHOWN_PROBLEMS]) + (f" (+{len(bad) - SHOWN_PROBLEMS} more)" if len(bad) > SHOWN_PROBLEMS else "")
-            raise self._diverged(epoch, f"training diverged: after epoch {epoch} non-finite {shown}")
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self, epoch: int) -> dict:
         student = self.method.deployable_student()
-        return {"format": "gpd-workbench-checkpoint", "version": 1, "epoch": epoch,
+        return {"format": FORMAT, "version": VERSION, "epoch": epoch,
                 "config": self.cfg.to_dict(), "effective": self.cfg.effective(), "arch": self.cfg.student,
                 "model": {k: v.detach().cpu() for k, v in student.state_dict().items()},
                 "method": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in self.method.state().items()},
@@ -638,14 +553,14 @@ class Trainer:
 
     def _eval_and_callbacks(self, epoch: int) -> float | None:
         records, outputs = self.evaluate(epoch)
-        self._check_finite(epoch, records, outputs)
+        check_evaluation(self.run_dir, epoch, records, outputs, self.method.state(), self.eval_split)
         self.log.append(records)
         self._last_eval = {r["role"]: r["top1"] for r in records}
         state = self.state()
         for cb in self.callbacks:
             self.log.append(_stamp(cb.on_eval_end(state, epoch, outputs), epoch))
         student = next((r for r in records if r["role"] == "student"), None)
-        return None if student is None else _reported(student)
+        return None if student is None else reported(student)
 
     def _print_epoch(self, train: dict, student_top1) -> None:
         if not self.is_main or not self.cfg.progress:
@@ -657,21 +572,9 @@ class Trainer:
 
     def finish(self) -> dict:
         """Summary records, the final deployable student (``student.pt``), and the summary."""
-        from .metrics import read_metrics
-
         summary = {}
         if self.is_main:
-            evals = read_metrics(self.run_dir, kind="eval")
-            for role in sorted({r["role"] for r in evals}):
-                rs = [r for r in evals if r["role"] == role and r["epoch"] > 0] or [r for r in evals if r["role"] == role]
-                best = max(rs, key=lambda r: r["top1"])
-                summary[role] = {"kind": "summary", "epoch": rs[-1]["epoch"], "role": role,
-                                 "split": rs[-1].get("split"), "best_top1": best["top1"], "best_epoch": best["epoch"], "last_top1": rs[-1]["top1"]}
-                if "top1_reported" in rs[-1]:
-                    best_rep = max(rs, key=_reported)
-                    summary[role].update(best_top1_reported=_reported(best_rep),
-                                         best_epoch_reported=best_rep["epoch"],
-                                         last_top1_reported=rs[-1]["top1_reported"])
+            summary = summarize(read_metrics(self.run_dir, kind="eval"))
             self.log.append(summary.values())
             self._save_student(self.method.deployable_student(), self.run_dir / STUDENT)
             if self.ema is not None:
@@ -716,22 +619,6 @@ def _input_shape(*datasets) -> tuple[int, ...] | None:
 def _cpu(state: dict) -> dict:
     return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state.items()}
 
-
-def _reported(record: dict) -> float:
-    """An eval record's reported top-1: max(raw, EMA) where its EMA twin was evaluated, else raw."""
-    return record.get("top1_reported", record["top1"])
-
-
-def _add_reported(records: list[dict], twin_roles) -> None:
-    """``top1_reported`` on each raw role of ``twin_roles`` (those with an EMA twin): max(raw, EMA)
-    top-1 where the twin was evaluated, the raw top-1 where it was not."""
-    by_role = {r["role"]: r for r in records}
-    for role, rec in by_role.items():
-        twin = by_role.get(role + EMA_SUFFIX)
-        if twin is not None:
-            rec["top1_reported"] = max(rec["top1"], twin["top1"])
-        elif role in twin_roles:
-            rec["top1_reported"] = rec["top1"]
 
 
 def _stamp(records, epoch: int):
