@@ -75,12 +75,17 @@ def config_hash(cfg) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:HASH_CHARS]
 
 
-def default_name(cfg) -> str:
+def method_part(cfg) -> str:
+    """What a run trains, as its name spells it: the method, its resolved base where it has another
+    (``gpd-dkd``), and the active extensions (``+ctkd``, ``+ctc``, ``+dot``)."""
     method = cfg.method if cfg.resolved_base in ("none", cfg.method) else f"{cfg.method}-{cfg.resolved_base}"
     on = [name for name in EXTENSIONS if EXTENSIONS.get(name).active(cfg)] + (["dot"] if cfg.dot else [])
-    extras = "".join(f"+{name}" for name in on)  # +ctkd, +ctc, +dot
+    return method + "".join(f"+{name}" for name in on)
+
+
+def default_name(cfg) -> str:
     pair = f"{teacher_arch(cfg)}-{cfg.student}" if cfg.loads_teacher else cfg.student
-    return f"{cfg.dataset}_{pair}_{method}{extras}_s{cfg.seed}-{config_hash(cfg)}"
+    return f"{cfg.dataset}_{pair}_{method_part(cfg)}_s{cfg.seed}-{config_hash(cfg)}"
 
 
 def earlier_folder(root: Path, cfg) -> Path | None:

@@ -13,7 +13,8 @@ denominator; one seed shows its value alone):
 - ``S best`` / ``S last``: the student's top-1 at its best epoch / after the last epoch;
 - ``S rep. best`` / ``S rep. last``: the same for max(raw, EMA) (GPD's reported metric, runs with EMA);
 - ``T_s``: the static teacher's top-1; ``T_s-S``: the final accuracy gap (T_s - S after the last epoch);
-- ``T_d`` / ``T_d-S``: GPD's dynamic teacher after the last epoch and its final gap to the student;
+- ``T_d`` / ``T_d-S``: GPD's dynamic teacher after the last epoch and its final gap to the student (every
+  teaching role a method registers gets these two columns, :mod:`workbench.engine.roles`);
 - ``published`` and ``diff`` (ours - published, on the statistic the paper reports) where the row
   was trained exactly with the settings of a preset that reproduces a published protocol
   (:mod:`workbench.published`; :func:`protocol_match` says which keys may differ).
@@ -37,12 +38,28 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from . import published as pub
+from .engine.roles import role_label, teachers
 
 FORMATS = ("md", "csv", "latex")
 SUMMARY, CONFIG, SWEEP = "summary.json", "config.json", "sweep.json"
-#: (key, column title): the statistics of a row, in table order
-STATS = (("s_best", "S best"), ("s_last", "S last"), ("s_rep_best", "S rep. best"), ("s_rep_last", "S rep. last"),
-         ("t_s", "T_s"), ("gap_ts", "T_s-S"), ("t_d", "T_d"), ("gap_td", "T_d-S"))
+#: (key, column title): the student's statistics of a row, in table order
+STUDENT_STATS = (("s_best", "S best"), ("s_last", "S last"), ("s_rep_best", "S rep. best"),
+                 ("s_rep_last", "S rep. last"))
+
+
+def teacher_stats(role: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    """A teaching role's two statistics, named from its label (``T_s`` -> ``t_s`` and ``gap_ts``):
+    its last-epoch top-1 and its final gap to the student."""
+    label = role_label(role)
+    return (label.lower(), label), ("gap_" + label.lower().replace("_", ""), f"{label}-S")
+
+
+def stats() -> tuple[tuple[str, str], ...]:
+    """(key, column title) of every statistic, in table order: the student's, then each teaching
+    role's as registered (:mod:`workbench.engine.roles`: T_s, then a method's, e.g. GPD's T_d)."""
+    from . import methods  # noqa: F401 -- the methods register their roles when imported
+
+    return STUDENT_STATS + tuple(st for role in teachers() for st in teacher_stats(role))
 #: which statistic of ours a published number is compared with
 COMPARED = {pub.LAST: "s_last", pub.BEST: "s_best", pub.BEST_REPORTED: "s_rep_best"}
 #: keys that may differ from a preset's while the run still follows the published protocol: the
@@ -82,7 +99,7 @@ class RunNumbers:
     seed: int
     epochs: int
     identity: dict  # the config identity minus the seed (the grouping key)
-    values: dict  # STATS key -> float
+    values: dict  # stats() key -> float
     cfg: object = None
 
 
@@ -116,13 +133,14 @@ def read_run(run_dir: Path) -> Optional[RunNumbers]:
         return None
     summary = json.loads((run_dir / SUMMARY).read_text())
     cfg = load_config(run_dir)
-    s, t, d = summary.get("student", {}), summary.get("teacher"), summary.get("dynamic_teacher")
+    s = summary.get("student", {})
     v = {"s_best": s.get("best_top1"), "s_last": s.get("last_top1"),
          "s_rep_best": s.get("best_top1_reported"), "s_rep_last": s.get("last_top1_reported")}
-    if t:
-        v.update(t_s=t["last_top1"], gap_ts=t["last_top1"] - s["last_top1"])
-    if d:
-        v.update(t_d=d["last_top1"], gap_td=d["last_top1"] - s["last_top1"])
+    for role in teachers():
+        t = summary.get(role)
+        if t:
+            (top1, _), (gap, _) = teacher_stats(role)
+            v.update({top1: t["last_top1"], gap: t["last_top1"] - s["last_top1"]})
     ident = {k: val for k, val in identity(cfg).items() if k != "seed"}
     pair = f"{teacher_arch(cfg)} -> {cfg.student}" if cfg.uses_teacher else cfg.student
     return RunNumbers(run_dir, cfg.dataset, pair, method_label(cfg), cfg.seed, cfg.epochs, ident,
@@ -132,7 +150,7 @@ def read_run(run_dir: Path) -> Optional[RunNumbers]:
 def protocol_match(cfg) -> Optional[pub.Published]:
     """The published number whose preset ``cfg`` follows exactly (every key equal to the
     preset's but :data:`PROTOCOL_FREE`, the teacher architecture equal), else None."""
-    from .config import RUNTIME_KEYS, RunConfig
+    from .config import RUNTIME_KEYS
     from .naming import teacher_arch
 
     table = pub.by_preset()
@@ -236,7 +254,7 @@ class ResultsTable:
     # -- rendering -------------------------------------------------------------------------------
     def columns(self, every: bool = False) -> list[str]:
         """Statistic keys shown: those some row has (``every``: all, for CSV)."""
-        return [k for k, _ in STATS if every or any(r.values(k) for r in self.rows)]
+        return [k for k, _ in stats() if every or any(r.values(k) for r in self.rows)]
 
     def _cells(self, row: Row, keys: list[str], fmt) -> list[str]:
         out = [row.dataset, row.pair, row.method]
@@ -258,7 +276,7 @@ class ResultsTable:
         return any(r.published for r in self.rows)
 
     def header(self, keys: list[str]) -> list[str]:
-        titles = dict(STATS)
+        titles = dict(stats())
         return (["dataset", "T_s -> S", "method"] + (["settings"] if self.has_settings else [])
                 + ["epochs", "n", "seeds"] + [titles[k] for k in keys]
                 + (["published", "diff"] if self.has_published else []))

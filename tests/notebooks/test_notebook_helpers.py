@@ -64,7 +64,12 @@ def test_digits_auto_preset_fills_untouched_defaults_and_explicit_values_win(tmp
     (dict(method="gpd", base="kd"), "digits/demo/gpd_kd"),
     (dict(method="kd", dot=True), "digits/demo/kd_dot"),
     (dict(method="ctkd", base="kd"), "digits/demo/kd_ctkd"),
-    (dict(method="dkd", dot="true"), "digits/demo/ce"),  # no dkd_dot digits preset: shared settings
+    (dict(method="dkd", dot="true"), "digits/demo/dkd"),  # no dkd_dot digits preset: the one of the same method
+    (dict(method="gpd", base="reviewkd"), "digits/demo/gpd_kd"),  # the first GPD preset of the family
+    (dict(method="fitnet"), "digits/demo/ce"),  # no preset of the method: the method-free settings
+    (dict(method="nonesuch"), "digits/demo/ce"),  # invalid method keys: setup() reports them
+    (dict(dataset="fashion_mnist", method="composed"), "fashion/demo/composed_kd_at"),  # found by what it trains
+    (dict(dataset="cifar100", method="kd"), ""),  # no demo presets for the dataset
 ])
 def test_preset_name(params, name):
     assert nb.preset_name(params) == name

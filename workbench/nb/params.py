@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 from .. import presets
 from ..config import ConfigError, RunConfig, fields_by_name, parse_bool
+from ..methods import METHODS
 from ..registry import Registry, unknown_among_many, unknown_choice
 from .errors import ParameterError
 
@@ -21,13 +22,15 @@ AUTO = "auto"
 EMBED_METHODS = ("tsne", "pca", "umap")
 MIN_EMBED_POINTS = 10
 
-# Methods compare.ipynb knows, by short name -> the presets' method entries (one definition).
+# Methods compare.ipynb knows: each method entry of the presets (presets.CIFAR_METHODS; short name = its
+# key with '_' read as '+': kd+dot, gpd+dkd, gpd+scratch), then every registered method not among them
+# under its own name with its defaults (e.g. ctc: no teacher, the paper's transferability setting).
 COMPARE_METHODS = Registry("compare method")
-for _name, _key in (("ce", "ce"), ("kd", "kd"), ("dkd", "dkd"), ("kd+dot", "kd_dot"), ("kd+ctkd", "kd_ctkd"),
-                    ("gpd+kd", "gpd_kd"), ("gpd+dkd", "gpd_dkd"), ("gpd-scratch", "gpd_scratch"), ("embed", "embed"),
-                    ("gpd+embed", "gpd_embed")):
-    COMPARE_METHODS.register(_name, presets.CIFAR_METHODS[_key])
-COMPARE_METHODS.register("ctc", dict(method="ctc"))  # no teacher; the paper's transferability setting by default
+for _key, _entry in presets.CIFAR_METHODS.items():
+    COMPARE_METHODS.register(_key.replace("_", "+"), _entry)
+for _name in METHODS.names():
+    if _name not in COMPARE_METHODS:
+        COMPARE_METHODS.register(_name, dict(method=_name))
 
 
 # ------------------------------------------------------------------------- notebook-only checks
@@ -102,7 +105,7 @@ NOTEBOOK_CHECKS: dict[str, Callable[[str, Any], Any]] = {
 # papermill shows with --help-notebook.
 NOTEBOOK_ONLY: dict[str, Any] = {
     "nproc": 1, "embed_method": "tsne", "embed_points": 2000,
-    "methods": "ce,kd,dkd,kd+dot,kd+ctkd,gpd+kd,gpd+dkd,gpd-scratch", "seeds": "0,1,2",
+    "methods": "ce,kd,dkd,kd+dot,kd+ctkd,gpd+kd,gpd+dkd,gpd+scratch", "seeds": "0,1,2",
     "live": False, "live_epochs": 15, "surgery_ratio": 1.5, "surgery_branches": 2,
     # compare.ipynb's sweep (workbench.sweep): where and how its cells run
     "executor": "local", "parallel": 0, "sweep_name": "", "partition": "", "account": "", "time_limit": "",

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .. import experiment, presets
-from ..config import ConfigError, RunConfig, parse_bool
+from .. import experiment, naming, presets
+from ..config import ConfigError, RunConfig
 from ..data import DatasetNotFoundError
 from ..registry import unknown_choice
 from .errors import ParameterError
@@ -25,28 +25,33 @@ DIGITS_EXTRAS = {"embed_points": 600, "source_classes": "0,1,2,3,4"}
 DEMO_EXTRAS = {"digits": DIGITS_EXTRAS, "fashion_mnist": {"embed_points": 600}}
 
 
-def _flag(value) -> bool:
+def _method_of(values: dict) -> tuple[str, str]:
+    """(``method``, the run name's method part: method, resolved base, extensions) of the method
+    keys among ``values``; ("", "") when they do not form a valid config (setup() reports that)."""
     try:
-        return parse_bool("dot", value)
-    except ConfigError:
-        return False  # reported by the config check in setup()
+        cfg = RunConfig.from_dict({k: v for k, v in values.items() if k in METHOD_KEYS})
+    except (ConfigError, ValueError, TypeError):
+        return "", ""
+    return cfg.method, naming.method_part(cfg)
 
 
 def preset_name(params: dict) -> str:
-    """The demo preset of the parameters' dataset matching their method (``""`` if the dataset
-    has no demo presets); the method-free CE preset when the method has none of its own."""
+    """The demo preset of the parameters' dataset that trains what their method keys ask for
+    (``""`` if the dataset has no demo presets): the first of the family whose method keys make
+    the same method part of a run name (``gpd-dkd``, ``kd+dot``, ``ctkd-kd+ctkd``), else the
+    first with the same method, else the method-free CE preset. Read from the presets and the
+    method registry: no method is named here."""
     family = DEMO_PRESETS.get(params.get("dataset", "digits"))
     if family is None:
         return ""
-    method, base = params.get("method", "kd"), params.get("base", AUTO)
-    if method == "gpd":
-        key = {"none": "gpd_scratch", "kd": "gpd_kd"}.get(base, "gpd_dkd")
-    elif method == "ctkd":
-        key = "kd_ctkd"
-    else:
-        key = f"{method}_dot" if _flag(params.get("dot", False)) else method
-    name = f"{family}/{key}"
-    return name if name in presets.PRESETS else f"{family}/ce"
+    method, part = _method_of(params)
+    candidates = [(name, _method_of(values)) for name, values in presets.PRESETS.items()
+                  if name.startswith(family + "/") and name.count("/") == family.count("/") + 1]
+    for match in (lambda m: m[1] == part, lambda m: m[0] == method):
+        found = next((name for name, m in candidates if method and match(m)), None)
+        if found:
+            return found
+    return f"{family}/ce"
 
 
 def apply_preset(params: dict, defaults: dict) -> tuple[dict, str]:
