@@ -46,3 +46,24 @@ def test_the_checker_sees_a_planted_circle(copy):
     edges = ig.graph(copy)
     assert ig.upward(edges) == []
     assert ["workbench.losses", "workbench.losses_spatial"] in ig.circles(edges)
+
+
+def test_the_readme_shows_the_layers_as_they_are():
+    """README's Layout block: one line per layer, top to bottom, in the order of the table, each
+    naming every module prefix the table places in it."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Layout\n", 1)[1].split("```\n", 2)[1]
+    entries, current = {}, None
+    for line in block.splitlines():
+        if line[:1].strip():  # a layer's first line starts in column 0
+            current = line.split()[0]
+            entries[current] = line
+        elif current:
+            entries[current] += " " + line.strip()
+    table = [name for name, _ in ig.LAYERS if name != "package"]
+    assert list(entries) == table[::-1], "README Layout lists other layers than bench/import_graph.py LAYERS"
+    for name, prefixes in ig.LAYERS:
+        for prefix in prefixes:
+            short = prefix.rsplit(".", 1)[-1]
+            if name != "package" and not short.startswith("__"):
+                assert short in entries[name], f"README Layout: {short} is not named in layer {name}"
