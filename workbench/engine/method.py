@@ -10,8 +10,8 @@ that is one declaration, :class:`MethodNeeds`.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 import torch
 from torch import nn
@@ -41,6 +41,9 @@ class MethodNeeds:
     eval_context: Callable = no_context
     #: the frozen static teacher whose train-set logits ``cache_teacher=true`` computes once (None: none)
     static_teacher: Optional[nn.Module] = None
+    #: the values of the run's keys the built method settled (e.g. ``ce_weight`` when the key was left to
+    #: the method): recorded in ``config.json``'s ``effective`` block
+    settled: Mapping[str, Any] = field(default_factory=dict)
 
 
 class TrainedMethod(Protocol):

@@ -492,8 +492,7 @@ class Trainer:
                          channels_last="on" if self.channels_last else "off",
                          device_data="on" if isinstance(self.train_loader, DeviceLoader) else "off",
                          workers=self._loader_workers())
-        if getattr(self.method, "ce_weight", None) is not None:
-            effective["ce_weight"] = float(self.method.ce_weight)
+        effective.update(self.needs.settled)  # what the built method made of keys left to it (ce_weight)
         return {**self.cfg.to_dict(), "effective": effective}
 
     # ------------------------------------------------------------------ the loop

@@ -206,7 +206,8 @@ class Distiller(nn.Module):
                            schedule=self.schedule, sync_bn_modules=tuple(self.sync_bn_modules()),
                            eval_context=self.eval_context,
                            static_teacher=self.teacher if self.teacher is not None and not self.snapshot_teacher
-                           else None)
+                           else None,
+                           settled={} if self.ce_weight is None else {"ce_weight": float(self.ce_weight)})
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Warm-ups and curricula (DKD warm-up, CTKD lambda) read the 1-based epoch here."""
