@@ -245,6 +245,11 @@ def check(spec: Spec, runs_root: Optional[Path] = None) -> Spec:
     except (ConfigError, ValueError) as e:
         raise SpecError(f"base/proxy: {e}") from None
     methods = list(spec.space["method"].choices) if "method" in spec.space else [base_cfg.method]
+    from ..methods import METHODS
+
+    for m in methods:
+        if m not in METHODS:
+            raise SpecError("space: " + unknown_choice("method", m, METHODS.names()))
     owners = key_owners()
     for k, r in spec.space.items():  # every searched value must be one its key accepts
         if k in (GPD_KEY, "method"):
