@@ -53,7 +53,7 @@ from .space import SpecError, Spec, best_config, check, sample
 
 SPEC_FILE, STUDY_FILE, TRIALS_DIR, SUBMITIT_DIR = "spec.yaml", "study.journal", "trials", "submitit"
 POLL_S = 2.0
-INTERRUPTED_ATTR = "interrupted"
+INTERRUPTED_ATTR, RESUMES_ATTR = "interrupted", "resumes"
 
 
 class TrialPruned(Exception):
@@ -82,13 +82,16 @@ def storage(folder: Path):
 
 
 def open_study(spec: Spec, folder: Path):
-    """The study of a search folder (created on first use)."""
+    """The study of a search folder (created on first use). The sampler's seed is the spec's plus
+    the number of trials the journal already holds: a resumed search draws on (a seeded sampler
+    restarted at its first state would propose the killed search's parameters again)."""
     optuna = _optuna()
     st = spec.study
+    seed = st["seed"] + _trials_in(folder)
     if st["sampler"] == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=st["seed"], n_startup_trials=st["startup_trials"])
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=st["startup_trials"])
     else:
-        sampler = optuna.samplers.RandomSampler(seed=st["seed"])
+        sampler = optuna.samplers.RandomSampler(seed=seed)
     if st["pruner"] == "median":
         pruner = optuna.pruners.MedianPruner(n_startup_trials=st["startup_trials"], n_warmup_steps=st["warmup_epochs"])
     elif st["pruner"] == "halving":
@@ -97,6 +100,15 @@ def open_study(spec: Spec, folder: Path):
         pruner = optuna.pruners.NopPruner()
     return optuna.create_study(study_name=spec.name, storage=storage(folder), direction="maximize",
                                sampler=sampler, pruner=pruner, load_if_exists=True)
+
+
+def _trials_in(folder: Path) -> int:
+    if not (Path(folder) / STUDY_FILE).exists():
+        return 0
+    try:
+        return len(load_study(folder).get_trials(deepcopy=False))
+    except (ValueError, KeyError, IndexError):
+        return 0
 
 
 def load_study(folder):
@@ -128,7 +140,8 @@ def recover(study, log=print) -> int:
     for t in stale:
         study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, True)
         study.tell(t.number, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"resumes": t.number}, skip_if_exists=False)
+        study.enqueue_trial(t.params, user_attrs={RESUMES_ATTR: t.user_attrs.get(RESUMES_ATTR, t.number)},
+                            skip_if_exists=False)
     if stale:
         log(f"[search] resuming: {len(stale)} trial(s) left running by the killed search "
             f"({', '.join(str(t.number) for t in stale)}) are run again with the same parameters")
@@ -138,7 +151,9 @@ def recover(study, log=print) -> int:
 # -- one trial as a sweep cell -------------------------------------------------------------------------
 
 def trial_plan(folder: Path, number: int, values: dict, spec: Spec):
-    """The trial's one-cell sweep plan (validated as a sweep cell)."""
+    """The trial's one-cell sweep plan (validated as a sweep cell). A trial re-asked after a killed
+    search (``number``: the original trial's) reuses its sweep folder, so a cell still trained by
+    the orphaned job is seen running."""
     from ..sweep import SweepOptions, plan_cells
 
     opts = SweepOptions(name=f"t{number:04d}", executor=spec.study["executor"], parallel=1)
@@ -180,6 +195,20 @@ class AttachedJob:
                 os.killpg(int(pid), signal.SIGINT)
             except (ProcessLookupError, PermissionError):
                 pass
+
+
+class SharedJob:
+    """A trial whose config is one another running trial trains: it follows that trial's job."""
+
+    def __init__(self, other: "Running"):
+        self.other = other
+
+    def done(self, force_check: bool = False) -> bool:
+        return self.other.job.done()
+
+    def cancel(self, check: bool = False) -> None:
+        if self.other.pruned:
+            self.other.job.cancel(check=False)
 
 
 class Executor:
@@ -299,13 +328,18 @@ def _loop(spec: Spec, study, folder: Path, log) -> None:
                 values = sample(spec, trial)
                 trial.set_user_attr("config", {k: v for k, v in values.items()})
                 try:
-                    plan = trial_plan(folder, trial.number, values, spec)
+                    plan = trial_plan(folder, trial.user_attrs.get(RESUMES_ATTR, trial.number), values, spec)
                 except ConfigError as e:  # a combination the run refuses: a failed trial, said once
                     trial.set_user_attr("error", str(e))
                     study.tell(trial, state=TrialState.FAIL)
                     log(f"[search] trial {trial.number}: refused: {e}")
                     continue
                 trial.set_user_attr("run_dir", str(plan.cells[0].run_dir))
+                twin = next((o for o in live if o.cell.run_dir == plan.cells[0].run_dir), None)
+                if twin is not None:  # the sampler proposed a config already training: score the same run
+                    running.append((Running(trial, twin.plan, SharedJob(twin)), None))
+                    live.append(running[-1][0])
+                    continue
                 job, slot = ex.start(plan)
                 r = Running(trial, plan, job)
                 running.append((r, slot))
@@ -389,7 +423,7 @@ def _run_inprocess(spec, study, folder, log) -> None:
     values = sample(spec, trial)
     trial.set_user_attr("config", dict(values))
     try:
-        plan = trial_plan(folder, trial.number, values, spec)
+        plan = trial_plan(folder, trial.user_attrs.get(RESUMES_ATTR, trial.number), values, spec)
     except ConfigError as e:
         trial.set_user_attr("error", str(e))
         study.tell(trial, state=TrialState.FAIL)
