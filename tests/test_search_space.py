@@ -155,3 +155,27 @@ def test_the_score_is_the_weighted_sum_of_the_validation_records():
     assert objective.epoch_scores(recs, {"top1": 1.0})[2] == pytest.approx(0.60, abs=1e-12)
     with pytest.raises(objective.TestSetRecord, match="split 'test'; a search scores on the validation split"):
         objective.epoch_scores([dict(recs[0], split="test")], w)
+
+
+# ------------------------------------------------------------------ the notebook's figures
+def test_the_compare_notebook_section_shows_optunas_figures_of_each_search(tmp_path, capsys):
+    from workbench.nb.search import search_figures
+    from workbench.search.study import open_study
+
+    root = tmp_path / "searches"
+    assert search_figures(root, show=lambda f: None) == []
+    assert "no search under" in capsys.readouterr().out
+    spec = search.parse(spec_data(name="figs"))
+    folder = root / "figs"
+    folder.mkdir(parents=True)
+    study = open_study(spec, folder)
+    for i in range(6):  # a synthetic study: no training needed for the figures
+        t = study.ask()
+        x, m = t.suggest_float("kd_T", 1, 8, log=True), t.suggest_categorical("method", ["kd", "composed"])
+        study.tell(t, 0.5 + 0.01 * x + (0.1 if m == "kd" else 0.0))
+    shown = []
+    figs = search_figures(root, show=shown.append)
+    assert len(figs) == len(shown) == 3
+    titles = [f.layout.title.text for f in figs]
+    assert "score per trial" in titles[0] and "parameter importance" in titles[1] and "coloured by score" in titles[2]
+    assert figs[0].layout.xaxis.title.text == "trial" and figs[0].layout.yaxis.title.text.startswith("score")
