@@ -116,3 +116,29 @@ def test_a_search_killed_with_kill_9_resumes_to_the_same_number_of_trials(tmp_pa
     assert len(rerun) == 1 and rerun[0].params == running[0].params and rerun[0].state == TrialState.COMPLETE
     assert rerun[0].user_attrs["run_dir"] == running[0].user_attrs["run_dir"]  # the same run folder, resumed
     assert (folder / "best.json").exists()
+
+
+def test_a_pruned_trial_on_the_local_executor_stops_its_training(tmp_path, monkeypatch):
+    """Pruning must save the time it claims: the training of a pruned cell stops at its next safe
+    point (interrupted, resumable), long before its last epoch."""
+    from workbench.search.space import trial_config
+    from workbench.search.study import Executor, prepare_folder, stop_cell, trial_plan
+    from workbench.sweep import folder as sf
+
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    s = search.parse(dict(spec("stop", 1, "local", parallel=1), proxy=dict(epochs=40, val_per_class=2,
+                                                                             probe_samples=20)))
+    folder = prepare_folder(s)
+    plan = trial_plan(folder, 0, trial_config(s, {"method": "kd"}, gpd=False, terms=None), s)
+    run_dir = plan.cells[0].run_dir
+    job, _ = Executor(folder, s).start(plan)
+    deadline = time.monotonic() + 300
+    while sf.epochs_done(run_dir) < 1:
+        assert time.monotonic() < deadline and not job.done(), "the trial never finished an epoch"
+        time.sleep(0.2)
+    stop_cell(plan, job)
+    while not job.done():
+        assert time.monotonic() < deadline, "the pruned trial's job did not end"
+        time.sleep(0.2)
+    assert sf.epochs_done(run_dir) < 40 // 2  # stopped, not trained to the end
+    assert sf.read_state(plan.dir, "c0")["state"] == sf.INTERRUPTED  # not failed, not requeued

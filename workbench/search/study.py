@@ -18,8 +18,9 @@ per GPU, else one per core); ``executor=debug`` runs them one after the other in
 running trial's ``metrics.jsonl`` (the run's own tidy records, already written per epoch) and
 reports each new epoch's score (:mod:`.objective`) with ``trial.report(score, epoch)``; when
 Optuna's pruner (median or successive halving) says so, the cell is stopped the way a sweep stops
-one -- submitit's ``cancel`` (SIGINT to the job, which passes it to the training: a checkpoint at
-the next safe point, exit 130) -- and the trial is told PRUNED. Why poll instead of reporting from
+one on Ctrl-C -- SIGINT to the training's process group (:func:`stop_cell`: a checkpoint at the
+next safe point, exit 130, the cell *interrupted*) -- and the trial is told PRUNED; its slot is
+free once the training has exited. Why poll instead of reporting from
 inside the training: the cell stays an ordinary ``train`` process on any executor (local, SLURM
 node) with no Optuna in it and no storage shared with a compute node; the pruner only needs the
 per-epoch records the run writes anyway; the cost is up to ``POLL_S`` of extra training. With
@@ -197,6 +198,29 @@ class AttachedJob:
                 pass
 
 
+def stop_cell(plan, job) -> None:
+    """Stop a pruned trial's training at its next safe point: SIGINT to the training's process
+    group (``python -m workbench train``'s Ctrl-C: a checkpoint, exit 130, the cell left
+    *interrupted* -- not SIGTERM, which a sweep job treats as a preemption and requeues). The
+    training is found by the pid its cell state records when it runs on this host; elsewhere
+    (a SLURM node) the job is cancelled (``scancel``). submitit's local ``cancel`` alone is not
+    enough: it signals the job's controller process, which does not pass SIGINT on."""
+    import socket
+
+    from ..sweep import folder as sf
+
+    cell = plan.cells[0]
+    state = sf.read_state(plan.dir, cell.id)
+    pid = state.get("child_pid")
+    if pid and state.get("host") == socket.gethostname():
+        try:
+            os.killpg(int(pid), signal.SIGINT)
+            return
+        except (ProcessLookupError, PermissionError):
+            pass
+    job.cancel(check=False)
+
+
 class SharedJob:
     """A trial whose config is one another running trial trains: it follows that trial's job."""
 
@@ -360,7 +384,7 @@ def _loop(spec: Spec, study, folder: Path, log) -> None:
                         _finish(spec, study, r, log)
     except KeyboardInterrupt:
         for r, _ in running:
-            r.job.cancel(check=False)
+            stop_cell(r.plan, r.job)
         raise
 
 
@@ -375,7 +399,7 @@ def _poll(spec, study, r: Running, log, optuna) -> None:
         r.trial.report(r.scores[epoch], epoch)
         r.reported = epoch
         if epoch < r.cell.cfg.epochs and r.trial.should_prune():
-            r.job.cancel(check=False)
+            stop_cell(r.plan, r.job)
             r.pruned = True
             r.trial.set_user_attr("epochs", epoch)
             study.tell(r.trial, state=optuna.trial.TrialState.PRUNED)
