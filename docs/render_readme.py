@@ -8,6 +8,7 @@ cannot drift from what the code gives:
     python bench/ctc_embed_study.py                               # -> docs/ctc_embed_study.json (CTC / embed study)
     python bench/bench_sweep.py --repeat 2 --json docs/sweep_bench.json     # sweep overhead, parallel cells
     python bench/td_vs_s_study.py                                 # -> docs/td_vs_s.json (T_d vs S study)
+    python -m workbench search bench/search_fashion.yaml && python bench/search_study.py   # -> docs/search_study.json
     python docs/render_readme.py [runs/demo] [--no-figure]        # -> docs/demo_summary.json, docs/demo_gap_curves.png, README.md
     python docs/render_readme.py --tables                         # README tables from the committed JSON files only
 
@@ -36,6 +37,7 @@ FIGURE = ROOT / "docs" / "demo_gap_curves.png"
 STUDY_JSON = ROOT / "docs" / "ctc_embed_study.json"
 SWEEP_JSON = ROOT / "docs" / "sweep_bench.json"
 TD_JSON = ROOT / "docs" / "td_vs_s.json"
+SEARCH_JSON = ROOT / "docs" / "search_study.json"
 FIGURE_SIZE = (900, 560)
 LABELS = {"ce": "ce", "kd": "kd", "dkd": "dkd", "gpd_kd": "gpd (base=kd)", "gpd_dkd": "gpd (base=dkd)",
           "gpd_scratch": "gpd (base=none, no teacher)"}
@@ -194,6 +196,39 @@ def _quarters(curves: list[list[float]]) -> str:
                      for lo, hi in bounds)
 
 
+def _params(params: dict) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def search_table(m: dict) -> str:
+    """bench/search_study.py: the best preset of a search re-run beside the baselines (mean +- std
+    over seeds, the results table's statistics), the search's facts and its best trials."""
+    from workbench.table import markdown
+
+    body = []
+    for preset, r in m["rows"].items():
+        label = f"`{preset}`" + (f" ({r['method']})" if r.get("method") else "")
+        body.append([label, str(len(r["seeds"])), ", ".join(map(str, r["seeds"]))]
+                    + [_pm(r[k]) if r.get(k) else "" for k in ("s_best", "s_last", "s_rep_last", "gap_ts")])
+    main = markdown(["preset (resnet20 -> resnet8, demo budget, test set)", "n", "seeds", "S best", "S last",
+                     "S rep. last", "T_s-S"], body)
+    s = m["search"]
+    states = ", ".join(f"{v} {k}" for k, v in s["states"].items())
+    proxy = ", ".join(f"{k}={v}" for k, v in s["proxy"].items())
+    wall = f"{s['wall_minutes']:.0f} min wall on the shared 2-core machine" if s.get("wall_minutes") else ""
+    weights = ", ".join(f"{k} {v:g}" for k, v in s["objective"].items())
+    study = s["study"]
+    facts = (f"\n\nSearch `{s['name']}`: {s['counted']} trials counted ({states}), sampler {study['sampler']}, "
+             f"pruner {study['pruner']} (from epoch {study['warmup_epochs']}), {study['parallel']} at once, {wall}; "
+             f"proxy {proxy}; objective weights {weights}. Best trial #{s['best']['trial']} "
+             f"(score {s['best']['value']:.4f}): {_params(s['best']['params'])}.")
+    top = markdown(["trial", "score", "val top-1 (%)", "1 - CKA(T_s, S)", "parameters"],
+                   [[str(t["trial"]), f"{t['value']:.4f}", f"{t['val_top1']:.1f}" if t.get("val_top1") is not None else "",
+                     f"{t['cka_gap']:.3f}" if t.get("cka_gap") is not None else "", _params(t["params"])]
+                    for t in s["top"]])
+    return main + facts + "\n\nThe best trials on the validation split (proxy budget):\n\n" + top
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     i, j = text.find(start), text.find(end)
@@ -219,6 +254,8 @@ def blocks() -> dict[str, str]:
         out["sweep-bench"] = sweep_bench(json.loads(SWEEP_JSON.read_text()))
     if TD_JSON.exists():
         out["td-table"] = td_table(json.loads(TD_JSON.read_text()))
+    if SEARCH_JSON.exists():
+        out["search-table"] = search_table(json.loads(SEARCH_JSON.read_text()))
     return out
 
 

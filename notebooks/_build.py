@@ -314,6 +314,16 @@ transfer curve that peaks and then falls while the source curve still rises.
 study = nb.study_runs(nb.study_root(cfg))
 nb.study_disc_transfer(study) if study else print(f"no study runs under {nb.study_root(cfg)}: run python bench/ctc_embed_study.py")
 """),
+        md("""
+## Distiller search (after Auto-KD, on Optuna)
+
+Every search under `<out_dir>/searches/` (`python -m workbench search bench/search_fashion.yaml`):
+the score of each trial on the validation split (history), which parameters mattered (fANOVA
+importance) and every trial's parameters against its score (parallel coordinates). The winner is
+`preset=search/<name>/best`; its re-run at the full budget beside the baselines is the README's
+search table (`python bench/search_study.py`).
+"""),
+        code("figs = nb.search_figures(nb.search_root(cfg))"),
     ]
 
 

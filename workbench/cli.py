@@ -9,6 +9,8 @@ Commands
   keys      list every config key with its default, choices and help (same as ``train --help``)
   sweep     train a grid of runs on submitit: ``python -m workbench sweep preset=cifar100/r32x4_r8x4/{kd,dkd} seed=0:5``
             (``sweep --help`` for the grid syntax and the executor keys; ``sweep status <dir>`` per cell)
+  search    a distiller search on Optuna (after Auto-KD): ``python -m workbench search <spec.yaml> [--dry-run]``
+            (``search --help``; the winner becomes ``preset=search/<name>/best``)
   table     one results table of run folders or sweeps: ``python -m workbench table runs/sweeps/<name> [--format md|csv|latex]``
   export    export a run's student for use without the workbench: ``python -m workbench export
             <run folder | student.pt> [--format torchscript|onnx] [--ema] [--out FILE]``
@@ -184,6 +186,25 @@ def _sweep_status(args: list[str]) -> int:
     return 1 if any(s.status == "failed" for s in statuses) else 0
 
 
+SEARCH_USAGE = """``python -m workbench search <spec.yaml> [--dry-run] [study.<key>=value ...]``
+
+A distiller search on Optuna over the workbench's parts (the composed distiller's taps, transforms,
+distances and weights; methods and their keys; GPD on/off and its ratio). The spec is a small YAML
+file of fixed keys (base), proxy keys (cheap trial settings: epochs, images per class, a cached
+teacher, val_per_class), searched keys with their ranges, the objective's weights and the study
+settings (see workbench/search/space.py and bench/search_fashion.yaml). Every problem with it is
+one line before any trial (exit code 2); --dry-run stops there and prints the space.
+
+Trials are sweep cells (local processes in parallel, a SLURM array, or executor=debug in this
+process) trained with eval_on=val: they score on a validation split carved from the training data,
+never on the test set. Pruning (median or successive halving) reads each trial's per-epoch
+records. The study is Optuna's journal in <runs>/searches/<name>/: rerun the same command after a
+kill to resume to the same number of trials. The best trial is written as the preset
+search/<name>/best (the full budget: the proxy keys dropped); `python -m workbench sweep
+preset=search/<name>/best seed=0:3` re-runs it. study.<key>=value overrides the spec's study
+settings (trials, parallel, executor, sampler, pruner, seed)."""
+
+
 TABLE_USAGE = """``python -m workbench table <sweep folder | run folder | folder of runs> ... [--format md|csv|latex]``
 
 One row per dataset, teacher -> student pair, method and setting (runs differing in anything but
@@ -216,6 +237,54 @@ def _table(args: list[str]) -> int:
               + (f" ({'; '.join(result.notes)})" if result.notes else ""), file=sys.stderr)
         return 2
     print(result.render(fmt), end="" if fmt == "csv" else "\n")
+    return 0
+
+
+def _search(args: list[str]) -> int:
+    if not args or "-h" in args or "--help" in args:
+        print(plain(SEARCH_USAGE))
+        return 0
+    from . import search
+
+    flags = [a for a in args if a.startswith("--")]
+    rest = [a for a in args if not a.startswith("--")]
+    bad = [f for f in flags if f != "--dry-run"]
+    if bad:
+        print(f"error: unknown flag {bad[0]}; valid: --dry-run", file=sys.stderr)
+        return 2
+    if len([a for a in rest if "=" not in a]) != 1:
+        print("error: usage: python -m workbench search <spec.yaml> [--dry-run] [study.<key>=value ...]", file=sys.stderr)
+        return 2
+    try:
+        spec = search.load(next(a for a in rest if "=" not in a))
+        for a in rest:
+            if "=" in a:
+                key, value = a.split("=", 1)
+                if not key.startswith("study.") or key[len("study."):] not in spec.study:
+                    raise search.SpecError(f"{key}: only study.<key>=value overrides are taken here "
+                                           f"(study keys: {', '.join(spec.study)}); put run keys in the spec")
+                k = key[len("study."):]
+                spec.study[k] = int(value) if isinstance(spec.study[k], int) and value.lstrip("-").isdigit() else value
+        spec = search.parse(search.space_data(spec), spec.path)  # re-check the overridden study keys
+        search.check(spec)
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(spec.describe())
+    if "--dry-run" in flags:
+        print(f"spec checked; search folder {search.search_dir(spec.name)}; nothing was run")
+        return 0
+    try:
+        study = search.run(spec, checked=True)
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; rerun the same command to resume ({search.search_dir(spec.name)})", file=sys.stderr)
+        return INTERRUPTED
+    counts = search.summary(study)
+    print(f"[search] {search.counted(study)} trials counted ({', '.join(f'{v} {k}' for k, v in counts.items())}) "
+          f"-- {search.search_dir(spec.name)}")
     return 0
 
 
@@ -329,6 +398,8 @@ def _main(argv: list[str] | None = None) -> int:
         return _table(args)
     if command == "export":
         return _export(args)
+    if command == "search":
+        return _search(args)
     if command == "methods":
         from .methods import METHODS
 

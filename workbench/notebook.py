@@ -40,6 +40,7 @@ from .nb.setup import (  # noqa: F401
 from .nb.sweep import (  # noqa: F401
     NotebookSweepMonitor, first_students, plan_compare, results_table, run_sweep, sweep_records,
 )
+from .nb.search import search_figures, search_folders, search_root  # noqa: F401
 from .nb.study import mean_curves, study_disc_transfer, study_root, study_runs  # noqa: F401
 from .nb.summary import Headline, gap_sentence, gap_summary, gap_takeaway, headline, outcome  # noqa: F401
 from .nb.tables import Table, Tables, accuracy_table, compare_table, final_table, gap_table  # noqa: F401

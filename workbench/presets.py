@@ -265,7 +265,42 @@ def _ctc() -> dict[str, dict]:
 PRESETS = _build()
 
 
+#: presets written by a distiller search (``python -m workbench search``): ``search/<name>/best`` is
+#: the ``config`` of ``<runs>/searches/<name>/best.json`` (the runs root: ``WORKBENCH_RUNS`` or
+#: ``runs/`` of the checkout), read when asked for -- a user preset source beside the built-in ones
+SEARCH_PREFIX, SEARCH_BEST, SEARCHES_DIR, SEARCH_BEST_FILE = "search/", "best", "searches", "best.json"
+
+
+def search_preset_file(name: str):
+    """The file behind ``search/<name>/best`` (None for another name)."""
+    parts = name.split("/")
+    if len(parts) != 3 or parts[0] + "/" != SEARCH_PREFIX or parts[2] != SEARCH_BEST or not parts[1]:
+        return None
+    from .paths import runs_root
+
+    return runs_root() / SEARCHES_DIR / parts[1] / SEARCH_BEST_FILE
+
+
+def _search_preset(name: str) -> dict:
+    import json
+
+    path = search_preset_file(name)
+    try:
+        record = json.loads(path.read_text())
+    except OSError:
+        raise ValueError(f"unknown preset {name!r}: no search wrote {path} (run `python -m workbench search "
+                         f"<spec>` with name {name.split('/')[1]!r}; searches live under <runs>/{SEARCHES_DIR}/)") from None
+    except ValueError:
+        raise ValueError(f"preset {name!r}: {path} is not valid JSON") from None
+    config = record.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"preset {name!r}: {path} holds no 'config' mapping")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+
+
 def get_preset(name: str) -> dict:
+    if search_preset_file(name) is not None:
+        return _search_preset(name)
     if name not in PRESETS:
         raise ValueError(unknown_among_many("preset", name, sorted(PRESETS), LIST_COMMAND))
     return dict(PRESETS[name])

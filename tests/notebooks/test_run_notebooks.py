@@ -229,6 +229,8 @@ def test_compare_notebook_tables_every_method_over_seeds(runs, tmp_path):
     assert all("  done  " in ln for ln in lines), progress
     assert all("(for cells 2, 3)" in ln for ln in lines if ln.startswith("t")), progress
     assert plotly_outputs(nb) >= 3
+    # the distiller-search section: no search under this out_dir, one line saying how to run one
+    assert "no search under" in outputs_text(nb, "nb.search_figures(")
     log = runs / "sweeps" / "cmp" / "logs" / "c0.log"
     before = log.read_text()
     execute("compare", tmp_path / "compare2.ipynb", **params)  # picks up the finished runs

@@ -194,6 +194,20 @@ def _pairs(term: Term, student: nn.Module, teacher: nn.Module) -> list[tuple[Opt
     return [(_stage_path(student, term.stage, "student", term), _stage_path(teacher, term.stage, "teacher", term))]
 
 
+def pair_taps(student: nn.Module, teacher: nn.Module) -> list[str]:
+    """The taps valid for a teacher-student pair: ``logits``, ``penultimate``, ``stage1`` ..
+    ``stageN`` for the stages both models have, and ``stages`` when they have as many (what a
+    distiller search may offer for the pair)."""
+    def count(model):
+        try:
+            return len(stage_paths(model))
+        except ValueError:
+            return 0
+
+    s, t = count(student), count(teacher)
+    return [LOGITS, PENULTIMATE] + [f"{STAGE}{i}" for i in range(1, min(s, t) + 1)] + ([STAGES] if s == t and s else [])
+
+
 def _width(shape) -> int:
     """Channels of a map (N, C, H, W) / width of a vector (N, D) / of tokens (N, T, D)."""
     return shape[1] if len(shape) in (2, 4) else shape[-1]
