@@ -40,6 +40,10 @@ def numbers(run_dir: Path) -> dict:
         out["epoch0_gap"] = start["teacher"] - start["student"]
     if "t_d" in v:
         out["T_d_last"] = v["t_d"]
+    if "last_peer1" in v:  # a group method's second network (DML peer, ORC student)
+        out["peer_last"] = v["last_peer1"]
+    if "last_pivot_teacher" in v:  # ORC's pivot teacher after its online fine-tuning
+        out["T_p_last"] = v["last_pivot_teacher"]
     return out
 
 

@@ -14,6 +14,8 @@ denominator; one seed shows its value alone):
 - ``S rep. best`` / ``S rep. last``: the same for max(raw, EMA) (GPD's reported metric, runs with EMA);
 - ``T_s``: the static teacher's top-1; ``T_s-S``: the final accuracy gap (T_s - S after the last epoch);
 - ``T_d`` / ``T_d-S``: GPD's dynamic teacher after the last epoch and its final gap to the student;
+- every other role a method registered and evaluated (``engine.roles``: DML's / ORC's other
+  networks ``P1`` ..., ORC's fine-tuned pivot teacher ``T_p``): its top-1 after the last epoch;
 - ``published`` and ``diff`` (ours - published, on the statistic the paper reports) where the row
   was trained exactly with the settings of a preset that reproduces a published protocol
   (:mod:`workbench.published`; :func:`protocol_match` says which keys may differ).
@@ -43,6 +45,18 @@ SUMMARY, CONFIG, SWEEP = "summary.json", "config.json", "sweep.json"
 #: (key, column title): the statistics of a row, in table order
 STATS = (("s_best", "S best"), ("s_last", "S last"), ("s_rep_best", "S rep. best"), ("s_rep_last", "S rep. last"),
          ("t_s", "T_s"), ("gap_ts", "T_s-S"), ("t_d", "T_d"), ("gap_td", "T_d-S"))
+#: roles with their own statistics above; every other evaluated role gets a ``last_<role>`` column
+OWN_COLUMNS = ("student", "teacher", "dynamic_teacher")
+
+
+def stats() -> tuple:
+    """:data:`STATS` plus one last-epoch top-1 column per other registered role (by rank)."""
+    from . import methods  # noqa: F401  (registers the methods' roles)
+    from .engine.roles import by_rank, role_label
+
+    return STATS + tuple((f"last_{r}", role_label(r)) for r in by_rank() if r not in OWN_COLUMNS)
+
+
 #: which statistic of ours a published number is compared with
 COMPARED = {pub.LAST: "s_last", pub.BEST: "s_best", pub.BEST_REPORTED: "s_rep_best"}
 #: keys that may differ from a preset's while the run still follows the published protocol: the
@@ -123,6 +137,10 @@ def read_run(run_dir: Path) -> Optional[RunNumbers]:
         v.update(t_s=t["last_top1"], gap_ts=t["last_top1"] - s["last_top1"])
     if d:
         v.update(t_d=d["last_top1"], gap_td=d["last_top1"] - s["last_top1"])
+    from .engine.roles import EMA_SUFFIX
+
+    v.update({f"last_{role}": rec["last_top1"] for role, rec in summary.items()
+              if role not in OWN_COLUMNS and not role.endswith(EMA_SUFFIX)})
     ident = {k: val for k, val in identity(cfg).items() if k != "seed"}
     pair = f"{teacher_arch(cfg)} -> {cfg.student}" if cfg.uses_teacher else cfg.student
     return RunNumbers(run_dir, cfg.dataset, pair, method_label(cfg), cfg.seed, cfg.epochs, ident,
@@ -236,7 +254,7 @@ class ResultsTable:
     # -- rendering -------------------------------------------------------------------------------
     def columns(self, every: bool = False) -> list[str]:
         """Statistic keys shown: those some row has (``every``: all, for CSV)."""
-        return [k for k, _ in STATS if every or any(r.values(k) for r in self.rows)]
+        return [k for k, _ in stats() if every or any(r.values(k) for r in self.rows)]
 
     def _cells(self, row: Row, keys: list[str], fmt) -> list[str]:
         out = [row.dataset, row.pair, row.method]
@@ -258,7 +276,7 @@ class ResultsTable:
         return any(r.published for r in self.rows)
 
     def header(self, keys: list[str]) -> list[str]:
-        titles = dict(STATS)
+        titles = dict(stats())
         return (["dataset", "T_s -> S", "method"] + (["settings"] if self.has_settings else [])
                 + ["epochs", "n", "seeds"] + [titles[k] for k in keys]
                 + (["published", "diff"] if self.has_published else []))

@@ -25,7 +25,7 @@ MIN_EMBED_POINTS = 10
 COMPARE_METHODS = Registry("compare method")
 for _name, _key in (("ce", "ce"), ("kd", "kd"), ("dkd", "dkd"), ("kd+dot", "kd_dot"), ("kd+ctkd", "kd_ctkd"),
                     ("gpd+kd", "gpd_kd"), ("gpd+dkd", "gpd_dkd"), ("gpd-scratch", "gpd_scratch"), ("embed", "embed"),
-                    ("gpd+embed", "gpd_embed")):
+                    ("gpd+embed", "gpd_embed"), ("dml", "dml"), ("orc", "orc")):
     COMPARE_METHODS.register(_name, presets.CIFAR_METHODS[_key])
 COMPARE_METHODS.register("ctc", dict(method="ctc"))  # no teacher; the paper's transferability setting by default
 
