@@ -33,7 +33,7 @@ DML_K = 2  # the paper's main setting: two networks
 
 KEYS = {
     "dml_nets": opt("", "DML: the group's architectures, comma-separated, the first being the reported student "
-                    "(= student); empty = dml_k copies of the student", list_value=True),
+                    "(the run's student); empty: dml_k copies of the student", list_value=True),
     "dml_k": opt(DML_K, f"DML: number of networks when dml_nets is empty (2..{MAX_GROUP}; paper: 2)",
                  low=2, high=MAX_GROUP),
     "dml_T": opt(DML_T, "DML: temperature of the mutual KL terms (paper: 1)", low=1e-6),

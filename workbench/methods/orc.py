@@ -64,7 +64,7 @@ KEYS = {
     "orc_beta": opt(ORC_BETA, "ORC: weight beta of the distillation terms; CE gets 1 - beta (ours: 0.5)",
                     low=0.0, high=1.0),
     "orc_T": opt(ORC_T, "ORC: temperature of the KD terms (ours: 4)", low=1e-6),
-    "orc_pivot_lr": opt(None, "ORC: learning rate of the pivot teacher's online fine-tuning (None = a tenth of lr)",
+    "orc_pivot_lr": opt(None, "ORC: learning rate of the pivot teacher's online fine-tuning (None: a tenth of lr)",
                         low=0.0, kind="Optional[float]"),
     "orc_mix_alpha": opt(ORC_MIX_ALPHA, "ORC: Beta(a, a) of the mixup in intensive teaching (ours: 1)", low=1e-6),
 }
