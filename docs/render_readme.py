@@ -6,6 +6,7 @@ cannot drift from what the code gives:
     python bench/fashion_vit.py --json docs/fashion_vit.json probe_every=0
     python bench/fashion_inherit.py --json docs/fashion_inherit.json probe_every=0
     python bench/ctc_embed_study.py                               # -> docs/ctc_embed_study.json (CTC / embed study)
+    python bench/fashion_group.py --json docs/fashion_group.json epochs=10 train_per_class=50   # DML / ORC
     python bench/bench_sweep.py --repeat 2 --json docs/sweep_bench.json     # sweep overhead, parallel cells
     python docs/render_readme.py [runs/demo] [--no-figure]        # -> docs/demo_summary.json, docs/demo_gap_curves.png, README.md
     python docs/render_readme.py --tables                         # README tables from the committed JSON files only
@@ -34,6 +35,7 @@ INHERIT_JSON = ROOT / "docs" / "fashion_inherit.json"
 FIGURE = ROOT / "docs" / "demo_gap_curves.png"
 STUDY_JSON = ROOT / "docs" / "ctc_embed_study.json"
 SWEEP_JSON = ROOT / "docs" / "sweep_bench.json"
+GROUP_JSON = ROOT / "docs" / "fashion_group.json"
 FIGURE_SIZE = (900, 560)
 LABELS = {"ce": "ce", "kd": "kd", "dkd": "dkd", "gpd_kd": "gpd (base=kd)", "gpd_dkd": "gpd (base=dkd)",
           "gpd_scratch": "gpd (base=none, no teacher)"}
@@ -122,6 +124,23 @@ def inherit_table(m: dict) -> str:
                      "T_d last"], rows) + _seeds_note(m)
 
 
+GROUP_LABELS = {"ce": "CE", "kd": "KD", "dml": "DML (2 x resnet8, no teacher)",
+                "orc": "ORC (2 x resnet8, pivot resnet20)"}
+
+
+def group_table(m: dict) -> str:
+    """bench/fashion_group.py: the student (network 0) of each method, the group's other network
+    and ORC's pivot teacher after its online fine-tuning."""
+    from workbench.table import markdown
+
+    keys = ("best", "last", "peer_last", "T_p_last")
+    rows = [[GROUP_LABELS.get(name, name)] + [_cell(r, k) for k in keys] for name, r in m["rows"].items()]
+    settings = m.get("settings", {})
+    budget = f"; {settings.get('train_per_class', '?')} images per class, {settings.get('epochs', '?')} epochs"
+    return (markdown(["method (student resnet8)", "S best epoch", "S last epoch", "P1 (other network), last",
+                      "T_p (pivot teacher, fine-tuned), last"], rows) + _seeds_note(m)[:-1] + budget + ".")
+
+
 def study_table(m: dict) -> str:
     """The CTC / embed study (bench/ctc_embed_study.py): mean +- std over seeds per method (a
     single seed's value alone: no invented spread)."""
@@ -188,6 +207,8 @@ def blocks() -> dict[str, str]:
         out["ctc-table"] = study_table(json.loads(STUDY_JSON.read_text()))
     if SWEEP_JSON.exists():
         out["sweep-bench"] = sweep_bench(json.loads(SWEEP_JSON.read_text()))
+    if GROUP_JSON.exists():
+        out["group-table"] = group_table(json.loads(GROUP_JSON.read_text()))
     return out
 
 
