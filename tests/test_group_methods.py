@@ -303,3 +303,27 @@ def test_bad_group_settings_are_one_line_before_training(values, match):
     with pytest.raises(ConfigError, match=match) as err:
         RunConfig.from_dict(dict(FAST, **values))
     assert "\n" not in str(err.value)
+
+
+def test_group_roles_reach_the_table_the_figures_and_the_last_line(refs):
+    """Every network's role is read from the registry by the results table, the compare
+    notebook's figures and the CLI's last line; ORC's temporary-teacher shares are plotted."""
+    from workbench import table
+    from workbench.cli import done_line
+    from workbench.probes import figures
+
+    _, dml_dir = refs["dml"]
+    _, orc_dir = refs["orc"]
+    t = table.build([dml_dir, orc_dir])
+    header = t.header(t.columns())
+    assert "P1" in header and "T_p" in header
+    assert "last_pivot_teacher" in table.read_run(orc_dir).values and "last_peer1" in table.read_run(dml_dir).values
+    summary = {r["role"]: r for r in read_metrics(orc_dir) if r["kind"] == "summary"}
+    line = done_line(summary, orc_dir)
+    assert " P1 " in line and " T_p " in line and "T_p-S" in line
+    fig = figures.temporary_teacher_shares(orc_dir)
+    assert [t.name for t in fig.data] == ["S", "P1"]
+    per_epoch = [a + b for a, b in zip(fig.data[0].y, fig.data[1].y)]
+    assert per_epoch == pytest.approx([100.0] * len(per_epoch))  # every step had one temporary teacher
+    names = [tr.name for tr in figures.top1_curves(orc_dir).data]
+    assert names == ["S", "P1", "T_p"]
