@@ -34,7 +34,8 @@ for the students and PT together (*ours*: the order of updates within an iterati
 Records: every student by role (``student``, ``peer1`` ...) and the fine-tuned pivot teacher
 (``pivot_teacher``, T_p); the static teacher before fine-tuning is epoch 0's T_p. The train
 record has ``tt_share_<role>`` (the fraction of the epoch's steps each student was TT) and
-``orc_intensive_fraction`` (the fraction of training samples PT was fine-tuned on).
+``orc_intensive_fraction`` (the fraction of training samples PT was fine-tuned on; both counted
+over the global batch, so every rank keeps the same counters).
 """
 from __future__ import annotations
 
@@ -131,9 +132,14 @@ class ORC(GroupDistiller):
     def forward(self, x, y, index=None, teacher_logits=None):
         students = list(self.nets)[: self.k]
         logits = [s(x) for s in students]
-        ce_sums = torch.stack([F.cross_entropy(z.detach().float(), y, reduction="sum") for z in logits])
-        ce_sums = dist.all_reduce_sum({str(i): v for i, v in enumerate(ce_sums)})
-        tt = rank_students(torch.stack([ce_sums[str(i)] for i in range(self.k)]))
+        wrong = misclassified(logits, y)
+        sums = {f"ce{i}": F.cross_entropy(z.detach().float(), y, reduction="sum") for i, z in enumerate(logits)}
+        sums.update(wrong=wrong.sum().float(), seen=torch.tensor(float(len(y)), device=y.device))
+        sums = dist.all_reduce_sum(sums)  # the global batch's (one process: this batch's)
+        tt = rank_students(torch.stack([sums[f"ce{i}"] for i in range(self.k)]))
+        with torch.no_grad():
+            self.promoted[tt] += 1
+            self.intensive += torch.stack([sums["wrong"], sums["seen"]]).round().long().to(self.intensive.device)
         z_pt = self.teaching_logits(x)
         losses = {"loss_ce": 0.0, "loss_kd_pivot": 0.0, "loss_kd_temporary": 0.0}
         for i, z in enumerate(logits):
@@ -142,18 +148,14 @@ class ORC(GroupDistiller):
             losses["loss_kd_pivot"] = losses["loss_kd_pivot"] + kd_pt
             if i != tt:  # group teaching by TT
                 losses["loss_kd_temporary"] = losses["loss_kd_temporary"] + self.beta * kd_loss(z, logits[tt].detach(), self.T)
-        losses["loss_ce_pivot"] = self.intensive_teaching(x, y, logits)
+        losses["loss_ce_pivot"] = self.intensive_teaching(x, y, wrong)
         if not torch.is_tensor(losses["loss_kd_temporary"]):
             losses["loss_kd_temporary"] = logits[0].new_zeros(())
-        with torch.no_grad():
-            self.promoted[tt] += 1
         return logits[0], losses
 
-    def intensive_teaching(self, x, y, logits) -> torch.Tensor:
-        wrong = misclassified(logits, y)
+    def intensive_teaching(self, x, y, wrong) -> torch.Tensor:
+        """PT's loss on this rank's misclassified samples (``wrong``), mixed; 0 below two."""
         n = int(wrong.sum())
-        with torch.no_grad():
-            self.intensive += torch.tensor([n, len(y)], device=self.intensive.device)
         if n < MIN_INTENSIVE:
             return x.new_zeros(())
         xm, ym = x[wrong], y[wrong]
