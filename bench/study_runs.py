@@ -40,6 +40,10 @@ def numbers(run_dir: Path) -> dict:
         out["epoch0_gap"] = start["teacher"] - start["student"]
     if "t_d" in v:
         out["T_d_last"] = v["t_d"]
+    if "p1" in v:  # a group method's second network (DML peer, ORC student)
+        out["peer_last"] = v["p1"]
+    if "t_p" in v:  # ORC's pivot teacher after its online fine-tuning
+        out["T_p_last"] = v["t_p"]
     return out
 
 

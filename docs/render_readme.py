@@ -6,6 +6,7 @@ cannot drift from what the code gives:
     python bench/fashion_vit.py --json docs/fashion_vit.json probe_every=0
     python bench/fashion_inherit.py --json docs/fashion_inherit.json probe_every=0
     python bench/ctc_embed_study.py                               # -> docs/ctc_embed_study.json (CTC / embed study)
+    python bench/fashion_group.py --json docs/fashion_group.json epochs=6 train_per_class=40   # DML / ORC
     python bench/bench_sweep.py --repeat 2 --json docs/sweep_bench.json     # sweep overhead, parallel cells
     python bench/td_vs_s_study.py                                 # -> docs/td_vs_s.json (T_d vs S study)
     python -m workbench search bench/search_fashion.yaml && python bench/search_study.py   # -> docs/search_study.json
@@ -38,6 +39,7 @@ STUDY_JSON = ROOT / "docs" / "ctc_embed_study.json"
 SWEEP_JSON = ROOT / "docs" / "sweep_bench.json"
 TD_JSON = ROOT / "docs" / "td_vs_s.json"
 SEARCH_JSON = ROOT / "docs" / "search_study.json"
+GROUP_JSON = ROOT / "docs" / "fashion_group.json"
 FIGURE_SIZE = (900, 560)
 LABELS = {"ce": "ce", "kd": "kd", "dkd": "dkd", "gpd_kd": "gpd (base=kd)", "gpd_dkd": "gpd (base=dkd)",
           "gpd_scratch": "gpd (base=none, no teacher)"}
@@ -125,6 +127,23 @@ def inherit_table(m: dict) -> str:
     rows = [[INHERIT_LABELS.get(name, name)] + [_cell(r, k) for k in keys] for name, r in m["rows"].items()]
     return markdown(["student resnet8", "epoch 0 (before training)", "T_s-S gap at epoch 0", "best epoch", "last epoch",
                      "T_d last"], rows) + _seeds_note(m)
+
+
+GROUP_LABELS = {"ce": "CE", "kd": "KD", "dml": "DML (2 x resnet8, no teacher)",
+                "orc": "ORC (2 x resnet8, pivot resnet20)"}
+
+
+def group_table(m: dict) -> str:
+    """bench/fashion_group.py: the student (network 0) of each method, the group's other network
+    and ORC's pivot teacher after its online fine-tuning."""
+    from workbench.table import markdown
+
+    keys = ("best", "last", "peer_last", "T_p_last")
+    rows = [[GROUP_LABELS.get(name, name)] + [_cell(r, k) for k in keys] for name, r in m["rows"].items()]
+    settings = m.get("settings", {})
+    budget = f"; {settings.get('train_per_class', '?')} images per class, {settings.get('epochs', '?')} epochs"
+    return (markdown(["method (student resnet8)", "S best epoch", "S last epoch", "P1 (other network), last",
+                      "T_p (pivot teacher, fine-tuned), last"], rows) + _seeds_note(m)[:-1] + budget + ".")
 
 
 def study_table(m: dict) -> str:
@@ -256,6 +275,8 @@ def blocks() -> dict[str, str]:
         out["td-table"] = td_table(json.loads(TD_JSON.read_text()))
     if SEARCH_JSON.exists():
         out["search-table"] = search_table(json.loads(SEARCH_JSON.read_text()))
+    if GROUP_JSON.exists():
+        out["group-table"] = group_table(json.loads(GROUP_JSON.read_text()))
     return out
 
 

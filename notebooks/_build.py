@@ -299,6 +299,22 @@ students = nb.first_students(sweep, runs)
         md("## Gap curves overlaid (first seed; line style per method)\nGPD runs also have T_d-S and T_s-T_d; CE has no teacher, hence no gap."),
         code('figures.gap_curves({label: recs[0] for label, recs in records.items()}, metrics=["acc_gap", "kl"], pairs=["T_s-S", "T_d-S"])'),
         code('figures.top1_curves({label: recs[0] for label, recs in records.items()}, roles=["student"])'),
+        md("""
+## Group methods: every network of the group (DML, ORC)
+
+DML trains its networks together (the student `S` and its peers `P1` ...); ORC also fine-tunes its
+pivot teacher `T_p` (epoch 0: the static teacher as loaded). First seed, top-1 of every network,
+then ORC's role change: how often each student was the temporary teacher, per epoch.
+"""),
+        code("""
+groups = {label: recs[0] for label, recs in records.items() if any(r.get("role") == "peer1" for r in recs[0])}
+if groups:
+    display(figures.top1_curves(groups))
+    orc = {label: recs for label, recs in groups.items() if any(k.startswith(figures.TT_SHARE) for r in recs for k in r)}
+    display(figures.temporary_teacher_shares(orc)) if orc else None
+else:
+    print("no group method among the compared methods: add dml or orc to methods")
+"""),
         md("## Feature maps of each method's student (first seed)"),
         code('nb.method_feature_maps(students, cfg, options["embed_points"], options["embed_method"])'),
         md("""

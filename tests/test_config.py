@@ -28,7 +28,7 @@ def test_string_values_are_converted():
     (dict(epochs="ten"), ["epochs", "integer", "'ten'"]),
     (dict(epochs=0), ["epochs", "0", "range"]),
     (dict(lr="fast"), ["lr", "number", "'fast'"]),
-    (dict(method="kdd"), ["method", "'kdd'", "ce, composed, cskd, ctc, ctkd, deit, dkd, embed, fitnet, gpd, kd, reviewkd",
+    (dict(method="kdd"), ["method", "'kdd'", "ce, composed, cskd, ctc, ctkd, deit, dkd, dml, embed, fitnet, gpd, kd, orc, reviewkd",
                           "did you mean 'kd'"]),
     (dict(amp="fp8"), ["amp", "'fp8'", "bf16"]),
     (dict(dot="maybe"), ["dot", "boolean", "'maybe'"]),
@@ -86,7 +86,7 @@ def test_help_lists_every_key_with_choices():
     text = help_text()
     for key in RunConfig.keys():
         assert f"  {key}=" in text
-    assert "{ce|composed|cskd|ctc|ctkd|deit|dkd|embed|fitnet|gpd|kd|reviewkd}" in text
+    assert "{ce|composed|cskd|ctc|ctkd|deit|dkd|dml|embed|fitnet|gpd|kd|orc|reviewkd}" in text
 
 
 def test_round_trip_through_dict():

@@ -32,6 +32,9 @@ METHODS = {
     # 2 epochs: stage 1 (instance memory) in epoch 1, snapshot + refresh at its end, stage 2 in epoch 2;
     # exact InfoNCE over all negatives (no per-rank sampling), features all-gathered before every update
     "ctc": dict(method="ctc"),
+    # online group distillation: two vit_nano trained together, one optimizer over both, DDP
+    # around the whole group; every network's weights and records must match one process
+    "dml": dict(method="dml"),
 }
 # float32: DDP sums each gradient as two 10-example halves plus an all-reduce instead of one
 # 20-example sum (another order); over 2 epochs of steps the weights drift by ~1e-7 (measured
@@ -85,7 +88,7 @@ def test_gpd_with_dot_under_two_process_ddp_equals_one_process(tmp_path):
     _case(tmp_path, "gpd_kd_dot")
 
 
-@pytest.mark.parametrize("name", ["ce", "kd", "dkd_ctkd", "gpd_none", "cskd", "ctc"])  # ~20 s each on 2 idle cores
+@pytest.mark.parametrize("name", ["ce", "kd", "dkd_ctkd", "gpd_none", "cskd", "ctc", "dml"])  # ~20 s each on 2 idle cores
 def test_method_under_two_process_ddp_equals_one_process(tmp_path, name):
     _case(tmp_path, name)
 

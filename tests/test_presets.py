@@ -54,7 +54,7 @@ def test_cifar_methods_keep_their_shape():
     """Bench scripts and notebooks read these entries: method name -> dict of config keys."""
     assert set(CIFAR_METHODS) == {"ce", "kd", "dkd", "kd_dot", "dkd_dot", "kd_ctkd", "dkd_ctkd",
                                   "gpd_kd", "gpd_dkd", "gpd_scratch", "fitnet", "reviewkd", "gpd_reviewkd",
-                                  "embed", "gpd_embed"}
+                                  "embed", "gpd_embed", "dml", "orc"}
     assert all(isinstance(m, dict) and "method" in m for m in CIFAR_METHODS.values())
 
 

@@ -338,7 +338,8 @@ class RunConfigBase:
             raise ConfigError(f"base: {self.base!r} does not apply to method {self.method!r}; "
                               f"valid choices: {AUTO}, {', '.join(bases)}")
         if self.uses_teacher and self.teacher.lower() in ("", NO_TEACHER):
-            hint = f"; for {self.method} without a teacher use base={NO_BASE}" if NO_BASE in bases else ""
+            hint = (f"; for {self.method} without a teacher use base={NO_BASE}"
+                    if NO_BASE in bases and not spec.needs_teacher(NO_BASE) else "")
             raise ConfigError(f"teacher: method {self.method!r} with base {self.resolved_base!r} "
                               f"needs a static teacher (an architecture name or a checkpoint path){hint}")
         if self.init.strip() == "inherit" and self.teacher.lower() in ("", NO_TEACHER):

@@ -86,6 +86,10 @@ CIFAR_METHODS = {
     # DisCo's 2048-wide projector hidden layer); GPD on it gives each view its own projector
     "embed": dict(method="embed"),
     "gpd_embed": dict(method="gpd", base="embed", grad_clip=GPD_GRAD_CLIP),
+    # online group distillation (methods/dml.py, methods/orc.py): two resnet-sized networks each,
+    # their keys' defaults (DML: the paper's T 1; ORC: ours, its code was never released)
+    "dml": dict(method="dml"),
+    "orc": dict(method="orc"),
 }
 #: per-pair method settings of mdistiller's configs (others: its defaults)
 CIFAR_PAIR_METHOD = {("r32x4_r8x4", "reviewkd"): dict(reviewkd_weight=5.0),  # configs/cifar100/reviewkd.yaml
@@ -215,7 +219,7 @@ def _build() -> dict[str, dict]:
     fashion = dict(dataset="fashion_mnist", data_source="embedded", train_per_class=100,
                    teacher=FASHION_TEACHER, teacher_data="all", teacher_epochs=30, student="resnet8", epochs=20,
                    batch_size=64, lr=0.05, schedule="cosine", eval_batch_size=500, probe_samples=500)
-    for mname in ("ce", "kd", "dkd", "gpd_kd", "gpd_dkd", "gpd_scratch"):
+    for mname in ("ce", "kd", "dkd", "gpd_kd", "gpd_dkd", "gpd_scratch", "dml", "orc"):
         entry = dict(fashion, **_method(mname))
         if "dkd" in mname:
             entry["dkd_warmup"] = FASHION_DKD_WARMUP

@@ -13,8 +13,10 @@ denominator; one seed shows its value alone):
 - ``S best`` / ``S last``: the student's top-1 at its best epoch / after the last epoch;
 - ``S rep. best`` / ``S rep. last``: the same for max(raw, EMA) (GPD's reported metric, runs with EMA);
 - ``T_s``: the static teacher's top-1; ``T_s-S``: the final accuracy gap (T_s - S after the last epoch);
-- ``T_d`` / ``T_d-S``: GPD's dynamic teacher after the last epoch and its final gap to the student (every
-  teaching role a method registers gets these two columns, :mod:`workbench.engine.roles`);
+- ``T_d`` / ``T_d-S``: GPD's dynamic teacher after the last epoch and its final gap to the student;
+  every teaching role a method registers gets these two columns, named from its label
+  (:mod:`workbench.engine.roles`: ORC's fine-tuned pivot teacher ``T_p``, the other networks of a
+  DML / ORC group ``P1`` ...);
 - ``published`` and ``diff`` (ours - published, on the statistic the paper reports) where the row
   was trained exactly with the settings of a preset that reproduces a published protocol
   (:mod:`workbench.published`; :func:`protocol_match` says which keys may differ).

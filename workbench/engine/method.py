@@ -56,7 +56,8 @@ class TrainedMethod(Protocol):
     def needs(self) -> MethodNeeds: ...
 
     def trained_module(self) -> nn.Module:
-        """What is optimised, averaged by the EMA and wrapped by DDP."""
+        """What is optimised, averaged by the EMA and wrapped by DDP (a method training several
+        networks: an ``nn.ModuleList`` of them, ``methods/group.py``)."""
 
     def param_groups(self, lr: float, weight_decay: float, wd_exempt: bool = False) -> list[dict]: ...
 

@@ -24,7 +24,7 @@ from .base import TASK_PREFIX, Criterion, Distiller, Outputs, hard_labels
 from .spec import (EXTENSIONS, METHODS, BuildContext, Extension, MethodSpec, base_methods, build_checks,
                    build_criterion, config_checks, declared_keys, method, register_extension)
 
-_NOT_METHODS = {"base", "spec", "outputs", "own_terms", "snapshot"}  # the base class and its parts
+_NOT_METHODS = {"base", "spec", "outputs", "own_terms", "snapshot", "group"}  # the base class and its parts
 for _info in pkgutil.iter_modules(__path__):
     if _info.name not in _NOT_METHODS and not _info.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_info.name}")

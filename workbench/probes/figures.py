@@ -209,6 +209,31 @@ def top1_curves(source: Source, split: Optional[str] = None, roles: Optional[Seq
     return _whole_epochs(fig)
 
 
+#: train-record prefix of a group method's temporary-teacher shares (ORC: ``tt_share_<role>``)
+TT_SHARE = "tt_share_"
+
+
+def temporary_teacher_shares(source: Source) -> go.Figure:
+    """ORC's role change per epoch: the fraction of the epoch's steps each student was the
+    temporary teacher (train records' ``tt_share_<role>``), stacked bars per epoch (one panel
+    row of bars per run when several are given, grouped by run)."""
+    records = [r for r in load_records(source) if r.get("kind") == "train"]
+    runs = _runs(records)
+    roles = [ro for ro in known_roles() if any(TT_SHARE + ro in r for r in records)]
+    fig = go.Figure()
+    for j, run in enumerate(runs):
+        for role in roles:
+            x, y = _series((r for r in records if r.get("run") == run), y=TT_SHARE + role)
+            if x:
+                fig.add_trace(go.Bar(x=x, y=[100.0 * v for v in y], name=_name(role_label(role), run, len(runs) > 1),
+                                     marker_color=role_color(role), offsetgroup=str(run),
+                                     meta=dict(role=role, run=run)))
+    fig.update_layout(title="Temporary teacher per epoch (ORC)", xaxis_title="epoch",
+                      yaxis_title="steps as temporary teacher (%)", barmode="stack" if len(runs) <= 1 else "relative",
+                      legend_title_text="student")
+    return _whole_epochs(fig)
+
+
 def _disc_series(recs, role, metric, run):
     pr = [r for r in recs if r.get("kind") == "probe" and r.get("probe") == "discriminability"
           and r.get("role") == role and r.get("metric") == metric and r.get("run") == run]
