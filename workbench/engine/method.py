@@ -41,6 +41,9 @@ class MethodNeeds:
     eval_context: Callable = no_context
     #: the frozen static teacher whose train-set logits ``cache_teacher=true`` computes once (None: none)
     static_teacher: Optional[nn.Module] = None
+    #: a stateful batch transform (``engine.batch.StatefulTransform``) the method shares with its own
+    #: terms, used instead of a fresh one made from ``cfg.mix`` (RecursiveMix's history); None: none
+    batch_transform: Any = None
 
 
 class TrainedMethod(Protocol):
