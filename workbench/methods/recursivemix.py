@@ -91,7 +91,7 @@ class RecursiveMixTerm(AuxTerm):
             return {"loss_rm": s.logits.new_zeros(())}
         target = F.softmax(cur.prev_logits.to(s.logits.device), dim=1)
         z = self.roi_logits(s.features[self.feature])
-        return {"loss_rm": self.omega * (1.0 - cur.lam) * soft_ce(z.float(), target)}
+        return {"loss_rm": self.omega * (1.0 - cur.lam) * soft_ce(z.to(target.dtype), target)}  # float32 under AMP
 
 
 def last_feature_map(model: nn.Module, example_input) -> tuple[str, tuple]:
