@@ -155,6 +155,8 @@ def main(argv) -> int:
     p.add_argument("--degrade-size", type=int, default=DEGRADE_SIZE)
     p.add_argument("--out-dir", default=str(OUT_DIR))
     p.add_argument("--json", default=str(JSON))
+    p.add_argument("--merge", default="", help="do not train: add the rows of these JSON files (comma list, e.g. "
+                   "of two halves run side by side) to --json")
     args, rest = p.parse_known_args(argv)
     overrides = parse_overrides(rest)
     rows = [r for r in args.rows.split(",") if r]
@@ -163,6 +165,17 @@ def main(argv) -> int:
         raise SystemExit(f"unknown row {unknown[0]!r}; valid: {', '.join(ROWS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     out_dir = Path(args.out_dir)
+    if args.merge:
+        path = Path(args.json)
+        doc = json.loads(path.read_text()) if path.exists() else {}
+        for other in args.merge.split(","):
+            part = json.loads(Path(other).read_text())
+            doc.update({k: v for k, v in part.items() if k != "rows"})
+            doc.setdefault("rows", {}).update(part.get("rows", {}))
+        doc["rows"] = {r: doc["rows"][r] for r in ROWS if r in doc["rows"]}  # table order
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"[dmkd_study] wrote {path} ({', '.join(doc['rows'])})")
+        return 0
     sets = prepare_sets(args.fashion_full, out_dir, args.degrade_size)
     if not sets:
         skipped = [r for r in rows if "_data" in ROWS[r]]

@@ -7,6 +7,7 @@ cannot drift from what the code gives:
     python bench/fashion_inherit.py --json docs/fashion_inherit.json probe_every=0
     python bench/ctc_embed_study.py                               # -> docs/ctc_embed_study.json (CTC / embed study)
     python bench/bench_sweep.py --repeat 2 --json docs/sweep_bench.json     # sweep overhead, parallel cells
+    python bench/dmkd_study.py                                    # -> docs/dmkd_study.json (DM-KD, kd + recursivemix)
     python docs/render_readme.py [runs/demo] [--no-figure]        # -> docs/demo_summary.json, docs/demo_gap_curves.png, README.md
     python docs/render_readme.py --tables                         # README tables from the committed JSON files only
 
@@ -34,6 +35,7 @@ INHERIT_JSON = ROOT / "docs" / "fashion_inherit.json"
 FIGURE = ROOT / "docs" / "demo_gap_curves.png"
 STUDY_JSON = ROOT / "docs" / "ctc_embed_study.json"
 SWEEP_JSON = ROOT / "docs" / "sweep_bench.json"
+DMKD_JSON = ROOT / "docs" / "dmkd_study.json"
 FIGURE_SIZE = (900, 560)
 LABELS = {"ce": "ce", "kd": "kd", "dkd": "dkd", "gpd_kd": "gpd (base=kd)", "gpd_dkd": "gpd (base=dkd)",
           "gpd_scratch": "gpd (base=none, no teacher)"}
@@ -145,6 +147,32 @@ def study_table(m: dict) -> str:
     return "\n".join(rows) + note
 
 
+def dmkd_table(m: dict) -> str:
+    """bench/dmkd_study.py: DM-KD's protocol and KD + RecursiveMix, mean +- std over seeds (a single
+    seed's value alone), best and last epoch, the train record's top-1 on the images trained on."""
+    from workbench.table import markdown, pm
+
+    body = []
+    for name, rs in m["rows"].items():
+        seeds = ", ".join(str(r["seed"]) for r in rs)
+        per_seed = " / ".join(f"{r['last']:.1f}" for r in rs)
+        train = [r["train_top1_last"] for r in rs if r.get("train_top1_last") is not None]
+        teacher = pm([r["T_s"] for r in rs if r.get("T_s") is not None], single="value")
+        body.append([m["labels"].get(name, name), seeds, pm([r["best"] for r in rs], single="value"),
+                     pm([r["last"] for r in rs], single="value"), per_seed, pm(train, single="value") if train else "",
+                     teacher])
+    table = markdown(["row (student resnet8)", "seeds", "best epoch (%)", "last epoch (%)", "last, per seed",
+                      "train top-1, last epoch (%)", "T_s (%)"], body)
+    over = ", ".join(f"{k}={v}" for k, v in m.get("overrides", {}).items())
+    walls = [r["seconds"] for rs in m["rows"].values() for r in rs if r.get("seconds")]
+    return (table + f"\n\nPreset `{m['preset']}`" + (f" with {over}" if over else "") +
+            f"; other images: {m['per_class']} per class of the full Fashion-MNIST training file outside the "
+            f"embedded subset; low fidelity: down to {m['degrade_size']} px and back; weak teacher: "
+            f"{m['weak_teacher']['teacher']} trained {m['weak_teacher']['teacher_epochs']} epochs on the 5000 subset "
+            f"images" + (f"; {statistics.mean(walls) / 60:.1f} min per run on the shared 2-core machine" if walls else "")
+            + ".")
+
+
 def sweep_bench(m: dict) -> str:
     """bench/bench_sweep.py's figures: the sweep's overhead per cell and parallel cells' speed-up."""
     med = {k: statistics.median(v) for k, v in m["seconds"].items()}
@@ -188,6 +216,8 @@ def blocks() -> dict[str, str]:
         out["ctc-table"] = study_table(json.loads(STUDY_JSON.read_text()))
     if SWEEP_JSON.exists():
         out["sweep-bench"] = sweep_bench(json.loads(SWEEP_JSON.read_text()))
+    if DMKD_JSON.exists():
+        out["dmkd-table"] = dmkd_table(json.loads(DMKD_JSON.read_text()))
     return out
 
 
