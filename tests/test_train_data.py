@@ -150,3 +150,17 @@ def test_a_run_whose_training_images_changed_is_not_resumed(tmp_path):
     with pytest.raises(CheckpointError, match="train_data=.* changed since it started") as err:
         run(cfg, **QUIET)
     assert "\n" not in str(err.value)
+
+
+def test_dmkd_presets_hold_the_reference_settings():
+    """DM-KD's CIFAR-100 (train_student.py defaults) and ImageNet (scripts/imagenet_distill.sh) values."""
+    from workbench.presets import get_preset
+
+    cifar = RunConfig(**get_preset("dmkd/cifar100/r34_r18"))
+    assert (cifar.method, cifar.ce_weight, cifar.kd_weight, cifar.kd_T, cifar.epochs, cifar.lr, tuple(cifar.milestones),
+            cifar.weight_decay, cifar.batch_size, cifar.teacher, cifar.student) == \
+        ("kd", 0.0, 0.9, 4.0, 240, 0.1, (150, 180, 210), 5e-4, 128, "ResNet34", "ResNet18")
+    imagenet = RunConfig(**get_preset("dmkd/imagenet/r18_r18"))
+    assert (imagenet.ce_weight, imagenet.kd_weight, imagenet.kd_T, imagenet.epochs, tuple(imagenet.milestones),
+            imagenet.weight_decay, imagenet.batch_size, imagenet.teacher, imagenet.student) == \
+        (0.0, 1.0, 10.0, 100, (30, 60, 90), 1e-4, 256, "resnet18", "resnet18")
