@@ -166,7 +166,7 @@ class RecursiveMix(StatefulTransform):
             self.current = None
             return x, t
         idx = torch.arange(x.shape[0]) % self.prev["x"].shape[0]
-        prev = {k: v.to(x.device)[idx.to(v.device)] for k, v in self.prev.items()}
+        prev = {k: v.to(x.device)[idx.to(x.device)] for k, v in self.prev.items()}
         x1, y1, x2, y2 = self.draw_box(h, w)
         area = (x2 - x1) * (y2 - y1)
         lam = 1.0 - area / (h * w)
