@@ -8,6 +8,7 @@ cannot drift from what the code gives:
     python bench/ctc_embed_study.py                               # -> docs/ctc_embed_study.json (CTC / embed study)
     python bench/bench_sweep.py --repeat 2 --json docs/sweep_bench.json     # sweep overhead, parallel cells
     python bench/dmkd_study.py                                    # -> docs/dmkd_study.json (DM-KD, kd + recursivemix)
+    python bench/dmkd_study.py --rows kd,kd_rm --json docs/recursivemix_demo.json   # the demo budget
     python docs/render_readme.py [runs/demo] [--no-figure]        # -> docs/demo_summary.json, docs/demo_gap_curves.png, README.md
     python docs/render_readme.py --tables                         # README tables from the committed JSON files only
 
@@ -36,6 +37,7 @@ FIGURE = ROOT / "docs" / "demo_gap_curves.png"
 STUDY_JSON = ROOT / "docs" / "ctc_embed_study.json"
 SWEEP_JSON = ROOT / "docs" / "sweep_bench.json"
 DMKD_JSON = ROOT / "docs" / "dmkd_study.json"
+RM_JSON = ROOT / "docs" / "recursivemix_demo.json"  # bench/dmkd_study.py --rows kd,kd_rm at the demo budget
 FIGURE_SIZE = (900, 560)
 LABELS = {"ce": "ce", "kd": "kd", "dkd": "dkd", "gpd_kd": "gpd (base=kd)", "gpd_dkd": "gpd (base=dkd)",
           "gpd_scratch": "gpd (base=none, no teacher)"}
@@ -165,12 +167,13 @@ def dmkd_table(m: dict) -> str:
                       "train top-1, last epoch (%)", "T_s (%)"], body)
     over = ", ".join(f"{k}={v}" for k, v in m.get("overrides", {}).items())
     walls = [r["seconds"] for rs in m["rows"].values() for r in rs if r.get("seconds")]
-    return (table + f"\n\nPreset `{m['preset']}`" + (f" with {over}" if over else "") +
-            f"; other images: {m['per_class']} per class of the full Fashion-MNIST training file outside the "
+    dmkd = any(name.startswith("dmkd") for name in m["rows"])
+    data = (f"; other images: {m['per_class']} per class of the full Fashion-MNIST training file outside the "
             f"embedded subset; low fidelity: down to {m['degrade_size']} px and back; weak teacher: "
             f"{m['weak_teacher']['teacher']} trained {m['weak_teacher']['teacher_epochs']} epochs on the 5000 subset "
-            f"images" + (f"; {statistics.mean(walls) / 60:.1f} min per run on the shared 2-core machine" if walls else "")
-            + ".")
+            f"images") if dmkd else ""
+    return (table + f"\n\nPreset `{m['preset']}`" + (f" with {over}" if over else " (its 20 epochs)") + data +
+            (f"; {statistics.mean(walls) / 60:.1f} min per run on the shared 2-core machine" if walls else "") + ".")
 
 
 def sweep_bench(m: dict) -> str:
@@ -218,6 +221,8 @@ def blocks() -> dict[str, str]:
         out["sweep-bench"] = sweep_bench(json.loads(SWEEP_JSON.read_text()))
     if DMKD_JSON.exists():
         out["dmkd-table"] = dmkd_table(json.loads(DMKD_JSON.read_text()))
+    if RM_JSON.exists():
+        out["recursivemix-table"] = dmkd_table(json.loads(RM_JSON.read_text()))
     return out
 
 
