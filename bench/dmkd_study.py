@@ -155,6 +155,8 @@ def main(argv) -> int:
     p.add_argument("--degrade-size", type=int, default=DEGRADE_SIZE)
     p.add_argument("--out-dir", default=str(OUT_DIR))
     p.add_argument("--json", default=str(JSON))
+    p.add_argument("--by-seed", action="store_true", help="seed by seed (every row's seed 0 first): a study cut "
+                   "short still has paired rows")
     p.add_argument("--merge", default="", help="do not train: add the rows of these JSON files (comma list, e.g. "
                    "of two halves run side by side) to --json")
     args, rest = p.parse_known_args(argv)
@@ -187,15 +189,16 @@ def main(argv) -> int:
     doc.update(preset=PRESET, per_class=PER_CLASS, degrade_size=args.degrade_size, weak_teacher=WEAK_TEACHER,
                overrides={k: str(v) for k, v in overrides.items()}, labels=LABELS)
     doc.setdefault("rows", {})
-    for row in rows:
-        for seed in seeds:
-            r = one_run(row, seed, sets, out_dir, overrides)
-            kept = [x for x in doc["rows"].get(row, []) if x["seed"] != seed]
-            doc["rows"][row] = sorted(kept + [r], key=lambda x: x["seed"])
-            doc["load_average"] = f"{os.getloadavg()[0]:.1f}"
-            path.write_text(json.dumps(doc, indent=1) + "\n")
-            print(f"[dmkd_study] {row} seed {seed}: best {r['best']:.2f} last {r['last']:.2f} ({r['seconds']:.0f} s)",
-                  flush=True)
+    order = [(row, seed) for seed in seeds for row in rows] if args.by_seed else \
+        [(row, seed) for row in rows for seed in seeds]
+    for row, seed in order:
+        r = one_run(row, seed, sets, out_dir, overrides)
+        kept = [x for x in doc["rows"].get(row, []) if x["seed"] != seed]
+        doc["rows"][row] = sorted(kept + [r], key=lambda x: x["seed"])
+        doc["load_average"] = f"{os.getloadavg()[0]:.1f}"
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"[dmkd_study] {row} seed {seed}: best {r['best']:.2f} last {r['last']:.2f} ({r['seconds']:.0f} s)",
+              flush=True)
     for row, rs in doc["rows"].items():
         print(f"| {LABELS.get(row, row)} | {fmt([r['best'] for r in rs])} | {fmt([r['last'] for r in rs])} | "
               f"{len(rs)} |")
