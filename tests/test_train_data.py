@@ -164,3 +164,15 @@ def test_dmkd_presets_hold_the_reference_settings():
     assert (imagenet.ce_weight, imagenet.kd_weight, imagenet.kd_T, imagenet.epochs, tuple(imagenet.milestones),
             imagenet.weight_decay, imagenet.batch_size, imagenet.teacher, imagenet.student) == \
         (0.0, 1.0, 10.0, 100, (30, 60, 90), 1e-4, 256, "resnet18", "resnet18")
+
+
+def test_folder_images_are_augmented_as_the_evaluated_dataset(tmp_path):
+    """The evaluated dataset's own translation range and flip (fashion_mnist: 2 px + flip; digits: 1 px,
+    no flip), so a study comparing folder images with the dataset's own sees the same augmentation."""
+    fashion = data.info("fashion_mnist", source="embedded")
+    folder = make_folder(tmp_path / "f", [str(i) for i in range(10)], per_class=1, size=28)
+    after = td.build(td.parse(str(folder)), fashion, augment=True).after
+    assert (after.pad, after.flip) == (2, True)
+    after = td.build(td.parse(str(folder)), DIGITS, augment=True).after
+    assert (after.pad, after.flip) == (1, False)
+    assert td.build(td.parse(str(folder)), DIGITS, augment=False).after is None

@@ -105,6 +105,9 @@ class DatasetInfo:
     #: per-channel normalisation of its images (what another image set trained for it must use: ``train_data``)
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    #: its training augmentation's translation range in pixels and flip (-1: not declared), for ``train_data``
+    augment_pad: int = -1
+    augment_flip: bool = True
 
     def class_name(self, label: int) -> str:
         """The name of ``label`` (its number when the dataset names none)."""

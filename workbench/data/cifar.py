@@ -130,7 +130,7 @@ def _register(name: str):
 
     def info(root=None, download=True, augment=None):
         return DatasetInfo(name, NUM_CLASSES[name], 3, IMAGE_SIZE, class_names=CLASS_NAMES[name],
-                           mean=STATS[name][0], std=STATS[name][1])
+                           mean=STATS[name][0], std=STATS[name][1], augment_pad=CROP_PADDING)
 
     def check(root=None, download=True, augment=None):
         _ensure(name, root, download)

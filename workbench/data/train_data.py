@@ -19,9 +19,10 @@ registered dataset must name the same classes in the same order.
 Images are brought to the evaluation dataset's format: folder images are converted to its channel
 count (grey or RGB), resized to its resolution (``Resize((s, s))``, bilinear with antialiasing,
 DM-KD's CIFAR pipeline) and normalised with its mean/std; a registered dataset's tensors are
-resized (bilinear) when their size differs. Augmentation (``augment=true``), ours where the
-evaluation dataset has its own: random translation by ``max(1, round(s / 8))`` pixels plus a
-horizontal flip (DM-KD's CIFAR crop 32 pad 4 + flip) below ``LARGE`` pixels, RandomResizedCrop + flip
+resized (bilinear) when their size differs. Augmentation (``augment=true``): below ``LARGE`` pixels
+the evaluated dataset's own translation range and flip (``DatasetInfo.augment_pad`` /
+``augment_flip``: fashion_mnist 2 px + flip, CIFAR 4 px + flip = DM-KD's CIFAR crop 32 pad 4, digits
+no flip; ``max(1, round(s / 8))`` + flip where a dataset declares none), RandomResizedCrop + flip
 from there (DM-KD's ImageNet pipeline); all draws come from torch's global RNG, which the trainer
 seeds per epoch and checkpoints mid-epoch, so resumes stay exact with ``workers=0``.
 
@@ -179,7 +180,9 @@ class FolderImages(Dataset):
         if augment and s >= LARGE:
             ops = [T.RandomResizedCrop(s, antialias=True), T.RandomHorizontalFlip()]
         self.pil_ops = T.Compose(ops + [T.ToTensor(), T.Normalize(info.mean, info.std)])
-        self.after = TranslateFlip(max(1, round(s / PAD_FRACTION)), True) if augment and s < LARGE else None
+        pad = info.augment_pad if info.augment_pad >= 0 else max(1, round(s / PAD_FRACTION))
+        flip = info.augment_flip if info.augment_pad >= 0 else True
+        self.after = TranslateFlip(pad, flip) if augment and s < LARGE else None
 
     def __len__(self) -> int:
         return len(self.samples)
