@@ -279,7 +279,6 @@ def test_kill_9_mid_epoch_resumes_bit_identically(rm_ref, tmp_path):
 
 # ------------------------------------------------------------------ refusals, before any training
 @pytest.mark.parametrize("overrides, match", [
-    (dict(recursivemix_omega=0.3), "set only with mix=recursivemix"),
     (dict(mix="recursivemix", recursivemix_alpha=1.5), "recursivemix_alpha"),
     (dict(mix="recursivemix", recursivemix_omega=-1.0), "recursivemix_omega"),
     (dict(mix="recursivemix", recursivemix_resize="cubic"), "recursivemix_resize"),

@@ -121,10 +121,7 @@ def last_feature_map(model: nn.Module, example_input) -> tuple[str, tuple]:
 
 
 def _check(cfg) -> None:
-    if cfg.mix != NAME:
-        changed = [k for k, f in KEYS.items() if getattr(cfg, k) != f.default]
-        if changed:
-            raise ValueError(f"{changed[0]}: set only with mix=recursivemix (mix={cfg.mix})")
+    if cfg.mix != NAME:  # its keys are inert without it (as every method's keys are without the method)
         return
     if cfg.recursivemix_share_fc and cfg.method == "gpd":
         raise ValueError("recursivemix_share_fc: with method=gpd the student view's classifier lives in the dynamic "
