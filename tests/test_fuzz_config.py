@@ -39,6 +39,7 @@ COUPLED |= {"sync_bn", "widening"}  # gpd refuses sync_bn=true with widening=ref
 COUPLED |= {"eval_on", "val_per_class"}  # val needs val_per_class < train_per_class: tests/test_data_holdout.py
 COUPLED |= {"probe_samples", "probe_every"}  # probes on need probe_samples >= 6: tests/test_integrity2.py
 COUPLED |= {"noise"}  # -1 (default) or >= 0, not an interval: tests/test_integrity2.py
+COUPLED |= {"recursivemix_share_fc"}  # refused with method=gpd under mix=recursivemix: tests/test_recursivemix.py
 
 
 def kind(name: str) -> str:
