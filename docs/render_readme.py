@@ -10,6 +10,8 @@ cannot drift from what the code gives:
     python bench/bench_sweep.py --repeat 2 --json docs/sweep_bench.json     # sweep overhead, parallel cells
     python bench/td_vs_s_study.py                                 # -> docs/td_vs_s.json (T_d vs S study)
     python -m workbench search bench/search_fashion.yaml && python bench/search_study.py   # -> docs/search_study.json
+    python bench/dmkd_study.py                                    # -> docs/dmkd_study.json (DM-KD, kd + recursivemix)
+    python bench/dmkd_study.py --rows kd,kd_rm --json docs/recursivemix_demo.json   # the demo budget
     python docs/render_readme.py [runs/demo] [--no-figure]        # -> docs/demo_summary.json, docs/demo_gap_curves.png, README.md
     python docs/render_readme.py --tables                         # README tables from the committed JSON files only
 
@@ -40,6 +42,8 @@ SWEEP_JSON = ROOT / "docs" / "sweep_bench.json"
 TD_JSON = ROOT / "docs" / "td_vs_s.json"
 SEARCH_JSON = ROOT / "docs" / "search_study.json"
 GROUP_JSON = ROOT / "docs" / "fashion_group.json"
+DMKD_JSON = ROOT / "docs" / "dmkd_study.json"
+RM_JSON = ROOT / "docs" / "recursivemix_demo.json"  # bench/dmkd_study.py --rows kd,kd_rm at the demo budget
 FIGURE_SIZE = (900, 560)
 LABELS = {"ce": "ce", "kd": "kd", "dkd": "dkd", "gpd_kd": "gpd (base=kd)", "gpd_dkd": "gpd (base=dkd)",
           "gpd_scratch": "gpd (base=none, no teacher)"}
@@ -169,6 +173,33 @@ def study_table(m: dict) -> str:
     return "\n".join(rows) + note
 
 
+def dmkd_table(m: dict) -> str:
+    """bench/dmkd_study.py: DM-KD's protocol and KD + RecursiveMix, mean +- std over seeds (a single
+    seed's value alone), best and last epoch, the train record's top-1 on the images trained on."""
+    from workbench.table import markdown, pm
+
+    body = []
+    for name, rs in m["rows"].items():
+        seeds = ", ".join(str(r["seed"]) for r in rs)
+        per_seed = " / ".join(f"{r['last']:.1f}" for r in rs)
+        train = [r["train_top1_last"] for r in rs if r.get("train_top1_last") is not None]
+        teacher = pm([r["T_s"] for r in rs if r.get("T_s") is not None], single="value")
+        body.append([m["labels"].get(name, name), seeds, pm([r["best"] for r in rs], single="value"),
+                     pm([r["last"] for r in rs], single="value"), per_seed, pm(train, single="value") if train else "",
+                     teacher])
+    table = markdown(["row (student resnet8)", "seeds", "best epoch (%)", "last epoch (%)", "last, per seed",
+                      "train top-1, last epoch (%)", "T_s (%)"], body)
+    over = ", ".join(f"{k}={v}" for k, v in m.get("overrides", {}).items())
+    walls = [r["seconds"] for rs in m["rows"].values() for r in rs if r.get("seconds")]
+    dmkd = any(name.startswith("dmkd") for name in m["rows"])
+    data = (f"; other images: {m['per_class']} per class of the full Fashion-MNIST training file outside the "
+            f"embedded subset; low fidelity: down to {m['degrade_size']} px and back; weak teacher: "
+            f"{m['weak_teacher']['teacher']} trained {m['weak_teacher']['teacher_epochs']} epochs on the 5000 subset "
+            f"images") if dmkd else ""
+    return (table + f"\n\nPreset `{m['preset']}`" + (f" with {over}" if over else " (its 20 epochs)") + data +
+            (f"; {statistics.mean(walls) / 60:.1f} min per run on the shared 2-core machine" if walls else "") + ".")
+
+
 def sweep_bench(m: dict) -> str:
     """bench/bench_sweep.py's figures: the sweep's overhead per cell and parallel cells' speed-up."""
     med = {k: statistics.median(v) for k, v in m["seconds"].items()}
@@ -277,6 +308,10 @@ def blocks() -> dict[str, str]:
         out["search-table"] = search_table(json.loads(SEARCH_JSON.read_text()))
     if GROUP_JSON.exists():
         out["group-table"] = group_table(json.loads(GROUP_JSON.read_text()))
+    if DMKD_JSON.exists():
+        out["dmkd-table"] = dmkd_table(json.loads(DMKD_JSON.read_text()))
+    if RM_JSON.exists():
+        out["recursivemix-table"] = dmkd_table(json.loads(RM_JSON.read_text()))
     return out
 
 

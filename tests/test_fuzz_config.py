@@ -40,6 +40,7 @@ COUPLED |= {"eval_on", "val_per_class"}  # val needs val_per_class < train_per_c
 COUPLED |= {"probe_samples", "probe_every"}  # probes on need probe_samples >= 6: tests/test_integrity2.py
 COUPLED |= {"noise"}  # -1 (default) or >= 0, not an interval: tests/test_integrity2.py
 COUPLED |= {"mix"}  # ORC refuses batch mixing (it mixes its misclassified samples itself): tests/test_group_methods.py
+COUPLED |= {"recursivemix_share_fc"}  # refused with method=gpd under mix=recursivemix: tests/test_recursivemix.py
 
 
 def kind(name: str) -> str:

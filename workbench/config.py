@@ -29,6 +29,7 @@ from .presets import get_preset
 from .keys import (AUTO, NO_BASE, NO_TEACHER, RUNTIME_KEYS, TRACKERS, ConfigError, convert_value, opt,  # noqa: F401
                    parse_bool, parse_int_list, snapshot_epoch, unknown_key)
 from .registry import unknown_choice
+from .data import train_data as train_data_spec
 
 #: an EMA decay must stay below 1 (1 would freeze the average at the initial weights)
 MAX_EMA_DECAY = 1.0 - 1e-9
@@ -90,6 +91,10 @@ class CoreConfig:
                        "(the validation split: needs val_per_class; the test set is then never built)",
                        ("test", "val"))
     augment: bool = opt(True, "standard training augmentation (false: none, e.g. for exact comparisons)")
+    train_data: str = opt("", "train on another image set than the evaluated one (DM-KD): a folder of class "
+                          "sub-folders named by label (0..K-1) or class name, or <dataset>[:<option>=<value>,...]; "
+                          "images resized to the evaluation resolution and normalised as the evaluation dataset "
+                          "(workbench/data/train_data.py). Empty = the dataset's own training split")
     mix: str = opt("none", "batch transform mixing inputs and targets (soft targets for every method; the "
                    "choices are the registered transforms, workbench/engine/batch.py)")
     mix_alpha: float = opt(1.0, "mixup/cutmix: Beta(alpha, alpha) of the mixing weight", low=1e-6)
@@ -365,6 +370,10 @@ class RunConfigBase:
         if snapshot_at is not None and self.cache_teacher:
             raise ConfigError("cache_teacher: a snapshot teacher does not exist before its epoch, so its logits "
                               "cannot be cached up front; use cache_teacher=false with teacher=snapshot@E")
+        try:
+            train_data_spec.parse(self.train_data)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.transfer not in TRANSFER_MODES and self.transfer not in datasets():
             raise ConfigError("transfer: " + unknown_choice("transfer target", self.transfer,
                                                            list(TRANSFER_MODES) + datasets()))

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from . import data, models, paths, references, student_init
+from .data import train_data
 from .config import ConfigError, RunConfig, check_teacher
 from .keys import snapshot_epoch
 from .references import ARCH, NONE, SNAPSHOT, TeacherRef, check_model, infer_arch
@@ -45,6 +46,8 @@ TEACHER_SEED = 0  # one cached teacher per training protocol serves every studen
 # teacher does not), so students that differ only in method settings share it.
 # The validation split (val_per_class, val_seed, eval_on) too: the teacher never trains on the
 # student's validation images, and with eval_on=val it never builds the test set either.
+# Not train_data (DM-KD): the teacher is trained on the real training split, as DM-KD's teachers are
+# (pre-trained on real data); students distilled on different image sets share it.
 TEACHER_INHERITS = ("dataset", "data_root", "data_source", "download", "image_size", "train_per_class", "split_seed",
                     "val_per_class", "val_seed", "eval_on", "augment", "source_classes", "batch_size",
                     "optimizer", "lr", "momentum", "weight_decay", "schedule", "milestones", "lr_decay", "warmup_epochs",
@@ -204,6 +207,10 @@ def prepare(cfg: RunConfig) -> Prepared:
         info = data.info(cfg.dataset, **opts)
     except ValueError as e:
         raise ConfigError(f"dataset: {e}") from None
+    try:
+        train_data.check(train_data.parse(cfg.train_data), info)  # its classes against the evaluated dataset's
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     student = _check_student(cfg, info)
     ref = references.teacher_ref(cfg.teacher, cfg.teacher_arch, cfg.student) if cfg.loads_teacher else TeacherRef(NONE)
     if ref.kind == SNAPSHOT and not cfg.uses_teacher:  # a frozen copy of the student, made in training
@@ -292,6 +299,9 @@ def provenance(prep: "Prepared", teacher_file: Optional[Path]) -> dict:
     where = data.identity(prep.cfg.dataset, **prep.data_options)
     out = {"data": {"dataset": prep.cfg.dataset, "source": where.source, "folder": where.folder,
                     "fingerprint": where.fingerprint}}
+    if prep.cfg.train_data.strip():  # DM-KD: trained on another image set (train_data.fingerprint)
+        out["train_data"] = {"spec": prep.cfg.train_data,
+                             "fingerprint": train_data.fingerprint(train_data.parse(prep.cfg.train_data))}
     if teacher_file is not None:
         out["teacher_sha256"] = file_sha256(teacher_file)
     return out
@@ -312,6 +322,8 @@ def check_provenance(prep: "Prepared") -> None:
     if was.get("fingerprint", "") != is_["fingerprint"]:
         changed.append(f"the class folders or image files under {is_['folder']} changed since it started "
                        f"(it started on {was.get('folder')})")
+    if (saved.get("train_data") or {}).get("fingerprint", "") != (now.get("train_data") or {}).get("fingerprint", ""):
+        changed.append(f"the training images train_data={prep.cfg.train_data} changed since it started")
     if "teacher_sha256" in saved and "teacher_sha256" in now and saved["teacher_sha256"] != now["teacher_sha256"]:
         changed.append(f"the teacher file {_teacher_label(prep)} changed since it started (sha256 "
                        f"{saved['teacher_sha256'][:12]}... then, {now['teacher_sha256'][:12]}... now)")
@@ -445,9 +457,15 @@ def run_datasets(cfg: RunConfig, options: Optional[dict] = None):
     """``(train, evaluation)``: the training split minus the validation split (``val_per_class``)
     and what the run evaluates on (``eval_on``: the test split, or the validation split -- the
     test set is then not built). ``options``: the dataset options (default ``cfg.dataset_options()``;
-    a resumed run passes its pinned ones, :func:`data_options`)."""
-    return data.splits(cfg.dataset, options if options is not None else cfg.dataset_options(),
-                       cfg.val_per_class, cfg.val_seed, cfg.eval_on)
+    a resumed run passes its pinned ones, :func:`data_options`). With ``train_data`` the run trains
+    on that image set instead (:mod:`workbench.data.train_data`, brought to the evaluated dataset's
+    format) and evaluates as configured."""
+    options = options if options is not None else cfg.dataset_options()
+    train, evaluation = data.splits(cfg.dataset, options, cfg.val_per_class, cfg.val_seed, cfg.eval_on)
+    other = train_data.parse(cfg.train_data)
+    if other is not None:
+        train = train_data.build(other, data.info(cfg.dataset, **options), cfg.augment)
+    return train, evaluation
 
 
 def load_teacher(prep: Prepared, log=print, progress=None) -> Optional[nn.Module]:

@@ -12,7 +12,8 @@ runtime keys (:data:`workbench.keys.RUNTIME_KEYS`) and minus every key whose eff
 that of its default, with ``base`` always present, the data resolved the same way for every
 dataset (:func:`workbench.data.identity`: the folder it is read from -- ``data_root=`` /
 ``$WORKBENCH_DATA`` / default, fashion_mnist's full files where they are found, none for data
-that is not read from a folder -- and imagefolder's file-list fingerprint), the teacher as
+that is not read from a folder -- and imagefolder's file-list fingerprint; ``train_data``'s class
+folders and file names, :func:`workbench.data.train_data.fingerprint`), the teacher as
 :meth:`workbench.references.TeacherRef.identity` records it, and the teacher keys dropped when no
 teacher is used. Leaving defaults out means a later version that adds keys (a new method's options) names
 the same command's run folder, and its cached teacher, as before, so an upgrade resumes instead
@@ -27,6 +28,7 @@ import re
 from pathlib import Path
 
 from . import data, references
+from .data import train_data
 from .keys import RUNTIME_KEYS, ConfigError
 from .methods import EXTENSIONS
 
@@ -59,6 +61,11 @@ def identity(cfg) -> dict:
     d["data_root"] = where.folder
     if where.fingerprint:
         d["data_fingerprint"] = where.fingerprint
+    if cfg.train_data.strip():  # DM-KD: what the other training set holds, not only its path
+        try:
+            d["train_data_fingerprint"] = train_data.fingerprint(train_data.parse(cfg.train_data))
+        except ValueError:  # malformed: the config check reports it
+            pass
     if cfg.loads_teacher:
         try:
             d.update(references.teacher_ref(cfg.teacher, cfg.teacher_arch, cfg.student, check=False).identity())

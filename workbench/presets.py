@@ -41,6 +41,9 @@ Naming: ``<dataset>/<pair>/<method>``. Where each value comes from:
   ``--model`` list). ``fashion/ctc/...``: the same two settings on the embedded data (5 source
   classes, the held-out 5 as transfer target; exact InfoNCE), as ``bench/ctc_embed_study.py``.
 
+- DM-KD (``dmkd/{cifar100,imagenet}/<pair>``): KD on a generated training set named with
+  ``train_data=``; values at ``DMKD_CIFAR`` / ``DMKD_IMAGENET``.
+
 ``CIFAR_METHODS`` (method name -> method keys) is also read by the bench scripts and notebooks.
 """
 from __future__ import annotations
@@ -266,7 +269,29 @@ def _ctc() -> dict[str, dict]:
     return out
 
 
-PRESETS = _build()
+#: DM-KD (Li et al. 2023; zhengli97/DM-KD train_student.py and scripts/imagenet_distill.sh): KD alone on
+#: generated images (CE off: labels only feed the train top-1), teacher in eval mode, evaluation on the
+#: real test set. The generated set is the user's: ``train_data=<folder of class folders>`` (nothing is
+#: generated here). CIFAR-100: 240 epochs, lr 0.1 x0.1 at 150/180/210, wd 5e-4, batch 128, T 4, KD
+#: weight 0.9 (its ``-a`` default); the ImageNet-class samples resized to 32 px (our train_data resize).
+#: ImageNet: the script's 100 epochs (the README's tables: 200), lr 0.1 x0.1 at 30/60/90, wd 1e-4, batch
+#: 256, T 10, KD weight 1 (``-r 0 -a 1``), ResNet18 -> ResNet18 (its weaker-teacher finding) and 34 -> 18.
+DMKD_CIFAR = dict(dataset="cifar100", method="kd", ce_weight=0.0, kd_weight=0.9, kd_T=4.0, epochs=240, lr=0.1,
+                  milestones=(150, 180, 210), weight_decay=5e-4, batch_size=128)
+DMKD_CIFAR_PAIRS = {"r34_r18": ("ResNet34", "ResNet18"), "wrn40_2_wrn16_2": ("wrn_40_2", "wrn_16_2")}
+DMKD_IMAGENET = dict(IMAGENET, method="kd", ce_weight=0.0, kd_weight=1.0, kd_T=10.0, epochs=100, lr=0.1,
+                     milestones=(30, 60, 90), weight_decay=1e-4, batch_size=256)
+DMKD_IMAGENET_PAIRS = {"r18_r18": ("resnet18", "resnet18"), "r34_r18": ("resnet34", "resnet18")}
+
+
+def _dmkd() -> dict[str, dict]:
+    out = {f"dmkd/cifar100/{pair}": dict(DMKD_CIFAR, teacher=t, student=s) for pair, (t, s) in DMKD_CIFAR_PAIRS.items()}
+    out.update({f"dmkd/imagenet/{pair}": dict(DMKD_IMAGENET, teacher=t, student=s)
+                for pair, (t, s) in DMKD_IMAGENET_PAIRS.items()})
+    return out
+
+
+PRESETS = {**_build(), **_dmkd()}
 
 
 #: presets written by a distiller search (``python -m workbench search``): ``search/<name>/best`` is

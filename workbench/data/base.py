@@ -102,6 +102,12 @@ class DatasetInfo:
     image_size: int
     source: str = ""  # where the images come from, for datasets with a choice (fashion_mnist: embedded | full)
     class_names: tuple[str, ...] = ()  # name of each label 0..num_classes-1 (figure legends); () if unknown
+    #: per-channel normalisation of its images (what another image set trained for it must use: ``train_data``)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    #: its training augmentation's translation range in pixels and flip (-1: not declared), for ``train_data``
+    augment_pad: int = -1
+    augment_flip: bool = True
 
     def class_name(self, label: int) -> str:
         """The name of ``label`` (its number when the dataset names none)."""

@@ -129,7 +129,8 @@ def _register(name: str):
         return ds
 
     def info(root=None, download=True, augment=None):
-        return DatasetInfo(name, NUM_CLASSES[name], 3, IMAGE_SIZE, class_names=CLASS_NAMES[name])
+        return DatasetInfo(name, NUM_CLASSES[name], 3, IMAGE_SIZE, class_names=CLASS_NAMES[name],
+                           mean=STATS[name][0], std=STATS[name][1], augment_pad=CROP_PADDING)
 
     def check(root=None, download=True, augment=None):
         _ensure(name, root, download)

@@ -103,7 +103,9 @@ def info(train_per_class=None, seed: int = 0, image_size: int = NATIVE_SIZE, cla
     _check(image_size, train_per_class)
     kept = _classes(classes)
     # labels are re-indexed 0..len-1; each keeps its digit as its name
-    return DatasetInfo(NAME, len(kept), 1, int(image_size), class_names=tuple(str(c) for c in kept))
+    return DatasetInfo(NAME, len(kept), 1, int(image_size), class_names=tuple(str(c) for c in kept),
+                       mean=(MEAN,), std=(STD,), augment_pad=max(1, int(image_size) // NATIVE_SIZE),
+                       augment_flip=False)
 
 
 DATASETS.register(NAME, DatasetEntry(NAME, OPTIONS, build, info))

@@ -147,7 +147,8 @@ def info(source="auto", root=None, download=True, train_per_class=None, seed=0, 
     if source not in SOURCES:
         raise ValueError(f"{NAME} source must be one of {', '.join(SOURCES)}, got {source!r}")
     kind = resolve(source, root)[0] if source == "auto" else source
-    return DatasetInfo(NAME, len(classes), 1, size, source=kind, class_names=tuple(CLASS_NAMES[c] for c in classes))
+    return DatasetInfo(NAME, len(classes), 1, size, source=kind, class_names=tuple(CLASS_NAMES[c] for c in classes),
+                       mean=(MEAN,), std=(STD,), augment_pad=crop_padding(size), augment_flip=FLIP)
 
 
 def check_available(source="auto", root=None, download=True, train_per_class=None, seed=0,

@@ -145,7 +145,7 @@ def build(split, root=None, image_size=DEFAULT_SIZE, augment=None):
 
 def info(root=None, image_size=DEFAULT_SIZE, augment=None):
     folders = class_index(_root(root))
-    return DatasetInfo(NAME, len(folders), 3, int(image_size), class_names=tuple(folders))
+    return DatasetInfo(NAME, len(folders), 3, int(image_size), class_names=tuple(folders), mean=MEAN, std=STD)
 
 
 def check(root=None, image_size=DEFAULT_SIZE, augment=None):

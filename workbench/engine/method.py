@@ -44,6 +44,9 @@ class MethodNeeds:
     #: the values of the run's keys the built method settled (e.g. ``ce_weight`` when the key was left to
     #: the method): recorded in ``config.json``'s ``effective`` block
     settled: Mapping[str, Any] = field(default_factory=dict)
+    #: a stateful batch transform (``engine.batch.StatefulTransform``) the method shares with its own
+    #: terms, used instead of a fresh one made from ``cfg.mix`` (RecursiveMix's history); None: none
+    batch_transform: Any = None
 
 
 class TrainedMethod(Protocol):

@@ -47,7 +47,7 @@ from .checkpoint import (BEST, FORMAT, LAST, STUDENT, VERSION, CheckpointError, 
 from .divergence import check_evaluation, check_loss
 from .evaluation import add_reported, eval_record, evaluate_models, reported, summarize
 from .device import amp_dtype, autocast, select_device, to_device, use_channels_last
-from .batch import BATCH_TRANSFORMS
+from .batch import StatefulTransform, make_transform
 from .ema import ModelEMA
 from .memory import release_freed_memory
 from .method import TASK_PREFIX
@@ -85,7 +85,7 @@ class Trainer:
         self.cfg, self.method, self.note = cfg, method, log
         self.provenance = provenance  # what the run is made of, recorded in every checkpoint (experiment.provenance)
         self.num_classes = num_classes  # needed by mixing batch transforms (soft targets)
-        self.mix = BATCH_TRANSFORMS.get(cfg.mix)
+        self.mix = make_transform(cfg.mix)
         if cfg.mix != "none" and num_classes is None:
             raise ValueError(f"mix={cfg.mix}: the Trainer needs num_classes= for soft targets")
         # test_set: what every epoch evaluates on -- the test split, or the validation split carved
@@ -111,6 +111,9 @@ class Trainer:
         self.title = title or f"{cfg.method} {cfg.student}"
 
         self.needs = method.needs()  # what the method asks of the engine (fixed once it is built)
+        if self.needs.batch_transform is not None:  # a stateful transform shared with the method's terms
+            self.mix = self.needs.batch_transform
+        self.stateful_mix = isinstance(self.mix, StatefulTransform)
         method.to(self.device)
         if self.channels_last:
             method.to(memory_format=torch.channels_last)
@@ -197,6 +200,8 @@ class Trainer:
         self._position = None
         dist.set_sampler_epoch(self.train_loader, epoch_seed(self.cfg.seed, epoch), position["step"] if position else 0)
         self.method.on_epoch_start(epoch, self.epochs)
+        if self.stateful_mix:
+            self.mix.start_epoch(epoch)
         schedule = self.needs.schedule
         wd = schedule.weight_decay_factor(epoch) if schedule is not None else 1.0
         for g in self.optimizer.param_groups:  # a method may rescale weight decay per epoch (CTC)
@@ -218,7 +223,7 @@ class Trainer:
         states and partial sums; rank 0 writes) and raise :class:`Preempted`."""
         loader_rng = self.train_loader.rng_state() if hasattr(self.train_loader, "rng_state") else None
         mine = {"rng": rng_state(), "loader_rng": loader_rng, "sums": _cpu(sums), "correct": correct.detach().cpu(),
-                "seen": seen}
+                "seen": seen, "transform": self.mix.state() if self.stateful_mix else None}
         ranks, name = dist.all_gather_object(mine), self._signal_name()
         path = self.run_dir / LAST
         if self.is_main:
@@ -239,6 +244,8 @@ class Trainer:
             set_rng_state(mine["rng"])
             if mine.get("loader_rng") is not None and hasattr(self.train_loader, "set_rng_state"):
                 self.train_loader.set_rng_state(mine["loader_rng"])
+            if self.stateful_mix and mine.get("transform") is not None:
+                self.mix.load_state(mine["transform"])  # e.g. RecursiveMix's history at that step
             parts = [mine]
         else:  # another process count: the epoch's seeding stays; its record needs the totals (on rank 0)
             parts = ranks if self.is_main else []
@@ -274,6 +281,8 @@ class Trainer:
             self._set_lr((epoch - 1) + step / steps, steps)
             with autocast(self.device, self.amp):
                 logits, losses = self.model(x, y, **extras)
+            if self.stateful_mix:
+                self.mix.observe(x, y, logits)
             loss = sum(losses.values())
             check_loss(loss, losses, self.run_dir, epoch, step, steps)
             self._backward_step(loss, losses)

@@ -116,6 +116,8 @@ class Distiller(nn.Module):
         self.snapshot: Snapshot | None = None
         #: per-epoch lr / weight-decay rescaling (None: the run's schedule as configured)
         self.schedule = None
+        #: a stateful batch transform shared with an own term (RecursiveMix), or None
+        self.batch_transform = None
 
     # -- the static teacher never trains ---------------------------------------------------------
     def train(self, mode: bool = True):
@@ -204,7 +206,7 @@ class Distiller(nn.Module):
         return MethodNeeds(index=self.aux_terms.needs_index,
                            find_unused_parameters=self.aux_terms.intermittent or self.snapshot_teacher,
                            schedule=self.schedule, sync_bn_modules=tuple(self.sync_bn_modules()),
-                           eval_context=self.eval_context,
+                           eval_context=self.eval_context, batch_transform=self.batch_transform,
                            static_teacher=self.teacher if self.teacher is not None and not self.snapshot_teacher
                            else None,
                            settled={} if self.ce_weight is None else {"ce_weight": float(self.ce_weight)})
