@@ -6,7 +6,7 @@ cannot drift from what the code gives:
     python bench/fashion_vit.py --json docs/fashion_vit.json probe_every=0
     python bench/fashion_inherit.py --json docs/fashion_inherit.json probe_every=0
     python bench/ctc_embed_study.py                               # -> docs/ctc_embed_study.json (CTC / embed study)
-    python bench/fashion_group.py --json docs/fashion_group.json epochs=6 train_per_class=40   # DML / ORC
+    python bench/fashion_group.py --json docs/fashion_group.json     # DML / ORC at the demo budget
     python bench/bench_sweep.py --repeat 2 --json docs/sweep_bench.json     # sweep overhead, parallel cells
     python bench/td_vs_s_study.py                                 # -> docs/td_vs_s.json (T_d vs S study)
     python -m workbench search bench/search_fashion.yaml && python bench/search_study.py   # -> docs/search_study.json
