@@ -131,7 +131,13 @@ def test_a_pruned_trial_on_the_local_executor_stops_its_training(tmp_path, monke
     folder = prepare_folder(s)
     plan = trial_plan(folder, 0, trial_config(s, {"method": "kd"}, gpd=False, terms=None), s)
     run_dir = plan.cells[0].run_dir
-    job, _ = Executor(folder, s).start(plan)
+    # as a search started in the background (`... &`): its shell ignores SIGINT, and an ignored
+    # signal is inherited by every process it starts
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        job, _ = Executor(folder, s).start(plan)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 300
     while sf.epochs_done(run_dir) < 1:
         assert time.monotonic() < deadline and not job.done(), "the trial never finished an epoch"

@@ -64,7 +64,11 @@ PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:  # pragma: no cover -- runs in the child between fork and exec
-    """Linux: SIGTERM to this process when the job process dies (no orphaned training)."""
+    """Linux: SIGTERM to this process when the job process dies (no orphaned training); SIGINT
+    back to its default, so the training's Ctrl-C stop works (a distiller search stops a pruned
+    trial with it) even when the sweep or search was started as a background job, whose shell
+    ignores SIGINT -- an ignored signal stays ignored across fork and exec."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
     except (OSError, AttributeError):
