@@ -466,7 +466,8 @@ def test_10_name_must_stay_inside_out_dir(tmp_path, name):
 
 # ------------------------------------------------------------------ 11. minor
 def test_11_ctrl_c_prints_one_line_and_the_rerun_resumes(tmp_path):
-    args = dict(method="ce", dataset="digits", train_per_class=40, student="resnet8", epochs=2, batch_size=16,
+    # enough epochs that the signal sent after the first evaluation lands before the run ends
+    args = dict(method="ce", dataset="digits", train_per_class=40, student="resnet8", epochs=8, batch_size=16,
                 progress="false", probe_every=0, out_dir=tmp_path, name="ctrlc")
     proc = _cli(args)
     _wait_for(lambda: any(r["kind"] == "eval" for r in _records_on_disk(tmp_path / "ctrlc")), proc)

@@ -47,12 +47,14 @@ def assert_same(a, b, path: str = "") -> None:
 
 def assert_same_run(run_dir: Path, ref_dir: Path) -> None:
     """A resumed run equals the uninterrupted one: records minus timing fields, every checkpoint
-    (all but its config, which names the folder) and the saved students, tensor for tensor."""
+    (all but its config and the effective values recorded with it, which name the folder) and the
+    saved students, tensor for tensor."""
     assert strip(read_metrics(run_dir)) == strip(read_metrics(ref_dir))
     for name in (LAST, BEST):
         a, b = load_checkpoint(run_dir / name), load_checkpoint(ref_dir / name)
         assert "position" not in a
-        a.pop("config"), b.pop("config")
+        for key in ("config", "effective"):
+            a.pop(key), b.pop(key)
         assert_same(a, b, name)
     for name in (STUDENT, STUDENT_EMA):
         if (ref_dir / name).exists():

@@ -99,8 +99,10 @@ def earlier_folder(root: Path, cfg) -> Path | None:
     """A folder under ``root`` that holds this run under another name: written before run names
     hashed the effective config (the notebook's and the preset's spellings of one recipe had two
     names then), or by any other spelling of the same settings. Same readable prefix, and its
-    recorded ``config.json`` has the same effective identity. A finished run is preferred, then
-    the first by name; None if there is none (the run then starts in its own folder)."""
+    recorded ``config.json`` has the same effective identity -- the data's identity as recorded in
+    its checkpoint (:func:`recorded_data`), since recomputing it from today's files would match a
+    folder trained on data that has changed since. A finished run is preferred, then the first by
+    name; None if there is none (the run then starts in its own folder)."""
     cls = type(cfg)
     name = default_name(cfg)
     prefix = name.rsplit("-", 1)[0] + "-"
@@ -116,8 +118,31 @@ def earlier_folder(root: Path, cfg) -> Path | None:
             other = cls.from_dict({k: v for k, v in saved.items() if k in keys})
         except (OSError, ValueError, ConfigError, TypeError):
             continue  # unreadable or from another version: not this run's
-        if identity(other) == me:
+        if identity(other) == me and _same_data(folder, cfg):
             found.append(folder)
     finished = [f for f in found if (f / "summary.json").exists()]
     return (finished or found or [None])[0]
 
+
+def recorded_data(folder: Path) -> dict | None:
+    """The data identity a run folder's last checkpoint recorded (``provenance["data"]``: source,
+    folder, fingerprint), or None when it has none (no checkpoint, unreadable, or written before
+    checkpoints recorded it)."""
+    import torch
+
+    try:
+        ckpt = torch.load(Path(folder) / "last.pt", map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 -- any unreadable checkpoint: nothing recorded
+        return None
+    return ((ckpt.get("provenance") or {}).get("data") if isinstance(ckpt, dict) else None) or None
+
+
+def _same_data(folder: Path, cfg) -> bool:
+    """Whether ``folder`` was trained on the data ``cfg`` reads now: its recorded source and
+    fingerprint equal today's; a folder that recorded none counts only for data without a
+    fingerprint (nothing there could have changed unseen)."""
+    now = data.identity(cfg.dataset, **cfg.dataset_options())
+    was = recorded_data(folder)
+    if was is None:
+        return not now.fingerprint
+    return was.get("source", "") == now.source and was.get("fingerprint", "") == now.fingerprint
