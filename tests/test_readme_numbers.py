@@ -19,9 +19,10 @@ def test_readme_demo_blocks_equal_the_committed_summaries():
     r = _renderer()
     readme = (ROOT / "README.md").read_text()
     blocks = r.blocks()
-    assert set(blocks) == {"demo-outcome", "fashion-table", "ctc-table", "vit-table", "inherit-table", "sweep-bench"}, \
+    assert set(blocks) == {"demo-outcome", "fashion-table", "ctc-table", "vit-table", "inherit-table", "sweep-bench",
+                           "dmkd-table", "recursivemix-table"}, \
         ("a docs/*.json the README renders from is missing (demo_summary, fashion_methods, ctc_embed_study, fashion_vit, "
-         "fashion_inherit, sweep_bench)")
+         "fashion_inherit, sweep_bench, dmkd_study, recursivemix_demo)")
     for name, body in blocks.items():
         assert f"<!-- {name}:start -->\n{body}\n<!-- {name}:end -->" in readme, f"re-run docs/render_readme.py ({name})"
 
