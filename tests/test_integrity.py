@@ -41,9 +41,18 @@ def _env():
     return dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
 
+def _as_from_a_terminal() -> None:
+    """In the child, before exec: SIGINT delivered and handled as a terminal's Ctrl-C would be. An
+    ignored or blocked signal is inherited across fork and exec, and the test process may carry
+    one from an earlier test's libraries; the CLI's own Ctrl-C handling is what is tested here."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(args: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "workbench", "train", *[f"{k}={v}" for k, v in args.items()]],
-                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_as_from_a_terminal)
 
 
 def _hold_lock(run_dir: Path) -> subprocess.Popen:
