@@ -125,7 +125,7 @@ def teaching_notebook() -> list:
 # GPD in one sitting: a reading-group walk-through
 
 Runs offline on a CPU (the embedded Fashion-MNIST subset and its shipped teacher: nothing to
-download, no teacher to train): about 7 CPU-minutes, so roughly 5 minutes on 2 idle cores and
+download, no teacher to train): about a minute on 2 idle cores (60 s measured with papermill) and
 longer on a busy machine -- the progress line under section 4 gives the ETA. Four ideas, each shown in code, and every
 sentence this notebook prints is computed from its own run (and checked):
 
