@@ -23,7 +23,7 @@ PACKAGE = "workbench"
 
 #: (layer, module prefixes), bottom to top. A module belongs to the layer of its longest prefix.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("workbench.keys", "workbench.registry", "workbench.paths")),
+    ("foundation", ("workbench.keys", "workbench.registry", "workbench.paths", "workbench.digest")),
     ("data", ("workbench.data",)),
     ("models", ("workbench.models",)),
     ("losses", ("workbench.losses", "workbench.losses_spatial")),

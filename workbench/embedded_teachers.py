@@ -6,17 +6,16 @@ before use (a mismatch is one clear line: what was expected, what was found, how
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .digest import file_sha256 as sha256  # noqa: F401 -- embedded_teachers.sha256: the scripts' and tests' name
 from .keys import ConfigError
 from .registry import unknown_choice
 
 PREFIX = "embedded:"
 FOLDER = Path(__file__).resolve().parent / "data" / "embedded" / "teachers"
 REBUILD = "python scripts/make_teachers.py"
-HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -46,14 +45,6 @@ def entry(teacher: str) -> EmbeddedTeacher:
     if name not in TEACHERS:
         raise ConfigError("teacher: " + unknown_choice("embedded teacher", name, [PREFIX + n for n in TEACHERS]))
     return TEACHERS[name]
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def path(teacher: str) -> Path:

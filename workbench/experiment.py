@@ -26,6 +26,7 @@ from torch import nn
 from . import data, models, paths, references, student_init
 from .data import train_data
 from .config import ConfigError, RunConfig, check_teacher
+from .digest import file_sha256
 from .keys import snapshot_epoch
 from .references import ARCH, NONE, SNAPSHOT, TeacherRef, check_model, infer_arch
 from .engine import Trainer, preempt
@@ -37,7 +38,6 @@ from .engine.metrics import read_metrics
 from .engine.resume import describe_diff, effective_diff, resume_checkpoint
 from .methods import METHODS, build_method, build_checks
 from .data.device import DEVICE_DATASETS
-from .registry import unknown_choice
 
 TEACHERS_DIR = "teachers"
 TEACHER_SEED = 0  # one cached teacher per training protocol serves every student seed and method
@@ -281,16 +281,6 @@ def data_options(cfg: RunConfig, resumed: Optional[dict] = None) -> dict:
     if opts.get("source") == "auto" and recorded:
         opts["source"] = recorded
     return opts
-
-
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def provenance(prep: "Prepared", teacher_file: Optional[Path]) -> dict:

@@ -12,15 +12,14 @@ are one kind of reference there, beside the shipped ones of :mod:`workbench.embe
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .digest import file_sha256
 from .keys import ConfigError
 from .registry import unknown_choice
 
 PREFIX = "torchvision:"
-HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -73,18 +72,10 @@ def path(teacher: str) -> Path:
                           f"(the torch hub cache, $TORCH_HOME/hub/checkpoints); fetch {e.url} into that folder, "
                           f"or pass teacher=<path to the file>")
     if found not in _verified:
-        digest = _sha256(found)
+        digest = file_sha256(found)
         prefix = found.stem.rsplit("-", 1)[-1]
         if not digest.startswith(prefix):
             raise ConfigError(f"teacher: {found} is damaged or not torchvision's file (sha256 {digest[:16]}... does "
                               f"not start with {prefix}, the prefix its name carries); fetch {e.url} again")
         _verified.add(found)
     return found
-
-
-def _sha256(file: Path) -> str:
-    h = hashlib.sha256()
-    with open(file, "rb") as f:
-        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
