@@ -109,6 +109,7 @@ def earlier_folder(root: Path, cfg) -> Path | None:
     if not root.is_dir():
         return None
     me, found = identity(cfg), []
+    now = data.identity(cfg.dataset, **cfg.dataset_options())  # the data read today, once for every candidate
     for folder in sorted(root.glob(prefix + "*")):
         if folder.name == name or not (folder / "config.json").is_file():
             continue
@@ -118,7 +119,7 @@ def earlier_folder(root: Path, cfg) -> Path | None:
             other = cls.from_dict({k: v for k, v in saved.items() if k in keys})
         except (OSError, ValueError, ConfigError, TypeError):
             continue  # unreadable or from another version: not this run's
-        if identity(other) == me and _same_data(folder, cfg):
+        if identity(other) == me and _same_data(folder, now):
             found.append(folder)
     finished = [f for f in found if (f / "summary.json").exists()]
     return (finished or found or [None])[0]
@@ -137,11 +138,10 @@ def recorded_data(folder: Path) -> dict | None:
     return ((ckpt.get("provenance") or {}).get("data") if isinstance(ckpt, dict) else None) or None
 
 
-def _same_data(folder: Path, cfg) -> bool:
-    """Whether ``folder`` was trained on the data ``cfg`` reads now: its recorded source and
-    fingerprint equal today's; a folder that recorded none counts only for data without a
-    fingerprint (nothing there could have changed unseen)."""
-    now = data.identity(cfg.dataset, **cfg.dataset_options())
+def _same_data(folder: Path, now) -> bool:
+    """Whether ``folder`` was trained on the data read now (``now``: its :class:`DataIdentity`):
+    its recorded source and fingerprint equal today's; a folder that recorded none counts only for
+    data without a fingerprint (nothing there could have changed unseen)."""
     was = recorded_data(folder)
     if was is None:
         return not now.fingerprint
